@@ -1,0 +1,51 @@
+"""The architecture of a TarFlow image model: everything needed to rebuild it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..configs import check_choices, option
+from ..errors import ConfigError
+
+
+@dataclass
+class FlowConfig:
+    image_size: int = option(8, "image height and width in pixels (square images)")
+    channels: int = option(1, "image channels (1 grey, 3 RGB)")
+    patch_size: int = option(2, "patch side p; tokens are p x p x channels, T = (size/p)^2")
+    width: int = option(128, "Transformer width (model channels)")
+    num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
+    layers_per_block: int = option(2, "Transformer layers in each flow block")
+    head_dim: int = option(32, "attention head dimension; heads = width / head_dim")
+    mlp_ratio: int = option(4, "MLP hidden width as a multiple of width")
+    num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
+    transform: str = option("affine", "per-token transform: affine z=(x-b)exp(-a), or additive z=x-b "
+                            "with a learned prior variance", choices=("affine", "additive"))
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("image_size", "channels", "patch_size", "width", "num_blocks", "layers_per_block",
+                     "head_dim", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes must be 0 (unconditional) or more, got {self.num_classes}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
+        if self.width % self.head_dim:
+            raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
+
+    @property
+    def num_tokens(self) -> int:
+        """T = (image_size / patch_size)^2."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def token_dim(self) -> int:
+        """D = channels * patch_size^2."""
+        return self.channels * self.patch_size ** 2
+
+    @property
+    def num_dims(self) -> int:
+        """Dimensions of one image, C H W."""
+        return self.channels * self.image_size ** 2
