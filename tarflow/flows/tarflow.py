@@ -177,7 +177,8 @@ class TarFlow(nn.Module):
                                   f"{CONFIG_NAME} and {WEIGHTS_NAME}")
         config = read_config(model_dir)
         model = cls(config)
-        model.load_state_dict(read_weights(model_dir, model), strict=True)
+        # assign=True keeps each saved tensor's dtype: a float64 save must not come back as float32.
+        model.load_state_dict(read_weights(model_dir / WEIGHTS_NAME, model), strict=True, assign=True)
         model.metadata = read_config_json(model_dir).get("metadata", {})
         return model.to(map_location)
 
@@ -209,11 +210,11 @@ def read_config(model_dir: Path) -> FlowConfig:
         raise CheckpointError(f"{Path(model_dir) / CONFIG_NAME}: {e}") from None
 
 
-def read_weights(model_dir: Path, model: nn.Module) -> dict[str, Tensor]:
-    """Load ``model.safetensors`` and check that its tensors match ``model`` one for one."""
-    file = Path(model_dir) / WEIGHTS_NAME
+def read_weights(file: Path, model: nn.Module) -> dict[str, Tensor]:
+    """Load a safetensors file and check that its tensors match ``model``'s one for one."""
+    file = Path(file)
     if not file.is_file():
-        raise CheckpointError(f"{file} is missing")
+        raise CheckpointError(f"{file} is missing: the directory {file.parent} is incomplete")
     try:
         state = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:

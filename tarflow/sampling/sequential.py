@@ -60,7 +60,8 @@ class SequentialSampler:
         """Labels and attention temperatures of the conditional rows then the unconditional rows."""
         m = self.model
         y2 = None if y is None else torch.cat([y, torch.full_like(y, m.null_class)])
-        attn_temp = torch.ones(2 * n, device=m.device)
+        # In the weights' dtype: a float32 tau would round e.g. 1.8 and move float64 samples by ~1e-6.
+        attn_temp = torch.ones(2 * n, device=m.device, dtype=m.blocks[0].pos_embed.dtype)
         attn_temp[n:] = guidance.attn_temp
         return y2, attn_temp
 

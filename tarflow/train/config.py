@@ -1,0 +1,72 @@
+"""How to train: data, noise, optimisation, logging. With the model's FlowConfig it makes a RunConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..configs import check_choices, from_dict, option
+from ..errors import ConfigError
+from ..flows import FlowConfig
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = option("digits", "dataset name")
+    noise: str = option("uniform", "input noise: uniform dequantization (for bits/dim) or gaussian "
+                        "noise augmentation (for sample quality)", choices=("uniform", "gaussian"))
+    noise_std: float = option(0.05, "std of the gaussian noise, in [-1, 1] units (noise=gaussian only)")
+    label_dropout: float = option(0.1, "probability of replacing a label by the null class (for guidance)")
+    steps: int = option(2000, "optimizer steps")
+    batch_size: int = option(128, "images per step")
+    lr: float = option(1e-3, "peak learning rate (AdamW, betas 0.9, 0.95)")
+    weight_decay: float = option(1e-4, "AdamW weight decay")
+    warmup_steps: int = option(100, "linear warmup steps, then cosine decay to zero")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 = off)")
+    ema_decay: float = option(0.999, "EMA decay of the weights used for eval and sampling (0 = no EMA)")
+    amp: str = option("auto", "mixed precision: auto (bf16 on CUDA if supported, else off), bf16, fp16, off",
+                      choices=("auto", "bf16", "fp16", "off"))
+    device: str = option("auto", "device: auto (cuda, then mps, then cpu), or a torch device such as cpu, cuda:1")
+    seed: int = option(0, "seed of every random choice (data order, noise, init)")
+    log_every: int = option(20, "steps between metric log lines")
+    eval_every: int = option(500, "steps between test bits/dim evaluations (0 = only at the end)")
+    sample_every: int = option(500, "steps between sample grids (0 = only at the end)")
+    checkpoint_every: int = option(500, "steps between checkpoints (0 = only at the end)")
+    num_samples: int = option(100, "images in each sample grid")
+    eval_draws: int = option(1, "dequantization draws per test image in the final evaluation")
+
+    def __post_init__(self):
+        check_choices(self)
+        for name in ("steps", "batch_size", "num_samples", "eval_draws", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "grad_clip", "noise_std",
+                     "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.label_dropout < 1:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs: the model's architecture and how to train it."""
+
+    model: FlowConfig = field(default_factory=FlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        unknown = set(d) - {"model", "train"}
+        if unknown:
+            raise ConfigError(f"unknown run config sections {sorted(unknown)}; expected 'model' and 'train'")
+        return cls(from_dict(FlowConfig, d.get("model", {}), "model config"),
+                   from_dict(TrainConfig, d.get("train", {}), "train config"))

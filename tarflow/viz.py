@@ -1,0 +1,84 @@
+"""Pictures a person would rather look at than read: sample grids and training curves."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .io import atomic_write_bytes
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int | None = None, pad: int = 1) -> Path:
+    """Save integer-level images (N, C, H, W) in 0..levels-1, or uint8, as one PNG grid, ``nrow`` per row.
+
+    Small images are upscaled (nearest neighbour) so a grid is at least ~256 px wide.
+    """
+    images = images.detach().cpu()
+    n, c, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = \
+            images[i].permute(1, 2, 0).numpy()
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale is None:
+        scale = max(1, 256 // (nrow * (w + pad)))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def to_uint8(x: Tensor, levels: int) -> Tensor:
+    """Model-space images in [-1, 1] -> uint8 for display, via their level k in 0..levels-1."""
+    k = ((x.clamp(-1, 1) + 1) * levels / 2).floor().clamp(0, levels - 1)
+    return (k * 255 / (levels - 1)).round().to(torch.uint8)
+
+
+def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
+    """Plot train bits/dim (raw and smoothed) and test bits/dim against step from a metrics JSONL file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["bpd"]) for r in rows if "bpd" in r]
+    test = [(r["step"], r["test_bpd"]) for r in rows if "test_bpd" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    steps, bpd = map(np.array, zip(*train))
+    ax.plot(steps, bpd, color="tab:blue", alpha=0.3, lw=1)
+    if len(bpd) >= 5:
+        k = max(1, len(bpd) // 20)
+        smooth = np.convolve(bpd, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=2, label="train (smoothed)")
+    if test:
+        ts, tb = zip(*test)
+        ax.plot(ts, tb, "o-", color="tab:orange", lw=2, label="test")
+    lo, hi = np.percentile(bpd, 1), np.percentile(bpd, 99)
+    if test:
+        lo, hi = min(lo, min(tb)), max(hi, max(tb))
+    pad = max(hi - lo, 1e-3)
+    ax.set_ylim(lo - 0.05 * pad, hi + 0.1 * pad)
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits/dim")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

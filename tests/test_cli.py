@@ -1,0 +1,79 @@
+"""The command line end to end, and its errors: a message and a non-zero exit, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tarflow.cli import main
+
+TINY = ["--preset", "tiny", "--steps", "10", "--eval-every", "0", "--sample-every", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def test_train_prints_test_bits_per_dim(run_dir, capsys):
+    assert main(["train", "--out", str(run_dir), *TINY]) == 0  # a finished run: re-evaluated, not retrained
+    assert "test bits/dim:" in capsys.readouterr().out
+
+
+def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run_dir), "--out", str(out), "--count", "20", "--guidance", "1.5",
+                 "--temperature", "0.9", "--denoise"]) == 0
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    said = capsys.readouterr().out
+    assert "20 samples" in said and "guidance w=1.5" in said and "denoise on" in said
+
+
+def test_eval_prints_json(run_dir, capsys):
+    assert main(["eval", str(run_dir / "model"), "--no-progress", "--draws", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 360 and result["draws"] == 2 and 0 < result["bits_per_dim"] < 10
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--preset", "nope"], ["unknown preset", "digits"]),
+    (["train", "--widht", "64"], ["unknown config field", "width"]),
+    (["train", "--width", "100"], ["divisible"]),
+    (["train", "--steps", "0"], ["steps must be at least 1"]),
+    (["train", "--resume", "nowhere"], ["not a training run"]),
+    (["sample", "nowhere"], ["does not exist"]),
+    (["eval", "nowhere"], ["does not exist"]),
+])
+def test_errors_are_messages(argv, words, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in err
+
+
+def test_truncated_checkpoint_is_a_message(run_dir, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "model", broken)
+    f = broken / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    assert main(["sample", str(broken)]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_sample_label_out_of_range(run_dir, capsys):
+    assert main(["sample", str(run_dir), "--label", "10"]) == 2
+    assert "--label must be in 0..9" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_non_zero_without_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "tarflow", "eval", str(tmp_path / "missing")],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "does not exist" in p.stderr and "Traceback" not in p.stderr
