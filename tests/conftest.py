@@ -1,0 +1,87 @@
+"""Shared fixtures: one tiny float64 model of every kind, with randomised weights.
+
+A freshly built TarFlow has zero-initialised output projections, so every block is the identity and
+most contract checks would pass trivially. The fixture re-draws every parameter (and, for additive
+models, the learned prior std) under a fixed seed so that each block really transforms its input.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tarflow import FlowConfig, TarFlow
+
+NUM_CLASSES = 3
+BATCH = 4
+
+KINDS = [
+    pytest.param((0, "affine"), id="uncond-affine"),
+    pytest.param((0, "additive"), id="uncond-additive"),
+    pytest.param((NUM_CLASSES, "affine"), id="cond-affine"),
+    pytest.param((NUM_CLASSES, "additive"), id="cond-additive"),
+]
+
+
+def tiny_config(num_classes: int, transform: str) -> FlowConfig:
+    # T = (4/2)^2 = 4 tokens of D = 2*2*2 = 8 dims; 32 dims per image; 3 blocks so both token orders
+    # appear and the first and last blocks share one.
+    return FlowConfig(image_size=4, channels=2, patch_size=2, width=16, num_blocks=3, layers_per_block=1,
+                      head_dim=8, mlp_ratio=2, num_classes=num_classes, transform=transform)
+
+
+def randomise(model: TarFlow, seed: int = 0, std: float = 0.2) -> TarFlow:
+    """Redraw every parameter ~ N(0, std^2) (LayerNorm gains around 1) under a fixed seed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * std
+            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+                p.copy_(1 + noise)
+            else:
+                p.copy_(noise)
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model tests on one intra-op thread, then restore the setting.
+
+    Ops on these models take microseconds; with several threads on a busy 2-core machine, thread
+    hand-offs dominate and the tests run ~50x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=KINDS)
+def model(request) -> TarFlow:
+    num_classes, transform = request.param
+    torch.manual_seed(0)
+    m = TarFlow(tiny_config(num_classes, transform)).double()
+    return randomise(m).eval()
+
+
+def make_inputs(model: TarFlow, batch: int = BATCH, seed: int = 1):
+    """Images in [-1, 1] (float64) and labels (including the null class) when the model takes them."""
+    gen = torch.Generator().manual_seed(seed)
+    c = model.config
+    x = torch.rand(batch, c.channels, c.image_size, c.image_size, generator=gen, dtype=torch.float64) * 2 - 1
+    y = None
+    if c.num_classes:
+        y = torch.arange(batch) % (c.num_classes + 1)  # 0, 1, 2, (3 = null), ...
+    return x, y
+
+
+def make_labels(model: TarFlow, batch: int = BATCH):
+    """Real class labels (no null class) for a conditional model, else None."""
+    if not model.config.num_classes:
+        return None
+    return torch.arange(batch) % model.config.num_classes
+
+
+@pytest.fixture
+def inputs(model):
+    return make_inputs(model)
