@@ -10,7 +10,8 @@ PRESETS: dict[str, dict] = {
     "digits": {
         "model": dict(image_size=8, channels=1, patch_size=2, width=128, num_blocks=4, layers_per_block=2,
                       head_dim=32, num_classes=10),
-        "train": dict(dataset="digits", steps=2000, batch_size=128, lr=1e-3, warmup_steps=100),
+        "train": dict(dataset="digits", steps=1200, batch_size=64, lr=2e-3, warmup_steps=100, eval_every=300,
+                      sample_every=300, checkpoint_every=300, sample_guidance=1.0, sample_temperature=0.9),
     },
     # Seconds on a CPU: for smoke tests of the whole pipeline, not for results.
     "tiny": {

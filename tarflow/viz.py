@@ -17,7 +17,7 @@ from .io import atomic_write_bytes
 def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int | None = None, pad: int = 1) -> Path:
     """Save integer-level images (N, C, H, W) in 0..levels-1, or uint8, as one PNG grid, ``nrow`` per row.
 
-    Small images are upscaled (nearest neighbour) so a grid is at least ~256 px wide.
+    Small images are upscaled (nearest neighbour) so a grid is about 512 px wide or more.
     """
     images = images.detach().cpu()
     n, c, h, w = images.shape
@@ -29,7 +29,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int | Non
             images[i].permute(1, 2, 0).numpy()
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if scale is None:
-        scale = max(1, 256 // (nrow * (w + pad)))
+        scale = max(1, 512 // (nrow * (w + pad)))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     buf = io.BytesIO()

@@ -34,6 +34,8 @@ class TrainConfig:
     sample_every: int = option(500, "steps between sample grids (0 = only at the end)")
     checkpoint_every: int = option(500, "steps between checkpoints (0 = only at the end)")
     num_samples: int = option(100, "images in each sample grid")
+    sample_temperature: float = option(1.0, "prior temperature of the sample grids")
+    sample_guidance: float = option(0.0, "classifier-free guidance weight of the sample grids (conditional models)")
     eval_draws: int = option(1, "dequantization draws per test image in the final evaluation")
 
     def __post_init__(self):
@@ -49,6 +51,8 @@ class TrainConfig:
             raise ConfigError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.sample_temperature < 0:
+            raise ConfigError(f"sample_temperature must not be negative, got {self.sample_temperature}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 

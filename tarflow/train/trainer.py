@@ -19,7 +19,7 @@ from ..errors import ConfigError, TarflowError
 from ..flows import FlowConfig, TarFlow
 from ..io import atomic_write_text
 from ..metrics import evaluate_bpd
-from ..sampling import SequentialSampler
+from ..sampling import Guidance, SequentialSampler
 from ..viz import plot_curves, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
@@ -229,7 +229,9 @@ def sample_grid(model: TarFlow, tc: TrainConfig, mc: FlowConfig, levels: int, pa
     """A grid of ``num_samples`` samples; for a class-conditional model, one class per column."""
     n = tc.num_samples
     y = torch.arange(n) % mc.num_classes if mc.num_classes else None
-    x = SequentialSampler(model).sample(n, y, generator=torch.Generator().manual_seed(tc.seed))
+    guidance = Guidance(tc.sample_guidance) if tc.sample_guidance and mc.num_classes else None
+    x = SequentialSampler(model).sample(n, y, tc.sample_temperature, guidance,
+                                        generator=torch.Generator().manual_seed(tc.seed))
     return save_grid(to_uint8(x, levels), path, nrow=mc.num_classes or 10)
 
 
