@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what open() or mkdir() would have given (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -29,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, umask_mode(0o666))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -55,9 +63,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, umask_mode(0o777))
     try:
         yield tmp
         for f in tmp.iterdir():
+            os.chmod(f, umask_mode(0o666))  # some writers (safetensors) create files 0600
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = path.with_name(path.name + ".old")

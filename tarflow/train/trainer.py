@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
 
     D, bw = mc.num_dims, bin_width(data.levels)
     log = open(run_dir / "metrics.jsonl", "a")
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     t0, window = time.perf_counter() - elapsed, []
     model.train()
     while step < tc.steps:
