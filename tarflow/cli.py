@@ -149,7 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--draws must be at least 1, got {args.draws}")
     labels = data.labels if c.num_classes else None
     result = evaluate_bpd(model, data.images, labels, data.levels, draws=args.draws, seed=args.seed,
-                          progress=not args.no_progress)
+                          mixture=bool(c.num_classes) and args.mixture, progress=not args.no_progress)
     result.update(dataset=name, split=args.split, conditional=bool(c.num_classes), model=str(model_dir))
     print(json.dumps(result, indent=2))
     return 0
@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--draws", type=int, default=1, help="uniform dequantization draws per image (default 1)")
     e.add_argument("--seed", type=int, default=0, help="dequantization noise seed")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    e.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
+                   help="for class-conditional models also report p(x) = mean over labels of p(x|y) "
+                   "(comparable with unconditional models) and the Bayes-classifier accuracy (default on)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 
@@ -211,12 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_reporting_errors(func, *args) -> int:
+    """Call ``func``; a TarflowError becomes one line on stderr and exit status 2, never a traceback."""
+    try:
+        return func(*args)
+    except TarflowError as e:
+        print(f"tarflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tarflow: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = [a.replace("_", "-") if a.startswith("--") and "=" not in a else a for a in
             (sys.argv[1:] if argv is None else argv)]  # --batch_size and --batch-size alike
     args, unknown = parser.parse_known_args(argv)
-    try:
+
+    def run() -> int:
         if unknown:
             flag = unknown[0]
             if args.command == "train" and flag.startswith("--"):
@@ -224,12 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise unknown_field_error(flag[2:].split("=")[0].replace("-", "_"), known, "config")
             parser.parse_args(argv)  # argparse's own message and exit 2
         return args.func(args)
-    except TarflowError as e:
-        print(f"tarflow: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tarflow: interrupted", file=sys.stderr)
-        return 130
+
+    return run_reporting_errors(run)
 
 
 if __name__ == "__main__":

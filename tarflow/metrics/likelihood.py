@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..data.quantize import bin_width, dequantize
@@ -19,27 +20,55 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
     return (-log_prob - num_dims * math.log(bin_width)) / (num_dims * math.log(2))
 
 
+def mean_and_stderr(values: Tensor) -> tuple[float, float]:
+    n = values.numel()
+    return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else float("nan")
+
+
 @torch.no_grad()
 def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draws: int = 1,
-                 batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict[str, float]:
-    """Test bits/dim with uniform dequantization: mean over images and ``draws`` noise draws, with standard error.
+                 batch_size: int = 256, seed: int = 0, mixture: bool = False, progress: bool = False,
+                 rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Test bits/dim with uniform dequantization, averaged over every image and ``draws`` noise draws.
 
-    ``images`` are integer levels (N, C, H, W) in 0..levels-1. The standard error is over images
-    (each image's bits/dim averaged over its draws first).
+    ``images`` are integer levels (N, C, H, W) in 0..levels-1. The standard error is over images (each
+    image's bits/dim averaged over its draws first). The noise of each batch depends only on (seed, draw,
+    batch), so the result is the same whatever ``world_size``: rank r evaluates batches r, r + W, ... and
+    the per-image figures are summed across ranks.
+
+    For a class-conditional model, ``mixture=True`` also evaluates p(x) = (1/K) sum_y p(x | y) (log-sum-exp
+    over the K labels, comparable with unconditional models) and the Bayes-classifier accuracy of
+    argmax_y p(x | y) against ``labels``.
     """
     from tqdm.auto import tqdm
 
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    n, dims = images.shape[0], images[0].numel()
+    n, dims, bw = images.shape[0], images[0].numel(), bin_width(levels)
+    K = model.config.num_classes if mixture else 0
     per_image = torch.zeros(n, dtype=torch.float64)
-    batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    for _ in range(draws):
+    per_image_mix = torch.zeros(n, dtype=torch.float64)
+    correct = torch.zeros(n, dtype=torch.float64)
+    dtype = next(model.parameters()).dtype
+    batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)][rank::world_size]
+    for draw in range(draws):
         for lo, hi in tqdm(batches, desc="eval bits/dim", disable=not progress, leave=False):
-            x = dequantize(images[lo:hi], levels, generator=generator).to(model.device)
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + lo)
+            x = dequantize(images[lo:hi], levels, generator=generator).to(model.device, dtype)
             y = None if labels is None else labels[lo:hi].to(model.device)
-            lp = model.log_prob(x, y)
-            per_image[lo:hi] += bits_per_dim(lp, dims, bin_width(levels)).double().cpu() / draws
-    mean = per_image.mean().item()
-    stderr = (per_image.std().item() / math.sqrt(n)) if n > 1 else float("nan")
-    return {"bits_per_dim": mean, "stderr": stderr, "images": n, "draws": draws}
+            per_image[lo:hi] += bits_per_dim(model.log_prob(x, y), dims, bw).double().cpu() / draws
+            if K:
+                lp = torch.stack([model.log_prob(x, torch.full_like(y, k)) for k in range(K)], dim=1)
+                lp_mix = torch.logsumexp(lp, dim=1) - math.log(K)
+                per_image_mix[lo:hi] += bits_per_dim(lp_mix, dims, bw).double().cpu() / draws
+                correct[lo:hi] += (lp.argmax(dim=1) == y).double().cpu() / draws
+    if world_size > 1:
+        stacked = torch.stack([per_image, per_image_mix, correct])
+        dist.all_reduce(stacked)
+        per_image, per_image_mix, correct = stacked
+    mean, stderr = mean_and_stderr(per_image)
+    result = {"bits_per_dim": mean, "stderr": stderr, "images": n, "draws": draws}
+    if K:
+        mean_mix, stderr_mix = mean_and_stderr(per_image_mix)
+        result.update(mixture_bits_per_dim=mean_mix, mixture_stderr=stderr_mix,
+                      bayes_accuracy=correct.mean().item())
+    return result
