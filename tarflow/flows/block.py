@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import KVCache, TransformerLayer
@@ -34,7 +35,7 @@ class ARFlowBlock(nn.Module):
             nn.init.normal_(self.class_embed.weight, std=0.02)
         self.layers = nn.ModuleList(TransformerLayer(W, config.head_dim, config.mlp_ratio)
                                     for _ in range(config.layers_per_block))
-        self.norm = nn.LayerNorm(W)
+        self.norm = nn.LayerNorm(W) if config.output_norm == "layernorm" else None
         self.proj_out = nn.Linear(W, 2 * D if self.affine else D)
         nn.init.zeros_(self.proj_out.weight)  # every block starts as the identity
         nn.init.zeros_(self.proj_out.bias)
@@ -55,7 +56,7 @@ class ARFlowBlock(nn.Module):
             h = h + self.class_embed(y)[:, None]
         for i, layer in enumerate(self.layers):
             h = layer(h, attn_temp, None if cache is None else cache.layer(i), pos)
-        out = self.proj_out(self.norm(h))
+        out = self.proj_out(h if self.norm is None else self.norm(h))
         out = out.to(torch.promote_types(out.dtype, torch.float32))  # params in >= float32 under autocast
         if self.affine:
             a, b = out.chunk(2, dim=-1)
@@ -77,6 +78,74 @@ class ARFlowBlock(nn.Module):
         return KVCache(len(self.layers), batch, attn.heads, self.pos_embed.shape[0], attn.head_dim,
                        dtype, device)
 
+    # ----- the inverse ---------------------------------------------------------------------------
+    def inverse_state(self, batch: int, y: Tensor | None = None, attn_temp: Tensor | None = None
+                      ) -> "InverseState":
+        """Everything a cached inverse needs, computed once per call instead of once per token.
+
+        ``y`` / ``attn_temp`` may hold n branches of the ``batch`` samples stacked (n * batch rows).
+        """
+        dtype = self.proj_in.weight.dtype
+        rows = batch if y is None and attn_temp is None else (y if y is not None else attn_temp).shape[0]
+        n = rows // batch
+        # proj_in bias + position + class embedding of every position, per row: (n, batch, T, W)
+        cond = (self.proj_in.bias + self.pos_embed).expand(rows, -1, -1)
+        if self.class_embed is not None:
+            cond = cond + self.class_embed(y)[:, None]
+        cond = cond.reshape(n, batch, *cond.shape[1:]).contiguous()
+        attn = self.layers[0].attn
+        q_scale: Tensor | float = attn.head_dim ** -0.5
+        if attn_temp is not None:
+            q_scale = (q_scale / attn_temp.to(dtype)).view(rows, 1, 1, 1)
+        return InverseState(cond, self.new_cache(rows, dtype, cond.device), q_scale, n, {})
+
+    def chunk_params(self, x: Tensor, st: "InverseState", pos: int) -> Tensor:
+        """Lean `next_params` against the cache for the permuted tokens x (B, L, D) at positions pos..pos+L-1.
+
+        Every branch is fed the same x. Returns the raw output (n B, L, 2D or D) for tokens pos+1..pos+L:
+        a then b for affine blocks, b alone for additive ones. Functional ops only (no per-call module
+        dispatch), biases folded into addmm, and for one query (sequential sampling) attention by two
+        small matmuls, which beat the fused kernel on CPU at that size.
+        """
+        B, L, D = x.shape
+        n, W = st.branches, self.proj_in.weight.shape[0]
+        R = n * B
+        h = (F.linear(x.to(st.cond.dtype), self.proj_in.weight) + st.cond[:, :, pos:pos + L]).view(R * L, W)
+        end = pos + L
+        for i, layer in enumerate(self.layers):
+            attn = layer.attn
+            H, hd = attn.heads, attn.head_dim
+            k_buf, v_buf = st.cache.layer(i)
+            u = F.layer_norm(h, (W,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
+            q, k, v = torch.addmm(attn.qkv.bias, u, attn.qkv.weight.t()).view(R, L, 3, H, hd).permute(2, 0, 3, 1, 4)
+            k_buf[:, :, pos:end] = k
+            v_buf[:, :, pos:end] = v
+            q = q * st.q_scale
+            if L == 1:
+                s = torch.matmul(q, k_buf[:, :, :end].transpose(-1, -2))
+                o = torch.matmul(torch.softmax(s, dim=-1), v_buf[:, :, :end])
+            else:
+                o = F.scaled_dot_product_attention(q, k_buf[:, :, :end], v_buf[:, :, :end],
+                                                   attn_mask=st.mask(pos, L, h.device), scale=1.0)
+            o = o.transpose(1, 2).reshape(R * L, W)
+            h = torch.addmm(h, o, attn.proj.weight.t()).add_(attn.proj.bias)
+            u = F.layer_norm(h, (W,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+            mlp = layer.mlp
+            f = F.gelu(torch.addmm(mlp.fc1.bias, u, mlp.fc1.weight.t()))
+            h = torch.addmm(h, f, mlp.fc2.weight.t()).add_(mlp.fc2.bias)
+        if self.norm is not None:
+            h = F.layer_norm(h, (W,), self.norm.weight, self.norm.bias, self.norm.eps)
+        out = torch.addmm(self.proj_out.bias, h, self.proj_out.weight.t())
+        return out.view(R, L, -1)
+
+    def split_params(self, out: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw output -> (a, b) in at least float32 (a = 0 for additive blocks)."""
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
+        if self.affine:
+            a, b = out.chunk(2, dim=-1)
+            return a, b
+        return torch.zeros_like(out), out
+
     @torch.no_grad()
     def inverse(self, z: Tensor, y: Tensor | None = None, attn_temp: Tensor | None = None,
                 guide: Guide | None = None) -> Tensor:
@@ -86,18 +155,33 @@ class ARFlowBlock(nn.Module):
         every branch is fed the same x, and ``guide`` combines the branches' params.
         """
         z = self.permute(z)
-        B, T, _ = z.shape
-        rows = B if y is None and attn_temp is None else (y if y is not None else attn_temp).shape[0]
-        branches = rows // B
-        cache = self.new_cache(rows, self.proj_in.weight.dtype, z.device)
-        x = torch.empty_like(z)
-        x[:, 0] = z[:, 0]
+        B, T, D = z.shape
+        st = self.inverse_state(B, y, attn_temp)
+        zt = z.transpose(0, 1).contiguous()  # (T, B, D): each step reads and writes contiguous rows
+        x = torch.empty_like(zt)
+        x[0] = zt[0]
         for t in range(T - 1):
-            inp = x[:, t:t + 1]
-            if branches > 1:
-                inp = inp.repeat(branches, 1, 1)
-            a, b = self.next_params(inp.to(self.proj_in.weight.dtype), y, attn_temp, cache, t)
+            out = self.chunk_params(x[t].unsqueeze(1), st, t)[:, 0]
+            if guide is None and self.affine and out.dtype == x.dtype:
+                torch.addcmul(out[:, D:], zt[t + 1], out[:, :D].exp(), out=x[t + 1])
+                continue
+            a, b = self.split_params(out)
             if guide is not None:
                 a, b = guide(a, b, t + 1)
-            x[:, t + 1] = (z[:, t + 1] * torch.exp(a[:, 0]) + b[:, 0]).to(x.dtype)
-        return self.permute(x)
+            x[t + 1] = (zt[t + 1] * torch.exp(a) + b).to(x.dtype) if self.affine else (zt[t + 1] + b).to(x.dtype)
+        return self.permute(x.transpose(0, 1))
+
+
+class InverseState:
+    """Per-call state of a block's cached inverse: conditioning table, KV cache, query scale, masks."""
+
+    def __init__(self, cond: Tensor, cache: KVCache, q_scale: Tensor | float, branches: int,
+                 masks: dict[tuple[int, int], Tensor | None]):
+        self.cond, self.cache, self.q_scale, self.branches, self.masks = cond, cache, q_scale, branches, masks
+
+    def mask(self, pos: int, L: int, device: torch.device) -> Tensor:
+        """Boolean (L, pos + L) mask: a chunk of queries sees the cached prefix and the chunk causally."""
+        key = (pos, L)
+        if key not in self.masks:
+            self.masks[key] = torch.ones(L, pos + L, dtype=torch.bool, device=device).tril(pos)
+        return self.masks[key]

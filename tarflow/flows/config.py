@@ -21,6 +21,8 @@ class FlowConfig:
     num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
     transform: str = option("affine", "per-token transform: affine z=(x-b)exp(-a), or additive z=x-b "
                             "with a learned prior variance", choices=("affine", "additive"))
+    output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
+                              "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
 
     def __post_init__(self):
         check_choices(self)

@@ -2,6 +2,7 @@
 
 from .denoise import tweedie_denoise
 from .guidance import Guidance
+from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
 
-__all__ = ["Guidance", "SequentialSampler", "tweedie_denoise"]
+__all__ = ["BlockStrategy", "GSJacobiSampler", "Guidance", "JacobiSampler", "SequentialSampler", "tweedie_denoise"]

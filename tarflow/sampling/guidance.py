@@ -33,7 +33,8 @@ class Guidance:
         if self.attn_temp <= 0:
             raise ConfigError(f"guidance attn_temp must be positive, got {self.attn_temp}")
 
-    def weight_at(self, token: int, num_tokens: int) -> float:
+    def weight_at(self, token: int | Tensor, num_tokens: int) -> float | Tensor:
+        """w for token index ``token``; a tensor of indices (shape (L, 1) for a chunk) gives one w per token."""
         return self.weight * token / max(num_tokens - 1, 1) if self.annealed else self.weight
 
     def combine(self, a: Tensor, b: Tensor, token: int, num_tokens: int) -> tuple[Tensor, Tensor]:

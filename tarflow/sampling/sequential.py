@@ -47,14 +47,18 @@ class SequentialSampler:
             z = self.noise(n, temperature, generator) if z is None else z.to(m.device)
             y = m.check_labels(y, n)
             if guidance is None:
-                x = m.inverse(z, y)
+                x = self.invert(z, y)
             else:
-                x = m.inverse(z, *self.branches(y, n, guidance), guide=self.guide(guidance))
+                x = self.invert(z, *self.branches(y, n, guidance), guide=self.guide(guidance))
             if denoise_std:
                 x = tweedie_denoise(m, x, y, denoise_std)
         finally:
             m.train(was_training)
         return x
+
+    def invert(self, z: Tensor, y: Tensor | None = None, attn_temp: Tensor | None = None, guide=None) -> Tensor:
+        """Noise images -> data images; ``y`` / ``attn_temp`` hold every guidance branch's rows."""
+        return self.model.inverse(z, y, attn_temp, guide)
 
     def branches(self, y: Tensor | None, n: int, guidance: Guidance) -> tuple[Tensor | None, Tensor]:
         """Labels and attention temperatures of the conditional rows then the unconditional rows."""
