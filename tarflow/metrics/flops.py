@@ -1,0 +1,37 @@
+"""Matmul FLOPs of a TarFlow, counted exactly from its config (every matmul, attention included).
+
+Per image and flow block, with T tokens of D values, width W, L layers, MLP ratio r, and T' = T - 1
+positions entering the Transformer (the last token only receives parameters):
+    proj_in      2 T' D W
+    per layer    2 T' W (3W)  qkv   +  2 T'^2 W  (q k^T)  +  2 T'^2 W  (A v)  +  2 T' W W  out
+                 + 2 T' W (rW) + 2 T' (rW) W   MLP
+    proj_out     2 T' W (2D)  (affine; D for additive)
+Attention is counted dense (T'^2, as a dense kernel computes it, not the causal half). Elementwise work
+(norms, activations, softmax, the affine update) is not counted. Backward = 2 x forward for every matmul
+(one product for the weight gradient, one for the input gradient), less the input gradient of the first
+block's proj_in, whose input (the data) needs none.
+"""
+
+from __future__ import annotations
+
+from ..flows.config import FlowConfig
+
+
+def block_forward_flops(c: FlowConfig) -> tuple[int, int]:
+    """(all matmul FLOPs, FLOPs of proj_in) of one flow block's forward, per image."""
+    T, D, W, r = c.num_tokens - 1, c.token_dim, c.width, c.mlp_ratio
+    out = 2 * D if c.transform == "affine" else D
+    proj_in = 2 * T * D * W
+    layer = 2 * T * W * 3 * W + 2 * 2 * T * T * W + 2 * T * W * W + 2 * 2 * T * W * r * W
+    return proj_in + c.layers_per_block * layer + 2 * T * W * out, proj_in
+
+
+def forward_flops(c: FlowConfig) -> int:
+    """Matmul FLOPs of one image's forward pass (log-likelihood)."""
+    return c.num_blocks * block_forward_flops(c)[0]
+
+
+def training_flops(c: FlowConfig, batch: int) -> int:
+    """Matmul FLOPs of one training step (forward + backward) on ``batch`` images."""
+    total, first_proj_in = block_forward_flops(c)
+    return batch * (3 * forward_flops(c) - first_proj_in)
