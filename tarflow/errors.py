@@ -15,3 +15,7 @@ class InputError(TarflowError, ValueError):
 
 class CheckpointError(TarflowError):
     """A missing, truncated or incompatible saved model or training checkpoint."""
+
+
+class DataError(TarflowError):
+    """A dataset file that is missing, fails its checksum, cannot be downloaded or cannot be decoded."""

@@ -3,6 +3,9 @@
 from .quantize import bin_width, dequantize, quantize
 
 __all__ = ["bin_width", "dequantize", "quantize"]
-from .datasets import DATASETS, ImageData, load_dataset  # noqa: E402
+from .augment import flip_batch  # noqa: E402
+from .datasets import DATASETS, SOURCES, BadImageWarning, ImageData, load_dataset  # noqa: E402
+from .download import default_cache_dir, md5sum  # noqa: E402
 
-__all__ += ["DATASETS", "ImageData", "load_dataset"]
+__all__ += ["DATASETS", "SOURCES", "BadImageWarning", "ImageData", "load_dataset", "flip_batch", "default_cache_dir",
+            "md5sum"]
