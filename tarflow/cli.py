@@ -93,7 +93,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .flows import TarFlow
-    from .sampling import Guidance, SequentialSampler
+    from .sampling import Guidance
     from .train.device import pick_device
     from .viz import save_grid, to_uint8
 
@@ -117,16 +117,43 @@ def cmd_sample(args: argparse.Namespace) -> int:
     sigma = float(meta.get("noise_std", 0.0)) if denoise else None
     if denoise and not sigma:
         raise ConfigError("--denoise needs the training noise std, which this model's metadata lacks")
+    sampler, why = choose_sampler(model, model_dir, args, guidance)
     t0 = time.perf_counter()
-    x = SequentialSampler(model).sample(args.count, y, args.temperature, guidance, sigma,
-                                        generator=torch.Generator().manual_seed(args.seed))
+    x = sampler.sample(args.count, y, args.temperature, guidance, sigma,
+                       generator=torch.Generator().manual_seed(args.seed))
     seconds = time.perf_counter() - t0
     out = Path(args.out) if args.out else Path(args.path) / "sample.png"
     save_grid(to_uint8(x, levels), out, nrow=c.num_classes or 10)
     how = f"guidance w={args.guidance} ({args.guidance_rule})" if guidance else "no guidance"
-    print(f"{args.count} samples in {seconds:.2f} s with the sequential sampler (exact, KV cache), "
+    print(f"{args.count} samples in {seconds:.2f} s with the {why}, "
           f"temperature {args.temperature}, {how}, denoise {'on (sigma=%.4g)' % sigma if denoise else 'off'} -> {out}")
     return 0
+
+
+def choose_sampler(model, model_dir: Path, args: argparse.Namespace, guidance) -> tuple[object, str]:
+    """The sampler ``--sampler`` asks for, and a phrase saying which it is and why."""
+    from .sampling import GSJacobiSampler, JacobiSampler, SequentialSampler
+    from .sampling.calibrate import SAMPLING_NAME, auto_sampler
+
+    if args.tol < 0:
+        raise ConfigError(f"--tol must be non-negative, got {args.tol}")
+    if args.modules is not None and args.modules < 1:
+        raise ConfigError(f"--modules must be at least 1, got {args.modules}")
+    if args.sampler == "sequential":
+        return SequentialSampler(model), "sequential sampler (exact, KV cache; --sampler sequential)"
+    if args.sampler == "jacobi":
+        s = JacobiSampler(model, tol=args.tol)
+        return s, f"{s.describe()} sampler (--sampler jacobi)"
+    if args.sampler == "gs-jacobi":
+        s = GSJacobiSampler(model, tol=args.tol, modules=args.modules)
+        return s, f"{s.describe()} sampler (--sampler gs-jacobi)"
+    if args.modules is not None:
+        raise ConfigError("--modules applies to --sampler gs-jacobi only")
+    log = (lambda msg: print(f"  calibration: {msg}")) if args.verbose else None
+    sampler, entry, fresh = auto_sampler(model, model_dir, args.count, guidance, args.recalibrate, log=log)
+    where = "calibrated now" if fresh else f"from {model_dir / SAMPLING_NAME}"
+    name = sampler.describe() if hasattr(sampler, "describe") else "sequential (exact, KV cache)"
+    return sampler, f"{name} sampler, chosen automatically ({where}: {entry['reason']})"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -193,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                    help="one Tweedie denoising step (default: on for models trained with gaussian noise)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    s.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="auto",
+                   help="auto (default): the fastest exact-enough sampler for this device and --count, from a short "
+                   "calibration stored in the model's sampling.json; or force one")
+    s.add_argument("--tol", type=float, default=1e-5,
+                   help="relative-change tolerance of a forced jacobi / gs-jacobi sampler (default 1e-5)")
+    s.add_argument("--modules", type=int, default=None,
+                   help="modules per block of a forced gs-jacobi sampler (default about sqrt(tokens))")
+    s.add_argument("--recalibrate", action="store_true", help="with --sampler auto: calibrate again")
+    s.add_argument("-v", "--verbose", action="store_true", help="print the calibration measurements")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="test bits/dim of a trained model, as JSON")
