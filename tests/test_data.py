@@ -15,7 +15,7 @@ from PIL import Image
 
 import tarflow.data.datasets as datasets_mod
 import tarflow.data.images as images_mod
-from data_helpers import (CIFAR_CLASSES, cifar_batch, make_cifar_archive, make_idx_dataset, make_image_folder,
+from data_helpers import (CIFAR_CLASSES, make_cifar_archive, make_idx_dataset, make_image_folder,
                           png_bytes, tar_folder, trust_files, write_idx, write_tar)
 from tarflow.data import BadImageWarning, flip_batch, load_dataset, md5sum
 from tarflow.data import cache as cache_mod
@@ -270,6 +270,10 @@ def test_folder_layout_errors(tmp_path):
     (tmp_path / "f" / "loose.png").write_bytes(png_bytes(np.zeros((4, 4), np.uint8)))
     with pytest.raises(DataError, match="'loose.png' sit beside class folders"):
         load("folder", "train", tmp_path, data_dir=tmp_path / "f", image_size=4)
+    (tmp_path / "t" / "train" / "cls").mkdir(parents=True)
+    (tmp_path / "t" / "train" / "cls" / "a.png").write_bytes(png_bytes(np.zeros((4, 4), np.uint8)))
+    with pytest.raises(DataError, match=r"t has a train/ folder but no test/ folder"):
+        load("folder", "train", tmp_path, data_dir=tmp_path / "t", image_size=4)
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "notes.txt").write_text("no images")
     with pytest.raises(DataError, match=r"no image files in .*\.png"):

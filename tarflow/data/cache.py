@@ -38,7 +38,8 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
         labels = np.load(path / "labels.npy")
     except (OSError, ValueError):
         return None
-    if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (len(images),) or meta.get("count") != len(images):
+    n = len(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or labels.shape != (n,) or meta.get("count") != n:
         return None
     return images, labels, meta
 

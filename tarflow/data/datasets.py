@@ -242,8 +242,15 @@ def load_images(name: str, root: Path, split: str, size: int, channels: int, o: 
         source = f"archive|{root.resolve()}|{st.st_size}|{st.st_mtime_ns}"
 
         def decode() -> Decoded:
-            shown, names, results = read_archive(root, size, channels, o.progress)
-            return split_arrays(names, [f"{root}:{n}" for n in shown], results, size, channels, None)
+            members, names, results = read_archive(root, size, channels, o.progress)
+            splits, labels, classes = layout(names, str(root))
+            shown = [f"{root}:{m}" for m in members]
+            out = {}
+            for s in ("train", "test"):
+                idx = [i for i, sp in enumerate(splits) if sp == s]
+                out[s] = assemble([results[i] for i in idx], [labels[i] for i in idx], [shown[i] for i in idx],
+                                  classes, (channels, size, size))
+            return out
     else:
         entries = scan_folder(root)
         if not entries:
@@ -253,8 +260,11 @@ def load_images(name: str, root: Path, split: str, size: int, channels: int, o: 
 
         def decode() -> Decoded:
             names = [p for p, _, _ in entries]
-            return split_arrays(names, [str(root / p) for p in names], None, size, channels, split,
-                                o.progress, f"decoding {name} {split}")
+            splits, labels, classes = layout(names, str(root))
+            idx = [i for i, sp in enumerate(splits) if sp == split]
+            paths = [str(root / names[i]) for i in idx]
+            results = decode_many(zip(paths, paths), size, channels, len(idx), o.progress, f"decoding {name} {split}")
+            return {split: assemble(results, [labels[i] for i in idx], paths, classes, (channels, size, size))}
 
     x, y, meta, path = cached(name, split, (channels, size, size), source, decode, o)
     classes = tuple(meta["classes"])
@@ -269,27 +279,14 @@ def load_images(name: str, root: Path, split: str, size: int, channels: int, o: 
     return image_data(name, split, x, y, classes)
 
 
-def split_arrays(names: list[str], shown: list[str], results: list | None, size: int, channels: int,
-                 only: str | None, progress: bool = False, desc: str = "") -> Decoded:
-    """Arrays of each split from image names (relative paths) and their decoded arrays or failure reasons.
-
-    ``results`` None: decode the files ``shown`` of split ``only`` now (``shown`` are paths).
-    """
-    splits, labels, classes = layout(names)
-    wanted = [only] if only else ["train", "test"]
-    out: Decoded = {}
-    for s in wanted:
-        idx = [i for i, sp in enumerate(splits) if sp == s]
-        if results is None:
-            got = decode_many(((shown[i], shown[i]) for i in idx), size, channels, len(idx), progress, desc)
-        else:
-            got = [results[i] for i in idx]
-        good = [(r, labels[i]) for i, r in zip(idx, got) if not isinstance(r, str)]
-        x = np.stack([r for r, _ in good]) if good else np.zeros((0, channels, size, size), np.uint8)
-        y = np.array([lab for _, lab in good], dtype=np.int64)
-        skipped = [[shown[i], r] for i, r in zip(idx, got) if isinstance(r, str)]
-        out[s] = (x, y, {"classes": classes, "total": len(idx), "skipped": skipped})
-    return out
+def assemble(results: list[np.ndarray | str], labels: list[int], shown: list[str], classes: list[str],
+             shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One split's (images, labels, meta) from decoded arrays or failure reasons; failures go in meta["skipped"]."""
+    good = [(r, lab) for r, lab in zip(results, labels) if not isinstance(r, str)]
+    x = np.stack([r for r, _ in good]) if good else np.zeros((0, *shape), np.uint8)
+    y = np.array([lab for _, lab in good], dtype=np.int64)
+    skipped = [[where, r] for where, r in zip(shown, results) if isinstance(r, str)]
+    return x, y, {"classes": classes, "total": len(results), "skipped": skipped}
 
 
 def report_bad(name: str, root: Path, split: str, meta: dict[str, Any], on_bad_image: str, path: Path) -> None:

@@ -187,14 +187,19 @@ def read_archive(path: Path, size: int, channels: int, progress: bool
     return members, names, results
 
 
-def layout(paths: list[str]) -> tuple[list[str | None], list[int], list[str]]:
+def layout(paths: list[str], where: str) -> tuple[list[str | None], list[int], list[str]]:
     """Split ("train", "test" or None = unused) and class index of each relative path, and the class names.
 
     With ``train/`` and ``test/`` folders at the root, they are the splits (anything else is unused);
     otherwise about 1 in 10 images is held out for "test", chosen by a hash of its path (stable when
     files are added). Inside a split, each sub-folder is a class; images directly in it form one class.
     """
-    has_splits = {p.split("/", 1)[0] for p in paths if "/" in p} >= set(SPLITS)
+    tops = {p.split("/", 1)[0] for p in paths if "/" in p}
+    if len(tops & set(SPLITS)) == 1:
+        (have,), (lack,) = tops & set(SPLITS), set(SPLITS) - tops
+        raise DataError(f"{where} has a {have}/ folder but no {lack}/ folder: add {lack}/<class>/ images, or drop the "
+                        f"split level (class folders at the root; then 1 in 10 images is held out for test)")
+    has_splits = tops >= set(SPLITS)
     splits: list[str | None] = []
     rest: list[str] = []
     for p in paths:
@@ -209,7 +214,7 @@ def layout(paths: list[str]) -> tuple[list[str | None], list[int], list[str]]:
     used = [r for r, s in zip(rest, splits) if s is not None]
     loose = [r for r in used if "/" not in r]
     if loose and len(loose) < len(used):
-        raise DataError(f"images such as {loose[0]!r} sit beside class folders: put every image in a class "
+        raise DataError(f"{where}: images such as {loose[0]!r} sit beside class folders: put every image in a class "
                         f"folder, or use a folder of images only (one class)")
     classes = [NO_CLASS] if loose else sorted({r.split("/", 1)[0] for r in used})
     index = {c: i for i, c in enumerate(classes)}
