@@ -182,6 +182,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    from .flows.reference import convert_reference_state, load_reference_state
+
+    if args.noise_std is not None and args.noise_std < 0:
+        raise ConfigError(f"--noise-std must be non-negative, got {args.noise_std}")
+    meta = {"imported_from": "apple/ml-tarflow", "source": str(Path(args.checkpoint).resolve()),
+            "levels": args.levels}
+    if args.noise_std:
+        meta.update(noise="gaussian", noise_std=args.noise_std)
+    state = load_reference_state(args.checkpoint)
+    model = convert_reference_state(state, args.patch_size, args.channels, args.head_dim, args.num_classes, meta)
+    model.save_pretrained(args.out, metadata=meta)
+    c = model.config
+    print(f"imported {args.checkpoint}: {c.image_size}x{c.image_size}x{c.channels}, patch {c.patch_size}, width {c.width}, "
+          f"{c.num_blocks} blocks x {c.layers_per_block} layers, head dim {c.head_dim}, {c.transform}, "
+          f"{c.num_classes or 'no'} classes -> {args.out}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .presets import PRESETS
 
@@ -243,6 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "(comparable with unconditional models) and the Bayes-classifier accuracy (default on)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("import-reference", help="convert an apple/ml-tarflow checkpoint into a saved model",
+                       description="Convert a checkpoint of the reference TarFlow code (a torch-saved state_dict) "
+                       "into a model directory (config.json + model.safetensors). Width, blocks, layers, classes and "
+                       "affine/additive are read from the weights; the patch size and channels must be given.")
+    i.add_argument("checkpoint", metavar="CKPT")
+    i.add_argument("--patch-size", type=int, required=True, help="the reference's --patch_size")
+    i.add_argument("--channels", type=int, required=True, help="image channels (the reference's --channel_size: 3 RGB)")
+    i.add_argument("--num-classes", type=int, default=None, help="check the class count (default: from the weights)")
+    i.add_argument("--head-dim", type=int, default=64, help="attention head dimension (64 in the reference code)")
+    i.add_argument("--noise-std", type=float, default=None,
+                   help="the Gaussian noise std it was trained with (the reference's --noise_std, e.g. 0.05), "
+                   "recorded so that `tarflow sample` denoises by default")
+    i.add_argument("--levels", type=int, default=256, help="pixel levels of the data (default 256)")
+    i.add_argument("--out", required=True, help="model directory to write")
+    i.set_defaults(func=cmd_import_reference)
 
     r = sub.add_parser("presets", help="list the named presets")
     r.add_argument("-v", "--verbose", action="store_true", help="print every preset's fields")
