@@ -68,6 +68,7 @@ def resolve_model_dir(path: str) -> Path:
 # ----- commands ----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
+    from .train.faults import TrainingStopped
 
     if args.resume:
         given = [k for k in overrides_given(args) if k != "device"]
@@ -82,7 +83,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.preset = args.preset or "digits"
         config = config_from_args(args)
         run_dir = Path(args.out or f"runs/{args.preset}")
-    result = train(config, run_dir, progress=not args.no_progress)
+    try:
+        result = train(config, run_dir, progress=not args.no_progress)
+    except TrainingStopped as e:  # a signal or too many non-finite steps: a checkpoint is saved
+        print(f"tarflow: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} "
           f"({result['images']} {config.train.dataset} test images, {result['draws']} dequantization draw(s))")
     print(f"run directory: {run_dir}  (model/, samples.png, loss_curve.png, metrics.jsonl, eval.json)")

@@ -9,25 +9,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..errors import CheckpointError
 from ..flows.tarflow import read_weights
-from ..io import atomic_dir, existing_dir
+from ..io import atomic_dir, existing_dir, write_bytes
 
 CHECKPOINT_DIR = "checkpoint"
 MODEL, EMA, STATE = "model.safetensors", "ema.safetensors", "trainer.pt"
+STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng")
 
 
 def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module | None, state: dict[str, Any]) -> Path:
-    """Replace ``run_dir/checkpoint`` atomically: a crash mid-write leaves the previous checkpoint whole."""
+    """Replace ``run_dir/checkpoint`` atomically: a crash mid-write leaves the previous checkpoint whole.
+
+    Each file is serialised in memory, then written by Python, so that a full or read-only disk surfaces
+    as an `OutputError` with its cause (safetensors and torch.save report write failures without errno).
+    """
     path = Path(run_dir) / CHECKPOINT_DIR
     with atomic_dir(path) as tmp:
-        save_file(cpu_state(model), str(tmp / MODEL))
+        write_bytes(tmp / MODEL, safetensors_bytes(cpu_state(model)))
         if ema is not None:
-            save_file(cpu_state(ema), str(tmp / EMA))
-        torch.save(state, tmp / STATE)
+            write_bytes(tmp / EMA, safetensors_bytes(cpu_state(ema)))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(tmp / STATE, buffer.getbuffer())
     return path
 
 
@@ -48,6 +55,11 @@ def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module | None) -> dict
     if not file.is_file():
         raise CheckpointError(f"{file} is missing: the checkpoint in {path} is incomplete")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, io.UnsupportedOperation) as e:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, io.UnsupportedOperation,
+            ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{file} cannot be read ({type(e).__name__}); the file is truncated or corrupt") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise CheckpointError(f"{file} lacks {', '.join(missing)}; the file is corrupt or not a tarflow checkpoint")
+    return state

@@ -37,10 +37,12 @@ class TrainConfig:
     sample_temperature: float = option(1.0, "prior temperature of the sample grids")
     sample_guidance: float = option(0.0, "classifier-free guidance weight of the sample grids (conditional models)")
     eval_draws: int = option(1, "dequantization draws per test image in the final evaluation")
+    max_bad_steps: int = option(10, "stop (with the last good weights saved) after this many steps in a row with a "
+                                "non-finite batch, loss or gradient; such steps are skipped and logged")
 
     def __post_init__(self):
         check_choices(self)
-        for name in ("steps", "batch_size", "num_samples", "eval_draws", "log_every"):
+        for name in ("steps", "batch_size", "num_samples", "eval_draws", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "grad_clip", "noise_std",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,14 @@ from ..data import bin_width, dequantize, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
 from ..flows import FlowConfig, TarFlow
-from ..io import atomic_write_text
+from ..io import atomic_write_text, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..sampling import Guidance, SequentialSampler
 from ..viz import plot_curves, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .device import amp_dtype, autocast, pick_device
+from .faults import BadSteps, StopSignals, run_guards
 
 RUN_CONFIG = "config.json"
 
@@ -33,13 +37,25 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
           ) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; return the final test evaluation.
 
-    A run directory that already holds a checkpoint of the same config is resumed from it.
-    ``stop_at`` ends the process-local loop after that step (checkpointing first), as an interruption would.
+    A run directory that already holds a checkpoint of the same config is resumed from it, and the result
+    is exactly that of an uninterrupted run (on CPU). ``stop_at`` ends the process-local loop after that
+    step (checkpointing first), as an interruption would. Faults (see `faults`): a second trainer on the
+    same directory is refused; SIGINT/SIGTERM save a checkpoint at the end of the step and raise
+    `TrainingStopped`; a step with a non-finite batch, loss or gradient is skipped and logged, and
+    ``max_bad_steps`` in a row stop the run with the last good weights saved; a full or read-only disk
+    raises `OutputError` with the previous checkpoint intact.
     """
     tc, mc, run_dir = config.train, config.model, Path(run_dir)
     device = pick_device(tc.device)
     data, test = load_dataset(tc.dataset, "train"), load_dataset(tc.dataset, "test")
     check_fits(mc, data)
+    with run_guards(run_dir) as stop:
+        return train_loop(config, run_dir, device, data, test, progress, stop_at, stop)
+
+
+def train_loop(config: RunConfig, run_dir: Path, device: torch.device, data: ImageData, test: ImageData,
+               progress: bool, stop_at: int | None, stop: StopSignals) -> dict[str, Any]:
+    tc, mc = config.train, config.model
     torch.manual_seed(tc.seed)
     model = TarFlow(mc).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
@@ -47,6 +63,7 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
     dtype = amp_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    bad = BadSteps(tc.max_bad_steps)
 
     step, elapsed = 0, 0.0
     checkpoint = start_run(run_dir, config)
@@ -57,8 +74,9 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         step, elapsed = state["step"], state["elapsed_s"]
-        trim_metrics(run_dir, step)
+        bad.in_a_row = state.get("bad_steps_in_a_row", 0)
         print(f"resuming {run_dir} from step {step}")
+    trim_metrics(run_dir, step)
     print(f"training on {device} ({'amp ' + str(dtype).removeprefix('torch.') if dtype else 'float32'}): "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
 
@@ -70,30 +88,37 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     model.train()
     while step < tc.steps:
         x, y = batch(data, step, tc, mc, device)
-        with autocast(device, dtype):
-            loss = -model.log_prob(x, y).mean() / D  # nats per dimension
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf"))
-        if not math.isfinite(loss.item()):
-            raise TarflowError(f"the loss became {loss.item()} at step {step + 1}; lower the learning rate "
-                               f"(lr={tc.lr}) or raise warmup_steps")
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            update_ema(ema, model, tc.ema_decay, step)
+        loss = grad_norm = torch.tensor(float("nan"))
+        batch_ok = bool(torch.isfinite(x).all())  # log_prob refuses NaN input: such a batch is a bad step
+        if batch_ok:
+            with autocast(device, dtype):
+                loss = -model.log_prob(x, y).mean() / D  # nats per dimension
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf"))
+        skipped = bad.check(batch_ok, loss, grad_norm, scaler.is_enabled())  # why the step is bad, or None
+        if not skipped:
+            scaler.step(optimizer)
+            if ema is not None:
+                update_ema(ema, model, tc.ema_decay, step)
+        if batch_ok:
+            scaler.update()
+        advance(scheduler)
         step += 1
 
-        bpd = (loss.item() - math.log(bw)) / math.log(2)
-        window.append(bpd)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}")
         record = {}
-        if step % tc.log_every == 0 or step == tc.steps:
-            record.update(loss=loss.item(), bpd=sum(window) / len(window), lr=scheduler.get_last_lr()[0],
-                          grad_norm=grad_norm.item())
+        if skipped:
+            record["bad_step"] = skipped
+            bar.write(f"step {step}: skipped, {skipped} ({bad.in_a_row} in a row; the run stops at {tc.max_bad_steps})")
+        else:
+            bpd = (loss.item() - math.log(bw)) / math.log(2)
+            window.append(bpd)
+            bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}")
+        if (step % tc.log_every == 0 or step == tc.steps) and window:
+            record.update(loss=loss.item() if not skipped else None, bpd=sum(window) / len(window),
+                          lr=scheduler.get_last_lr()[0], grad_norm=grad_norm.item() if not skipped else None)
             window = []
         final = ema if ema is not None else model
         if every(step, tc.eval_every, tc.steps):
@@ -106,16 +131,21 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
             record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if every(step, tc.checkpoint_every, tc.steps) or step == stop_at:
+        halt = step == stop_at or stop.requested or bad.exhausted
+        if every(step, tc.checkpoint_every, tc.steps) or halt:
             state = {"step": step, "elapsed_s": time.perf_counter() - t0, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": {"torch": torch.get_rng_state()}}
+                     "rng": {"torch": torch.get_rng_state()}, "bad_steps_in_a_row": bad.in_a_row}
             save_checkpoint(run_dir, model, ema, state)
             plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
-        if step == stop_at:
+        if halt:
             break
     bar.close()
     log.close()
+    if stop.requested:
+        raise stop.error(run_dir, step)
+    if bad.exhausted:
+        raise bad.error(run_dir, step, tc)
     if step < tc.steps:
         return {"step": step}
 
@@ -137,14 +167,17 @@ def start_run(run_dir: Path, config: RunConfig) -> Path | None:
     file = run_dir / RUN_CONFIG
     text = json.dumps({"tarflow_version": __version__, **config.to_dict()}, indent=2) + "\n"
     if file.is_file():
-        saved = json.loads(file.read_text())
-        saved.pop("tarflow_version", None)
+        saved = read_config_json(file)
+        with contextlib.suppress(ConfigError):  # fields added since the run started take their defaults
+            saved = RunConfig.from_dict(saved).to_dict()
         if saved != config.to_dict():
             diffs = [f"{section}.{k}: {v!r} saved, {getattr(getattr(config, section), k)!r} now"
                      for section in ("model", "train") for k, v in saved.get(section, {}).items()
                      if getattr(getattr(config, section), k, None) != v]
             raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs) or 'other fields'}). "
                               f"Resume it with `tarflow train --resume {run_dir}`, or choose a new --out directory.")
+        remove_temporaries(run_dir)  # left by writers killed mid-write (we hold the run's lock)
+        remove_temporaries(run_dir / "samples")
         return find_checkpoint(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, text)
@@ -155,9 +188,18 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     file = Path(run_dir) / RUN_CONFIG
     if not file.is_file():
         raise ConfigError(f"{run_dir} is not a training run: {RUN_CONFIG} is missing")
-    saved = json.loads(file.read_text())
+    return RunConfig.from_dict(read_config_json(file))
+
+
+def read_config_json(file: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file} is not valid JSON ({e}); it was edited or damaged") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{file} does not hold a run config")
     saved.pop("tarflow_version", None)
-    return RunConfig.from_dict(saved)
+    return saved
 
 
 def check_fits(mc: FlowConfig, data: ImageData) -> None:
@@ -184,6 +226,13 @@ def lr_factor(step: int, tc: TrainConfig) -> float:
         return (step + 1) / tc.warmup_steps
     progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One step of the schedule, also after a skipped step (torch warns when the first steps are skipped)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
+        scheduler.step()
 
 
 @torch.no_grad()
