@@ -387,7 +387,8 @@ def test_image_modes_converted_by_the_rule(tmp_path):
 
     v16 = np.array([[0, 256, 257, 65535]] * 4, dtype=np.uint16)
     d, _ = mode_case(tmp_path, "i16", lambda: Image.fromarray(v16))
-    assert Image.open(tmp_path / "i16" / "train" / "c" / "img.png").mode == "I;16"
+    with Image.open(tmp_path / "i16" / "train" / "c" / "img.png") as im:
+        assert im.mode == "I;16"
     assert d.images[0, 0].tolist() == [[0, 1, 1, 255]] * 4  # round(v / 257)
 
     d, _ = mode_case(tmp_path, "i32", lambda: Image.fromarray(v16.astype(np.int32)), "TIFF")
