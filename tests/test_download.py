@@ -173,3 +173,18 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert download_mod.default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("TARFLOW_CACHE")
     assert download_mod.default_cache_dir() == Path.home() / ".cache" / "tarflow"
+
+
+def test_cifar10_archive_downloaded_then_both_splits_cached(server, tmp_path, monkeypatch):
+    from data_helpers import make_cifar_archive
+    (tmp_path / "src").mkdir()
+    want = make_cifar_archive(tmp_path / "src" / "cifar-10-python.tar.gz")
+    trust_files(monkeypatch, "cifar10", tmp_path / "src")
+    server.files["/cifar10/cifar-10-python.tar.gz"] = ((tmp_path / "src" / "cifar-10-python.tar.gz").read_bytes(), "ok")
+    monkeypatch.setenv("TARFLOW_DATA_MIRROR", server.url)
+    cache = tmp_path / "cache"
+    train = load_dataset("cifar10", "train", cache_dir=cache, progress=False)
+    (cache / "cifar10" / "cifar-10-python.tar.gz").unlink()  # the test split was cached in the same pass
+    test = load_dataset("cifar10", "test", cache_dir=cache, download=False, progress=False)
+    assert np.array_equal(train.images.numpy(), want["train_x"]) and np.array_equal(test.labels.numpy(), want["test_y"])
+    assert server.requests == ["/cifar10/cifar-10-python.tar.gz"]
