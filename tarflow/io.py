@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -212,6 +213,10 @@ def dir_lock(directory: str | os.PathLike, what: str = "process") -> Iterator[Pa
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             raise TarflowError(f"{directory} is in use by another {what} (pid {holder}); wait for it to finish or "
                                f"stop it, or choose another directory") from None
+        except OSError as e:  # a file system without flock (some network mounts): run, but say so
+            warnings.warn(f"cannot lock {file} ({e.strerror}); nothing stops a second {what} from using {directory}")
+            yield file
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield file

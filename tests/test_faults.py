@@ -254,6 +254,28 @@ def test_a_crash_between_the_two_renames_leaves_the_old_checkpoint(stopped_run, 
     assert leftovers(run) == []
 
 
+def kill_after_first_delete(run: Path) -> None:
+    """In a child: train, and SIGKILL this process right after its first directory delete completes."""
+    rmtree = shutil.rmtree
+
+    def rmtree_then_die(*a, **k):
+        rmtree(*a, **k)
+        kill_self()
+
+    shutil.rmtree = rmtree_then_die
+    train(config(), run, progress=False)
+
+
+def test_a_crash_in_the_save_after_an_interrupted_swap_keeps_a_checkpoint(stopped_run, tmp_path, reference):
+    run = copy_run(stopped_run, tmp_path)
+    os.replace(run / "checkpoint", run / "checkpoint.old")  # only the .old copy is whole
+    code, out = forked(kill_after_first_delete, run)
+    assert code == -signal.SIGKILL, out
+    assert checkpoint_step(run) in (6, 9)  # the next save must not delete the only whole copy first
+    train(config(), run, progress=False)
+    assert_same_weights(run, reference)
+
+
 # ----- SIGINT / SIGTERM --------------------------------------------------------------------------------
 def signal_at(run: Path, step: int, signum: int) -> int:
     """In a child: `tarflow train`, with ``signum`` arriving during step ``step``."""
@@ -517,3 +539,14 @@ def test_torchrun_ranks_other_than_zero_do_not_take_the_lock(tmp_path, monkeypat
             train(config(steps=3), run, progress=False)
         monkeypatch.setenv("RANK", "1")
         train(config(steps=3), run, progress=False)
+
+
+def test_a_file_system_without_flock_trains_unlocked_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="cannot lock"):
+        train(config(steps=3), tmp_path / "run", progress=False)
