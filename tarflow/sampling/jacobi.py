@@ -126,13 +126,19 @@ class JacobiSampler(SequentialSampler):
         m = self.model
         m.check_images(z, "z")
         tokens = m.patchify(z)
+        T = m.config.num_tokens
         for i in reversed(range(len(m.blocks))):
-            tokens, self.last_iterations[i] = solve_block(m.blocks[i], tokens, y, attn_temp, guide,
-                                                          self.strategies[i], self.tol)
+            strat = self.strategies[i]
+            if strat.modules >= T - 1 and strat.max_iters == 1:  # one token per module: the sequential inverse
+                tokens, self.last_iterations[i] = m.blocks[i].inverse(tokens, y, attn_temp, guide), [1] * (T - 1)
+                continue
+            tokens, self.last_iterations[i] = solve_block(m.blocks[i], tokens, y, attn_temp, guide, strat, self.tol)
         return m.unpatchify(tokens)
 
     def describe(self) -> str:
-        parts = [f"{s.modules}x{'exact' if s.max_iters is None else s.max_iters}" for s in self.strategies]
+        T = self.model.config.num_tokens
+        parts = ["sequential" if s.modules >= T - 1 and s.max_iters == 1 else
+                 f"{s.modules}x{'exact' if s.max_iters is None else s.max_iters}" for s in self.strategies]
         return f"{self.name} (tol {self.tol:g}; modules x iteration cap per block: {', '.join(parts)})"
 
 
