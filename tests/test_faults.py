@@ -38,7 +38,8 @@ from tarflow.train import trainer
 from tarflow.train.faults import TrainingStopped
 from tarflow.train.trainer import train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not hasattr(os, "fork"), reason="crash cases run in forked children (POSIX)")]
 
 STEPS, EVERY = 12, 3
 # The run every case trains: the tiny preset, 12 steps, a checkpoint every 3, a metrics line every step.

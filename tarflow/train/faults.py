@@ -37,7 +37,7 @@ def run_guards(run_dir: Path) -> Iterator["StopSignals"]:
         with lock, StopSignals() as stop, reporting_write_errors(run_dir, only_inside=True):
             yield stop
     except OutputError as e:
-        raise OutputError(f"{e}. The last checkpoint in {run_dir} is intact: fix this and re-run the same command "
+        raise OutputError(f"{e}. The last checkpoint in {run_dir}, if any, is intact: fix this and re-run the same command "
                           f"(or `tarflow train --resume {run_dir}`) to continue from it", e.errno) from None
 
 
