@@ -242,7 +242,8 @@ def main() -> int:
             else:
                 t, x = timed(lambda: s.sample(B, y, z=z), reps)
             iters = getattr(s, "last_iterations", None)
-            it = "" if not iters else " | ".join(",".join(map(str, b)) for b in reversed(iters))
+            it = "" if not iters else " | ".join(
+                "seq" if len(b) == c.num_tokens - 1 and set(b) == {1} else ",".join(map(str, b)) for b in reversed(iters))
             if name == "auto":
                 it = f"[{entry['sampler']}; calibration {t_cal:.1f} s] " + it
             diff = float((x - x_seq).abs().max())
