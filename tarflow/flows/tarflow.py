@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from .. import __version__
 from ..configs import from_dict
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import atomic_dir, existing_dir
+from ..io import atomic_dir, existing_dir, write_bytes
 from .block import ARFlowBlock, Guide
 from .config import FlowConfig
 
@@ -163,9 +164,9 @@ class TarFlow(nn.Module):
         config = {"format": "tarflow", "format_version": FORMAT_VERSION, "tarflow_version": __version__,
                   "model": dataclasses.asdict(self.config), "metadata": metadata or {}}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_dir(path) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_file(state, str(tmp / WEIGHTS_NAME))
+        with atomic_dir(path) as tmp:  # bytes written by Python: a full disk is an OutputError with its cause
+            write_bytes(tmp / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+            write_bytes(tmp / WEIGHTS_NAME, safetensors_bytes(state))
         return Path(path)
 
     @classmethod

@@ -48,7 +48,7 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     per_image = torch.zeros(n, dtype=torch.float64)
     per_image_mix = torch.zeros(n, dtype=torch.float64)
     correct = torch.zeros(n, dtype=torch.float64)
-    dtype = next(model.parameters()).dtype
+    dtype = next(model.parameters(), torch.empty(())).dtype  # float64 models get float64 inputs
     batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)][rank::world_size]
     for draw in range(draws):
         for lo, hi in tqdm(batches, desc="eval bits/dim", disable=not progress, leave=False):

@@ -21,25 +21,22 @@ MODEL, EMA, STATE = "model.safetensors", "ema.safetensors", "trainer.pt"
 STATE_KEYS = ("step", "optimizer", "scheduler", "scaler", "rng")
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module | None, state: dict[str, Any]) -> Path:
+def save_checkpoint(run_dir: Path, model: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None,
+                    state: dict[str, Any]) -> Path:
     """Replace ``run_dir/checkpoint`` atomically: a crash mid-write leaves the previous checkpoint whole.
 
-    Each file is serialised in memory, then written by Python, so that a full or read-only disk surfaces
+    ``model`` and ``ema`` are whole CPU state dicts. Each file is serialised in memory, then written by Python, so that a full or read-only disk surfaces
     as an `OutputError` with its cause (safetensors and torch.save report write failures without errno).
     """
     path = Path(run_dir) / CHECKPOINT_DIR
     with atomic_dir(path) as tmp:
-        write_bytes(tmp / MODEL, safetensors_bytes(cpu_state(model)))
+        write_bytes(tmp / MODEL, safetensors_bytes(model))
         if ema is not None:
-            write_bytes(tmp / EMA, safetensors_bytes(cpu_state(ema)))
+            write_bytes(tmp / EMA, safetensors_bytes(ema))
         buffer = io.BytesIO()
         torch.save(state, buffer)
         write_bytes(tmp / STATE, buffer.getbuffer())
     return path
-
-
-def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
 def find_checkpoint(run_dir: Path) -> Path | None:

@@ -13,7 +13,12 @@ from ..flows import FlowConfig
 
 @dataclass
 class TrainConfig:
-    dataset: str = option("digits", "dataset name")
+    dataset: str = option("digits", "dataset: digits (built in), mnist, fashion-mnist, cifar10, or folder "
+                          "(images in class sub-folders of data_dir)")
+    data_dir: str = option("", "local copy of the dataset's files (no download); empty: the download cache")
+    flip: bool = option(False, "random horizontal flips of training images")
+    on_bad_image: str = option("error", "an unreadable image in a folder dataset stops the run (error) or is "
+                               "skipped and counted (skip)", choices=("error", "skip"))
     noise: str = option("uniform", "input noise: uniform dequantization (for bits/dim) or gaussian "
                         "noise augmentation (for sample quality)", choices=("uniform", "gaussian"))
     noise_std: float = option(0.05, "std of the gaussian noise, in [-1, 1] units (noise=gaussian only)")
@@ -28,6 +33,12 @@ class TrainConfig:
     amp: str = option("auto", "mixed precision: auto (bf16 on CUDA if supported, else off), bf16, fp16, off",
                       choices=("auto", "bf16", "fp16", "off"))
     device: str = option("auto", "device: auto (cuda, then mps, then cpu), or a torch device such as cpu, cuda:1")
+    parallel: str = option("ddp", "under torchrun: replicate the model (ddp) or shard it across processes "
+                           "(fsdp, FSDP2)", choices=("ddp", "fsdp"))
+    backend: str = option("auto", "under torchrun: process-group backend (auto: nccl on CUDA, gloo on CPU)",
+                          choices=("auto", "gloo", "nccl"))
+    dist_timeout_s: float = option(600.0, "under torchrun: seconds a collective may wait for another process "
+                                   "before the job stops (a dead rank ends the job, never a hang)")
     seed: int = option(0, "seed of every random choice (data order, noise, init)")
     log_every: int = option(20, "steps between metric log lines")
     eval_every: int = option(500, "steps between test bits/dim evaluations (0 = only at the end)")
@@ -55,8 +66,14 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.sample_temperature < 0:
             raise ConfigError(f"sample_temperature must not be negative, got {self.sample_temperature}")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"dist_timeout_s must be positive, got {self.dist_timeout_s}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+# Where and how a run executes, not what it computes: they may change when a run is resumed elsewhere.
+RUNTIME_FIELDS = ("data_dir", "device", "backend", "dist_timeout_s")
 
 
 @dataclass

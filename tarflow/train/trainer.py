@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import bin_width, dequantize, load_dataset
+from ..data import bin_width, dequantize, flip_batch, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
 from ..flows import FlowConfig, TarFlow
@@ -26,8 +26,9 @@ from ..metrics import evaluate_bpd
 from ..sampling import Guidance, SequentialSampler
 from ..viz import plot_curves, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .config import RunConfig, TrainConfig
-from .device import amp_dtype, autocast, pick_device
+from .config import RUNTIME_FIELDS, RunConfig, TrainConfig
+from . import distributed as dist
+from .device import amp_dtype, autocast
 from .faults import BadSteps, StopSignals, run_guards
 
 RUN_CONFIG = "config.json"
@@ -46,57 +47,77 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     raises `OutputError` with the previous checkpoint intact.
     """
     tc, mc, run_dir = config.train, config.model, Path(run_dir)
-    device = pick_device(tc.device)
-    data, test = load_dataset(tc.dataset, "train"), load_dataset(tc.dataset, "test")
-    check_fits(mc, data)
-    with run_guards(run_dir) as stop:
-        return train_loop(config, run_dir, device, data, test, progress, stop_at, stop)
+    cluster, device = dist.setup(tc.device, tc.parallel, tc.backend, tc.dist_timeout_s)
+    try:
+        dist.check_batch(tc.batch_size, cluster)
+        data, test = load_data(tc, mc, cluster, progress)
+        check_fits(mc, data)
+        with run_guards(run_dir) as stop:
+            return train_loop(config, run_dir, cluster, device, data, test, progress, stop_at, stop)
+    except RuntimeError as e:
+        if not dist.lost_peer(e):
+            raise
+        raise TarflowError(f"process {cluster.rank} of {cluster.world_size} lost contact with the others "
+                           f"({str(e).splitlines()[0][:200]}): another process has probably died, see its output. "
+                           f"The last checkpoint in {run_dir} is intact; launch the same command again to resume "
+                           f"from it") from None
+    finally:
+        dist.teardown()
 
 
-def train_loop(config: RunConfig, run_dir: Path, device: torch.device, data: ImageData, test: ImageData,
-               progress: bool, stop_at: int | None, stop: StopSignals) -> dict[str, Any]:
-    tc, mc = config.train, config.model
+def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: torch.device, data: ImageData,
+               test: ImageData, progress: bool, stop_at: int | None, stop: StopSignals) -> dict[str, Any]:
+    tc, mc, main = config.train, config.model, cluster.is_main
     torch.manual_seed(tc.seed)
     model = TarFlow(mc).to(device)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
+    step, elapsed, state = 0, 0.0, None
+    checkpoint = start_run(run_dir, config) if main else None
+    dist.barrier()
+    checkpoint = checkpoint if main else find_checkpoint(run_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, ema)  # into the plain modules, before they are wrapped
+        step, elapsed = state["step"], state["elapsed_s"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if main:
+            print(f"resuming {run_dir} from step {step}")
+    net = dist.wrap(model, cluster, device)  # net(x, y) = log p(x | y), through DDP or over FSDP shards
+    if ema is not None and cluster.sharded:
+        dist.shard(ema)  # sharded like the model, so the EMA update stays local
     optimizer = make_optimizer(model, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
     dtype = amp_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     bad = BadSteps(tc.max_bad_steps)
-
-    step, elapsed = 0, 0.0
-    checkpoint = start_run(run_dir, config)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, ema)
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None:
+        dist.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step, elapsed = state["step"], state["elapsed_s"]
         bad.in_a_row = state.get("bad_steps_in_a_row", 0)
-        print(f"resuming {run_dir} from step {step}")
-    trim_metrics(run_dir, step)
-    print(f"training on {device} ({'amp ' + str(dtype).removeprefix('torch.') if dtype else 'float32'}): "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
+    if main:
+        trim_metrics(run_dir, step)
+        procs = f", {cluster.world_size} processes ({tc.parallel})" if cluster.distributed else ""
+        print(f"training on {device}{procs} ({'amp ' + str(dtype).removeprefix('torch.') if dtype else 'float32'}): "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
 
     D, bw = mc.num_dims, bin_width(data.levels)
-    log = open(run_dir / "metrics.jsonl", "a")
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True,
+    log = open(run_dir / "metrics.jsonl", "a") if main else None
+    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and main), dynamic_ncols=True,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     t0, window = time.perf_counter() - elapsed, []
     model.train()
     while step < tc.steps:
-        x, y = batch(data, step, tc, mc, device)
+        x, y = batch(data, step, tc, mc, device, cluster.shard(tc.batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss = grad_norm = torch.tensor(float("nan"))
-        batch_ok = bool(torch.isfinite(x).all())  # log_prob refuses NaN input: such a batch is a bad step
+        # log_prob refuses NaN input: such a batch is a bad step, on every rank at once
+        batch_ok = not dist.any_rank(not bool(torch.isfinite(x).all()), device)
         if batch_ok:
             with autocast(device, dtype):
-                loss = -model.log_prob(x, y).mean() / D  # nats per dimension
+                loss = -net(x, y).mean() / D  # nats per dimension
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf"))
+            grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
         skipped = bad.check(batch_ok, loss, grad_norm, scaler.is_enabled())  # why the step is bad, or None
         if not skipped:
             scaler.step(optimizer)
@@ -111,7 +132,9 @@ def train_loop(config: RunConfig, run_dir: Path, device: torch.device, data: Ima
         record = {}
         if skipped:
             record["bad_step"] = skipped
-            bar.write(f"step {step}: skipped, {skipped} ({bad.in_a_row} in a row; the run stops at {tc.max_bad_steps})")
+            if main:
+                bar.write(f"step {step}: skipped, {skipped} "
+                          f"({bad.in_a_row} in a row; the run stops at {tc.max_bad_steps})")
         else:
             bpd = (loss.item() - math.log(bw)) / math.log(2)
             window.append(bpd)
@@ -120,28 +143,35 @@ def train_loop(config: RunConfig, run_dir: Path, device: torch.device, data: Ima
             record.update(loss=loss.item() if not skipped else None, bpd=sum(window) / len(window),
                           lr=scheduler.get_last_lr()[0], grad_norm=grad_norm.item() if not skipped else None)
             window = []
-        final = ema if ema is not None else model
-        if every(step, tc.eval_every, tc.steps):
-            record["test_bpd"] = evaluate_bpd(final, test.images, labels_for(test, mc), test.levels)["bits_per_dim"]
-            bar.write(f"step {step}: test bits/dim {record['test_bpd']:.4f}")
+        evaluating, sampling = every(step, tc.eval_every, tc.steps), every(step, tc.sample_every, tc.steps)
+        if evaluating or sampling:
+            final = dist.plain_copy(ema if ema is not None else model)
+            if evaluating:
+                record["test_bpd"] = evaluate(final, test, mc, cluster)["bits_per_dim"]
+                if main:
+                    bar.write(f"step {step}: test bits/dim {record['test_bpd']:.4f}")
+            if sampling and main:
+                sample_grid(final, tc, mc, data.levels, run_dir / "samples" / f"step_{step:06d}.png")
             model.train()
-        if every(step, tc.sample_every, tc.steps):
-            sample_grid(final, tc, mc, data.levels, run_dir / "samples" / f"step_{step:06d}.png")
-        if record:
+        if record and main:
             record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
             log.write(json.dumps(record) + "\n")
             log.flush()
-        halt = step == stop_at or stop.requested or bad.exhausted
+        halt = dist.any_rank(step == stop_at or stop.requested or bad.exhausted, device)
         if every(step, tc.checkpoint_every, tc.steps) or halt:
-            state = {"step": step, "elapsed_s": time.perf_counter() - t0, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": {"torch": torch.get_rng_state()}, "bad_steps_in_a_row": bad.in_a_row}
-            save_checkpoint(run_dir, model, ema, state)
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+            weights, ema_weights = dist.full_state(model), None if ema is None else dist.full_state(ema)
+            state = {"step": step, "elapsed_s": time.perf_counter() - t0,
+                     "optimizer": dist.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                     "bad_steps_in_a_row": bad.in_a_row}
+            if main:
+                save_checkpoint(run_dir, weights, ema_weights, state)
+                plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
         if halt:
             break
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     if stop.requested:
         raise stop.error(run_dir, step)
     if bad.exhausted:
@@ -149,17 +179,46 @@ def train_loop(config: RunConfig, run_dir: Path, device: torch.device, data: Ima
     if step < tc.steps:
         return {"step": step}
 
-    final = ema if ema is not None else model
+    final = dist.plain_copy(ema if ema is not None else model)
     metadata = {"dataset": tc.dataset, "levels": data.levels, "noise": tc.noise, "noise_std": noise_std(tc, data),
                 "steps": step}
-    final.save_pretrained(run_dir / "model", metadata)
-    sample_grid(final, tc, mc, data.levels, run_dir / "samples.png")
-    result = evaluate_bpd(final, test.images, labels_for(test, mc), test.levels, draws=tc.eval_draws,
-                          progress=progress)
+    if tc.dataset == "folder":
+        metadata["data_dir"] = tc.data_dir  # a folder dataset is known only by its path
+    if main:
+        final.save_pretrained(run_dir / "model", metadata)
+        sample_grid(final, tc, mc, data.levels, run_dir / "samples.png")
+    result = evaluate(final, test, mc, cluster, draws=tc.eval_draws, progress=progress and main)
     result.update(dataset=tc.dataset, split="test", conditional=bool(mc.num_classes), steps=step,
-                  train_time_s=round(time.perf_counter() - t0, 1), device=str(device))
-    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+                  train_time_s=round(time.perf_counter() - t0, 1), device=str(device),
+                  processes=cluster.world_size)
+    if main:
+        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def load_data(tc: TrainConfig, mc: FlowConfig, cluster: dist.Cluster, progress: bool) -> tuple[ImageData, ImageData]:
+    """The train and test splits; rank 0 decodes (or downloads) first, the other ranks then read its cache."""
+    def load(split: str) -> ImageData:
+        return load_dataset(tc.dataset, split, data_dir=tc.data_dir or None, image_size=mc.image_size,
+                            channels=mc.channels, on_bad_image=tc.on_bad_image, progress=progress and cluster.is_main)
+
+    if not cluster.is_main:
+        dist.barrier()
+    data, test = load("train"), load("test")
+    if cluster.is_main:
+        dist.barrier()
+    return data, test
+
+
+def evaluate(model: TarFlow, test: ImageData, mc: FlowConfig, cluster: dist.Cluster, **kwargs) -> dict[str, Any]:
+    """Test bits/dim, the batches split across the job's processes."""
+    return evaluate_bpd(model, test.images, labels_for(test, mc), test.levels, rank=cluster.rank,
+                        world_size=cluster.world_size, **kwargs)
+
+
+def full(norm: torch.Tensor) -> torch.Tensor:
+    """A gradient norm as a plain tensor (FSDP returns a DTensor)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def start_run(run_dir: Path, config: RunConfig) -> Path | None:
@@ -170,10 +229,10 @@ def start_run(run_dir: Path, config: RunConfig) -> Path | None:
         saved = read_config_json(file)
         with contextlib.suppress(ConfigError):  # fields added since the run started take their defaults
             saved = RunConfig.from_dict(saved).to_dict()
-        if saved != config.to_dict():
+        if what_it_computes(saved) != what_it_computes(config.to_dict()):
             diffs = [f"{section}.{k}: {v!r} saved, {getattr(getattr(config, section), k)!r} now"
                      for section in ("model", "train") for k, v in saved.get(section, {}).items()
-                     if getattr(getattr(config, section), k, None) != v]
+                     if getattr(getattr(config, section), k, None) != v and k not in RUNTIME_FIELDS]
             raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs) or 'other fields'}). "
                               f"Resume it with `tarflow train --resume {run_dir}`, or choose a new --out directory.")
         remove_temporaries(run_dir)  # left by writers killed mid-write (we hold the run's lock)
@@ -182,6 +241,12 @@ def start_run(run_dir: Path, config: RunConfig) -> Path | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, text)
     return None
+
+
+def what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config without the fields that say where it runs (device, data location, backend)."""
+    train = {k: v for k, v in config.get("train", {}).items() if k not in RUNTIME_FIELDS}
+    return {**config, "train": train}
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -243,10 +308,13 @@ def update_ema(ema: TarFlow, model: TarFlow, decay: float, step: int) -> None:
         e.lerp_(p, 1 - d)
 
 
-def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: torch.device):
+def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: torch.device,
+          part: slice = slice(None)):
     """The images and labels of ``step``: a function of (seed, step) only, so a resumed run sees the same batches.
 
     Epochs are fixed permutations of the training set; the last partial batch of an epoch is dropped.
+    This is also the distributed sampler: every process draws the same global batch and keeps its ``part``,
+    so the data seen does not depend on the number of processes.
     """
     n = len(data)
     per_epoch = max(1, n // tc.batch_size)
@@ -254,13 +322,14 @@ def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: t
     order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch))
     idx = order[i * tc.batch_size:(i + 1) * tc.batch_size]
     g = torch.Generator().manual_seed(tc.seed * 1_000_003 + 7_919 * (step + 1))
-    x = dequantize(data.images[idx], data.levels, tc.noise, tc.noise_std, generator=g)
+    images = flip_batch(data.images[idx], g) if tc.flip else data.images[idx]
+    x = dequantize(images, data.levels, tc.noise, tc.noise_std, generator=g)
     y = None
     if mc.num_classes:
         y = data.labels[idx].clone()
         y[torch.rand(len(idx), generator=g) < tc.label_dropout] = mc.num_classes
-        y = y.to(device)
-    return x.to(device), y
+        y = y[part].to(device)
+    return x[part].to(device), y
 
 
 def labels_for(data: ImageData, mc: FlowConfig):

@@ -1,0 +1,78 @@
+"""torchrun on CPU (gloo), two processes: same optimisation as one process, checkpoints portable both ways,
+a dead rank stops the job. Each launch starts two Python processes, so these tests take a few seconds each."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SCRIPT = str(Path(__file__).with_name("dist_run.py"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*args, nproc=2, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", SCRIPT,
+           *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def single(*args, timeout=240):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def weights(run: Path, name="model.safetensors"):
+    return load_file(str(run / "checkpoint" / name))
+
+
+def assert_close(a, b, tol):
+    assert a.keys() == b.keys()
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert worst < tol, worst
+
+
+def ok(p):
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_take_the_same_step_as_one(tmp_path, strategy):
+    """One step, global batch 32: two ranks of 16 give the parameters of one process on all 32."""
+    ok(single(tmp_path / "one", 1, 0, strategy))
+    ok(torchrun(tmp_path / "two", 1, 0, strategy))
+    before = weights(tmp_path / "one")
+    assert_close(weights(tmp_path / "one"), weights(tmp_path / "two"), 1e-6)
+    assert_close(weights(tmp_path / "one", "ema.safetensors"), weights(tmp_path / "two", "ema.safetensors"), 1e-6)
+    assert any(v.abs().sum() > 0 for k, v in before.items() if "proj_out" in k)  # the step did change the model
+
+
+def test_checkpoints_move_between_torchrun_and_one_process(tmp_path):
+    ok(single(tmp_path / "straight", 4, 0, "ddp"))
+    # written under torchrun (FSDP), resumed in one process
+    ok(torchrun(tmp_path / "a", 4, 2, "fsdp"))
+    assert torch.load(tmp_path / "a" / "checkpoint" / "trainer.pt", weights_only=True)["step"] == 2
+    ok(single(tmp_path / "a", 4, 0, "fsdp"))
+    # written in one process, resumed under torchrun (DDP)
+    ok(single(tmp_path / "b", 4, 2, "ddp"))
+    ok(torchrun(tmp_path / "b", 4, 0, "ddp"))
+    for run in ("a", "b"):
+        assert_close(weights(tmp_path / "straight"), weights(tmp_path / run), 1e-5)
+        assert (tmp_path / run / "model" / "model.safetensors").is_file()
+    logged = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(logged) == len(set(logged))  # one writer: rank 0
+
+
+def test_a_dead_rank_stops_the_job(tmp_path):
+    start = time.monotonic()
+    p = torchrun(tmp_path / "run", 50, 0, "ddp", 1, 3, timeout=180)
+    assert p.returncode != 0
+    assert time.monotonic() - start < 120  # stopped, not hung until the collective timeout
+    out = p.stdout + p.stderr
+    assert "exitcode  : 3" in out, out[-2000:]  # torchrun's summary names the rank that died
+    assert "lost contact with the others" in out, out[-2000:]  # and the survivor says why it stops
