@@ -82,3 +82,40 @@ def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return Path(path)
+
+
+def plot_entropy(metrics_file: str | Path, path: str | Path, threshold: float | None = None) -> Path | None:
+    """Attention entropy against step from the ``attn_entropy`` [block][layer][head] lists of a metrics JSONL
+    file: one colour per layer (block b, layer l), the mean over heads solid and the minimum dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "attn_entropy" in r]
+    if not rows:
+        return None
+    steps = np.array([r["step"] for r in rows])
+    ent = [r["attn_entropy"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    cmap = plt.get_cmap("viridis")
+    layers = [(b, l) for b, block in enumerate(ent[0]) for l in range(len(block))]
+    for i, (b, l) in enumerate(layers):
+        heads = np.array([e[b][l] for e in ent])  # (steps, heads)
+        color = cmap(i / max(1, len(layers) - 1))
+        ax.plot(steps, heads.mean(1), color=color, lw=1.5, label=f"block {b} layer {l}")
+        if heads.shape[1] > 1:
+            ax.plot(steps, heads.min(1), color=color, lw=1, ls="--")
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", lw=1, ls=":", label=f"warning threshold {threshold:g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("attention entropy (nats; solid mean, dashed min over heads)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -23,6 +23,18 @@ class FlowConfig:
                             "with a learned prior variance", choices=("affine", "additive"))
     output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
                               "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
+    sigma_reparam: bool = option(False, "sigma-Reparam: every linear layer of each block's Transformer (and its input "
+                                 "projection) as W_hat = gamma W / sigma(W), one power-iteration step per training "
+                                 "step; not the zero-initialised output projection (its sigma would be 0)")
+    mixer: str = option("attention", "token mixer of each Transformer layer: causal softmax attention, or the "
+                        "Attention Free Transformer with a learned T x T position bias (aft-full), the bias only "
+                        "within aft_window positions (aft-local), no bias (aft-simple), or a learned relative kernel "
+                        "of aft_window lags (aft-conv)",
+                        choices=("attention", "aft-full", "aft-local", "aft-simple", "aft-conv"))
+    aft_window: int = option(8, "window in tokens of aft-local and aft-conv (ignored by the other mixers)")
+    exclusive_attention: bool = option(False, "Exclusive Self Attention (XSA): remove from each head's output its "
+                                       "component along the value of the query's own position (the last visible "
+                                       "token), before the output projection; mixer=attention only")
 
     def __post_init__(self):
         check_choices(self)
@@ -34,6 +46,13 @@ class FlowConfig:
             raise ConfigError(f"num_classes must be 0 (unconditional) or more, got {self.num_classes}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
+        for name in ("sigma_reparam", "exclusive_attention"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.aft_window < 1:
+            raise ConfigError(f"aft_window must be at least 1, got {self.aft_window}")
+        if self.exclusive_attention and self.mixer != "attention":
+            raise ConfigError(f"exclusive_attention (XSA) needs mixer=attention, got mixer={self.mixer!r}")
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 

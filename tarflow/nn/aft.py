@@ -22,14 +22,17 @@ class CausalAFT(nn.Module):
     positions from it, so each step costs O(t width).
     """
 
-    def __init__(self, width: int, num_tokens: int, variant: str = "full", window: int = 8):
+    def __init__(self, width: int, num_tokens: int, variant: str = "full", window: int = 8,
+                 linear: type[nn.Linear] = nn.Linear):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"AFT variant must be one of {VARIANTS}, got {variant!r}")
         self.variant, self.window, self.num_tokens = variant, window, num_tokens
         self.heads, self.head_dim = 1, width  # the cache layout `KVCache` expects
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.qkv = linear(width, 3 * width)
+        self.proj = linear(width, width)
+        self.record_entropy = False  # set by `tarflow.metrics.entropy`: then forward stores ``entropy``
+        self.entropy: Tensor | None = None
         if variant in ("full", "local"):
             self.pos_bias = nn.Parameter(torch.zeros(num_tokens, num_tokens))
         elif variant == "conv":
@@ -67,4 +70,18 @@ class CausalAFT(nn.Module):
         ek = torch.exp(k - k.detach().amax(dim=1, keepdim=True))  # (B, S, W)
         ew = torch.exp(w - w.detach().amax(dim=-1, keepdim=True))  # (L, S) or (B, L, S); 0 above the diagonal
         y = torch.sigmoid(q) * (ew @ (ek * v)) / (ew @ ek).clamp_min(1e-30)
+        if self.record_entropy:
+            self.entropy = self.weight_entropy(k, w)
         return self.proj(y)
+
+    @staticmethod
+    def weight_entropy(k: Tensor, w: Tensor) -> Tensor:
+        """AFT's implicit attention: per feature c, alpha_{t,s,c} = softmax_s(K_{s,c} + w_{t,s}) over s <= t.
+
+        Returns its entropy -sum_s alpha log alpha averaged over samples, queries and features, as one
+        "head" (shape (1,)), so it can be tracked like an attention head's entropy.
+        """
+        w = w if w.dim() == 3 else w[None]  # (B or 1, L, S)
+        logits = k.detach()[:, None, :, :] + w.detach()[..., None]  # (B, L, S, W)
+        logp = torch.log_softmax(logits, dim=2)
+        return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(2).mean().reshape(1)

@@ -1,4 +1,5 @@
-"""Causal multi-head self-attention with an optional preallocated KV cache."""
+"""Causal multi-head self-attention with an optional preallocated KV cache, optional Exclusive Self
+Attention (XSA), and an attention-entropy probe."""
 
 from __future__ import annotations
 
@@ -24,33 +25,68 @@ class KVCache:
         return self.k[i], self.v[i]
 
 
+def exclude_self(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: z_i = y_i - (y_i . v_i / ||v_i||^2) v_i, per head; y, v (..., L, head_dim), v_i the query's own value."""
+    coef = (y * v).sum(-1, keepdim=True) / (v * v).sum(-1, keepdim=True).clamp_min(1e-12)
+    return y - coef * v
+
+
 class Attention(nn.Module):
     """softmax(q k^T / (sqrt(d) tau)) v over earlier-or-same positions, then an output projection.
 
     ``attn_temp`` (tau, one value per sample, shape (B,)) divides the logits; tau > 1 flattens attention.
+
+    ``exclusive=True`` is Exclusive Self Attention: each head's output y_i loses its component along
+    v_i, the value of the query's own position, before the output projection. In a flow block the
+    query at position i reads tokens x_0..x_i and predicts the params of token i+1 (the causal shift),
+    so v_i is the value of the *last visible* token, x_i. That is the variant implemented: it is the
+    only "own value" a causal query has (the token being predicted is not an input), and it is exactly
+    XSA as used in a decoder language model, which has the same shift (position i predicts token i+1).
+
+    ``linear`` builds the two projections (`nn.Linear`, or `SigmaReparamLinear` for sigma-Reparam).
+    With ``record_entropy`` set, forward uses an explicit softmax and stores the attention entropy
+    per head, H = -sum_j A_ij log A_ij averaged over queries and samples, in ``entropy`` (heads,);
+    otherwise it uses the fused kernel and computes nothing extra.
     """
 
-    def __init__(self, width: int, head_dim: int):
+    def __init__(self, width: int, head_dim: int, exclusive: bool = False, linear: type[nn.Linear] = nn.Linear):
         super().__init__()
-        self.heads, self.head_dim = width // head_dim, head_dim
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        self.heads, self.head_dim, self.exclusive = width // head_dim, head_dim, exclusive
+        self.qkv = linear(width, 3 * width)
+        self.proj = linear(width, width)
+        self.record_entropy = False
+        self.entropy: Tensor | None = None
 
     def forward(self, h: Tensor, attn_temp: Tensor | None = None,
                 cache: tuple[Tensor, Tensor] | None = None, pos: int = 0) -> Tensor:
         B, L, W = h.shape
         q, k, v = self.qkv(h).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        own_v = v  # this chunk's values: the XSA direction of each query
         if attn_temp is not None:
             q = q / attn_temp.view(B, 1, 1, 1).to(q.dtype)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        mask = None
+        if cache is not None:
             k_buf, v_buf = cache
             k_buf[:, :, pos:pos + L] = k
             v_buf[:, :, pos:pos + L] = v
             k, v = k_buf[:, :, :pos + L], v_buf[:, :, :pos + L]
-            mask = None
             if L > 1:  # a chunk of new queries sees the cached prefix and the chunk causally
                 mask = torch.ones(L, pos + L, dtype=torch.bool, device=h.device).tril(pos)
+        if self.record_entropy:
+            y = self.explicit(q, k, v, pos)
+        elif cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.exclusive:
+            y = exclude_self(y, own_v)
         return self.proj(y.transpose(1, 2).reshape(B, L, W))
+
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor, pos: int) -> Tensor:
+        """Attention with the weights A materialised; stores their entropy per head in ``entropy``."""
+        L, S = q.shape[2], k.shape[2]
+        s = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+        visible = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(pos)
+        a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
+        self.entropy = -torch.special.xlogy(a, a).detach().sum(-1).mean(dim=(0, 2))
+        return a @ v

@@ -32,6 +32,14 @@ class SigmaReparamLinear(nn.Linear):
         self.v.copy_(Vh[0])
         self.gamma.fill_(S[0].item())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Own, aligned copies: a loaded buffer may sit unaligned in a safetensors file's memory, and the
+        # matrix-vector products of sigma() round differently there (a last-bit change after save/load).
+        for name in ("weight", "u", "v"):
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + name].clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def sigma(self) -> Tensor:
         if self.training:
             with torch.no_grad():
@@ -42,5 +50,14 @@ class SigmaReparamLinear(nn.Linear):
                 self.v.copy_(v)
         return self.u.to(self.weight.dtype) @ self.weight @ self.v.to(self.weight.dtype)
 
+    def weight_hat(self) -> Tensor:
+        """The effective weight gamma W / sigma(W) (in training mode this takes a power-iteration step)."""
+        return self.weight * (self.gamma / self.sigma())
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * (self.gamma / self.sigma()), self.bias)
+        return F.linear(x, self.weight_hat(), self.bias)
+
+
+def linear_weight(layer: nn.Linear) -> Tensor:
+    """The weight a linear layer applies: W, or gamma W / sigma(W) for a `SigmaReparamLinear`."""
+    return layer.weight_hat() if isinstance(layer, SigmaReparamLinear) else layer.weight

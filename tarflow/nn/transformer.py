@@ -1,32 +1,52 @@
-"""Pre-norm Transformer layer: h + Attn(LN(h)), then h + MLP(LN(h))."""
+"""Pre-norm Transformer layer: h + Mix(LN(h)), then h + MLP(LN(h)); Mix is attention or a causal AFT."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .aft import CausalAFT
 from .attention import Attention
+from .sigma_reparam import SigmaReparamLinear
+
+MIXERS = ("attention", "aft-full", "aft-local", "aft-simple", "aft-conv")
 
 
 class MLP(nn.Module):
     """Linear(W, rW) -> GELU -> Linear(rW, W)."""
 
-    def __init__(self, width: int, ratio: int):
+    def __init__(self, width: int, ratio: int, linear: type[nn.Linear] = nn.Linear):
         super().__init__()
-        self.fc1 = nn.Linear(width, ratio * width)
+        self.fc1 = linear(width, ratio * width)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(ratio * width, width)
+        self.fc2 = linear(ratio * width, width)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(h)))
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, width: int, head_dim: int, mlp_ratio: int):
+    """One pre-norm layer. ``mixer``: "attention" (optionally ``exclusive``, XSA) or "aft-{full,local,simple,conv}"
+    over ``num_tokens`` positions (``aft_window`` for local and conv); ``sigma_reparam``: every linear layer
+    is a `SigmaReparamLinear`. The mixer is always the attribute ``attn``."""
+
+    def __init__(self, width: int, head_dim: int, mlp_ratio: int, mixer: str = "attention",
+                 num_tokens: int | None = None, aft_window: int = 8, exclusive: bool = False,
+                 sigma_reparam: bool = False):
         super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        linear = SigmaReparamLinear if sigma_reparam else nn.Linear
         self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, head_dim)
+        if mixer == "attention":
+            self.attn = Attention(width, head_dim, exclusive, linear)
+        else:
+            if num_tokens is None:
+                raise ValueError("an AFT mixer needs num_tokens")
+            if exclusive:
+                raise ValueError("exclusive (XSA) applies to the attention mixer only")
+            self.attn = CausalAFT(width, num_tokens, mixer.removeprefix("aft-"), aft_window, linear)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, mlp_ratio)
+        self.mlp = MLP(width, mlp_ratio, linear)
 
     def forward(self, h: Tensor, attn_temp: Tensor | None = None,
                 cache: tuple[Tensor, Tensor] | None = None, pos: int = 0) -> Tensor:

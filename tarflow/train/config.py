@@ -48,6 +48,10 @@ class TrainConfig:
     sample_temperature: float = option(1.0, "prior temperature of the sample grids")
     sample_guidance: float = option(0.0, "classifier-free guidance weight of the sample grids (conditional models)")
     eval_draws: int = option(1, "dequantization draws per test image in the final evaluation")
+    entropy_every: int = option(100, "steps between attention-entropy measurements per block, layer and head, on a "
+                                "fixed batch of 16 training images (0 = off); logged to metrics.jsonl and plotted "
+                                "to attention_entropy.png")
+    entropy_warn: float = option(0.1, "warn (once per head) when a head's attention entropy falls below this many nats")
     max_bad_steps: int = option(10, "stop (with the last good weights saved) after this many steps in a row with a "
                                 "non-finite batch, loss or gradient; such steps are skipped and logged")
 
@@ -57,7 +61,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "grad_clip", "noise_std",
-                     "weight_decay"):
+                     "weight_decay", "entropy_every", "entropy_warn"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.label_dropout < 1:

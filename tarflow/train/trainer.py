@@ -23,8 +23,9 @@ from ..errors import ConfigError, TarflowError
 from ..flows import FlowConfig, TarFlow
 from ..io import atomic_write_text, remove_temporaries
 from ..metrics import evaluate_bpd
+from ..metrics.entropy import attention_entropy, collapsed_heads
 from ..sampling import Guidance, SequentialSampler
-from ..viz import plot_curves, save_grid, to_uint8
+from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RUNTIME_FIELDS, RunConfig, TrainConfig
 from . import distributed as dist
@@ -105,6 +106,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and main), dynamic_ncols=True,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     t0, window = time.perf_counter() - elapsed, []
+    probe, warned = entropy_batch(data, tc, mc, device), set()  # attention entropy: fixed images, heads warned of
     model.train()
     while step < tc.steps:
         x, y = batch(data, step, tc, mc, device, cluster.shard(tc.batch_size))
@@ -153,6 +155,10 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
             if sampling and main:
                 sample_grid(final, tc, mc, data.levels, run_dir / "samples" / f"step_{step:06d}.png")
             model.train()
+        if tc.entropy_every and every(step, tc.entropy_every, tc.steps):
+            probe_model = dist.plain_copy(model)  # a collective under FSDP: every rank takes part
+            if main:
+                record.update(entropy_record(probe_model, probe, tc.entropy_warn, warned, bar.write))
         if record and main:
             record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
             log.write(json.dumps(record) + "\n")
@@ -167,6 +173,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
             if main:
                 save_checkpoint(run_dir, weights, ema_weights, state)
                 plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+                if tc.entropy_every:
+                    plot_entropy(run_dir / "metrics.jsonl", run_dir / "attention_entropy.png", tc.entropy_warn)
         if halt:
             break
     bar.close()
@@ -306,6 +314,8 @@ def update_ema(ema: TarFlow, model: TarFlow, decay: float, step: int) -> None:
     d = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):  # sigma-Reparam's u, v: the EMA has no power iteration
+        e.copy_(b)
 
 
 def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: torch.device,
@@ -330,6 +340,29 @@ def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: t
         y[torch.rand(len(idx), generator=g) < tc.label_dropout] = mc.num_classes
         y = y[part].to(device)
     return x[part].to(device), y
+
+
+def entropy_batch(data: ImageData, tc: TrainConfig, mc: FlowConfig, device: torch.device, size: int = 16):
+    """The fixed images (and labels, no dropout) on which attention entropy is measured during training."""
+    g = torch.Generator().manual_seed(tc.seed + 12_345)
+    idx = torch.randperm(len(data), generator=g)[:size]
+    x = dequantize(data.images[idx], data.levels, tc.noise, tc.noise_std, generator=g).to(device)
+    return x, data.labels[idx].to(device) if mc.num_classes else None
+
+
+def entropy_record(model: TarFlow, probe, threshold: float, warned: set, say) -> dict[str, Any]:
+    """{"attn_entropy": [block][layer][head] nats} and, for heads newly below ``threshold``, a warning
+    (said once per head) listed as "entropy_warning": [[block, layer, head], ...]."""
+    entropy = attention_entropy(model, *probe)
+    record: dict[str, Any] = {"attn_entropy": entropy}
+    new = [(b, l, h, e) for b, l, h, e in collapsed_heads(entropy, threshold) if (b, l, h) not in warned]
+    for b, l, h, e in new:
+        warned.add((b, l, h))
+        say(f"warning: attention entropy of block {b} layer {l} head {h} fell to {e:.3f} nats "
+            f"(< {threshold:g}): attention-entropy collapse, which often precedes a loss spike")
+    if new:
+        record["entropy_warning"] = [[b, l, h] for b, l, h, _ in new]
+    return record
 
 
 def labels_for(data: ImageData, mc: FlowConfig):
