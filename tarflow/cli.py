@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,19 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             kind, choices = types[f.name], f.metadata.get("choices")
             metavar = "{" + ",".join(choices) + "}" if choices else kind.__name__.upper()
+            if kind is bool:
+                kind, metavar = parse_bool, "{true,false}"
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}", type=kind, default=None,
                                metavar=metavar, choices=choices,
                                help=f"{f.metadata['help']} ({DEFAULT_PRESET}: {getattr(defaults, f.name)!r})")
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (argparse's type=bool would read "false" as True)."""
+    value = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value[text.lower()]
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -68,17 +79,19 @@ def resolve_model_dir(path: str) -> Path:
 # ----- commands ----------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
+    from .train.config import RUNTIME_FIELDS
     from .train.faults import TrainingStopped
 
     if args.resume:
-        given = [k for k in overrides_given(args) if k != "device"]
+        given = [k for k in overrides_given(args) if k not in RUNTIME_FIELDS]
         if given or args.preset:
             raise ConfigError(f"--resume continues a run with its saved config; do not combine it with "
                               f"{'--preset' if args.preset else '--' + given[0].replace('_', '-')}"
-                              f" (only --device may change)")
+                              f" (only {', '.join('--' + f.replace('_', '-') for f in RUNTIME_FIELDS)} may change)")
         config, run_dir = load_run_config(args.resume), Path(args.resume)
-        if getattr(args, "train.device") is not None:
-            config.train.device = getattr(args, "train.device")
+        for name in RUNTIME_FIELDS:
+            if getattr(args, f"train.{name}") is not None:
+                setattr(config.train, name, getattr(args, f"train.{name}"))
     else:
         args.preset = args.preset or "digits"
         config = config_from_args(args)
@@ -88,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingStopped as e:  # a signal or too many non-finite steps: a checkpoint is saved
         print(f"tarflow: {e}", file=sys.stderr)
         return e.exit_code
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
     print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} "
           f"({result['images']} {config.train.dataset} test images, {result['draws']} dequantization draw(s))")
     print(f"run directory: {run_dir}  (model/, samples.png, loss_curve.png, metrics.jsonl, eval.json)")
@@ -163,20 +178,13 @@ def choose_sampler(model, model_dir: Path, args: argparse.Namespace, guidance) -
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .flows import TarFlow
     from .metrics import evaluate_bpd
-    from .train.device import pick_device
 
-    model_dir = resolve_model_dir(args.path)
-    model = TarFlow.from_pretrained(model_dir, map_location=pick_device(args.device))
-    name = args.dataset or model.metadata.get("dataset")
-    if not name:
-        raise ConfigError(f"{model_dir} does not record its dataset: pass --dataset")
-    data = load_dataset(name, args.split)
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
     c = model.config
-    if (data.channels, data.image_size) != (c.channels, c.image_size):
-        raise ConfigError(f"dataset {name!r} has {data.channels}x{data.image_size}x{data.image_size} images, the model "
-                          f"expects {c.channels}x{c.image_size}x{c.image_size}")
+    data = load_dataset(name, args.split, data_dir=data_dir, image_size=c.image_size, channels=c.channels,
+                        progress=not args.no_progress)
+    check_data_fits(model, data, name)
     if args.draws < 1:
         raise ConfigError(f"--draws must be at least 1, got {args.draws}")
     labels = data.labels if c.num_classes else None
@@ -446,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="test bits/dim of a trained model, as JSON")
     e.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     e.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
+    e.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
     e.add_argument("--split", default="test", choices=("train", "test"))
     e.add_argument("--draws", type=int, default=1, help="uniform dequantization draws per image (default 1)")
     e.add_argument("--seed", type=int, default=0, help="dequantization noise seed")

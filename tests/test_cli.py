@@ -77,3 +77,20 @@ def test_module_entry_point_exits_non_zero_without_traceback(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert "does not exist" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ("0", False), ("yes", True)])
+def test_bool_fields_parse_their_value(text, value):
+    from tarflow.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--flip", text])
+    args.preset = "digits"
+    assert config_from_args(args).train.flip is value
+
+
+def test_resume_may_change_where_a_run_executes_not_what_it_computes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY, "--steps", "4", "--checkpoint-every", "2"]) == 0
+    assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
+    assert "only --data-dir, --device" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
