@@ -236,6 +236,12 @@ def load_model_for_metrics(args: argparse.Namespace):
     return model, model_dir, name, data_dir
 
 
+def folder_size(model, name: str) -> dict:
+    """load_dataset arguments that cut a ``folder`` dataset to the model's size and channels."""
+    c = model.config
+    return {"image_size": c.image_size, "channels": c.channels} if name == "folder" else {}
+
+
 def check_data_fits(model, data, name: str) -> None:
     c = model.config
     if (data.channels, data.image_size) != (c.channels, c.image_size):
@@ -282,10 +288,12 @@ def cmd_fid(args: argparse.Namespace) -> int:
     extractor = FeatureExtractor(args.weights, device=model.device, batch_size=args.batch_size)  # fail before sampling
     from .data import load_dataset
 
-    check_data_fits(model, load_dataset(name, args.split, data_dir=data_dir, progress=not args.no_progress), name)
+    size = folder_size(model, name)
+    check_data_fits(model, load_dataset(name, args.split, data_dir=data_dir, progress=not args.no_progress, **size),
+                    name)
     t0 = time.perf_counter()
     ref, ref_info = dataset_statistics(extractor, name, args.split, args.ref_count, seed=0, data_dir=data_dir,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, **size)
     t_ref = time.perf_counter() - t0
     c = model.config
     y = torch.arange(args.count) % c.num_classes if c.num_classes else None
@@ -327,7 +335,8 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
         raise ConfigError("guidance-accuracy measures whether samples show the class they were drawn for: it needs a "
                           "class-conditional model, and this one is unconditional")
     budget = TrainBudget(steps=args.classifier_steps)
-    clf, info = dataset_classifier(name, data_dir=data_dir, budget=budget, progress=not args.no_progress)
+    clf, info = dataset_classifier(name, data_dir=data_dir, budget=budget, progress=not args.no_progress,
+                                   **folder_size(model, name))
     if (clf.config.channels, clf.config.image_size, clf.config.num_classes) != (c.channels, c.image_size, c.num_classes):
         raise ConfigError(f"dataset {name!r} ({clf.config.channels}x{clf.config.image_size}x{clf.config.image_size}, "
                           f"{clf.config.num_classes} classes) does not fit the model ({c.channels}x{c.image_size}x"
@@ -376,8 +385,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     sets = [("in", name, data_dir)] + ([("out", args.ood, args.ood_data_dir)] if args.ood else [])
     loaded = []
     for role, dname, ddir in sets:  # every dataset checked before any scoring
-        size = {"image_size": c.image_size, "channels": c.channels} if dname == "folder" else {}
-        data = load_dataset(dname, args.split, data_dir=ddir, progress=not args.no_progress, **size)
+        data = load_dataset(dname, args.split, data_dir=ddir, progress=not args.no_progress,
+                            **folder_size(model, dname))
         check_data_fits(model, data, dname)
         if data.levels != levels:
             raise ConfigError(f"dataset {dname!r} has {data.levels} pixel levels, the model's data {levels}: bits/dim "

@@ -282,3 +282,18 @@ def test_cli_fid_missing_weights_is_a_message(digits_model, tmp_path, capsys):
     assert main(["fid", str(digits_model), "--weights", str(tmp_path / "nope.pt"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "nope.pt do not exist" in err and "default_1.pt" in err
+
+
+def test_cli_fid_against_an_image_folder(pool_weights, tmp_path, monkeypatch, capsys):
+    from data_helpers import make_image_folder
+
+    monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=(6, 3), size=12)
+    torch.manual_seed(0)
+    model = TarFlow(FlowConfig(image_size=8, channels=3, patch_size=4, width=16, num_blocks=1, layers_per_block=1,
+                               head_dim=8))
+    model.save_pretrained(tmp_path / "m", metadata={"dataset": "folder", "levels": 256})
+    assert main(["fid", str(tmp_path / "m"), "--weights", str(pool_weights), "--count", "10", "--dataset", "folder",
+                 "--data-dir", str(tmp_path / "imgs"), "--device", "cpu", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["reference"]["images"] == 12 and math.isfinite(r["fid"])  # the train folder, resized to 8 x 8
