@@ -44,13 +44,29 @@ def to_uint8(x: Tensor, levels: int) -> Tensor:
     return (k * 255 / (levels - 1)).round().to(torch.uint8)
 
 
-def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
-    """Plot train bits/dim (raw and smoothed) and test bits/dim against step from a metrics JSONL file."""
+def pyplot():
+    """matplotlib.pyplot drawing to files only (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
+    """Plot train bits/dim (raw and smoothed) and test bits/dim against step from a metrics JSONL file."""
+    plt = pyplot()
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     train = [(r["step"], r["bpd"]) for r in rows if "bpd" in r]
     test = [(r["step"], r["test_bpd"]) for r in rows if "test_bpd" in r]
@@ -76,22 +92,13 @@ def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_entropy(metrics_file: str | Path, path: str | Path, threshold: float | None = None) -> Path | None:
     """Attention entropy against step from the ``attn_entropy`` [block][layer][head] lists of a metrics JSONL
     file: one colour per layer (block b, layer l), the mean over heads solid and the minimum dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "attn_entropy" in r]
     if not rows:
@@ -113,9 +120,4 @@ def plot_entropy(metrics_file: str | Path, path: str | Path, threshold: float | 
     ax.set_ylabel("attention entropy (nats; solid mean, dashed min over heads)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)

@@ -176,13 +176,9 @@ def dataset_classifier(name: str, data_dir: str | os.PathLike | None = None, cac
 def plot_accuracy(weights: list[float], accuracy: list[float], path: str | os.PathLike, xlabel: str = "guidance weight",
                   title: str = "", reference: float | None = None) -> Path:
     """A small PNG of classifier accuracy on samples against guidance weight (``reference``: on real images)."""
-    import io
+    from ..viz import pyplot, save_figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(weights, accuracy, "o-", lw=2, label="samples")
     if reference is not None:
@@ -194,9 +190,4 @@ def plot_accuracy(weights: list[float], accuracy: list[float], path: str | os.Pa
     ax.legend(loc="best")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
