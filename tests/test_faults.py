@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from tarflow import CheckpointError, TarFlow
 from tarflow.cli import main
+from tarflow.data.datasets import BadImageWarning
 from tarflow.errors import TarflowError
 from tarflow.io import OutputError, dir_lock
 from tarflow.presets import get_preset
@@ -551,3 +552,38 @@ def test_a_file_system_without_flock_trains_unlocked_with_a_warning(tmp_path, mo
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.warns(UserWarning, match="cannot lock"):
         train(config(steps=3), tmp_path / "run", progress=False)
+
+
+# ----- bad data in a folder dataset, through the trainer ----------------------------------------------
+def image_folder(root: Path, bad: int) -> Path:
+    """train/test folders of 8x8 grey PNGs in two classes, with ``bad`` truncated files in train/."""
+    from PIL import Image
+
+    rng = random.Random(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.frombytes("L", (8, 8), bytes(rng.randrange(256) for _ in range(64))).save(
+                    root / split / cls / f"{i}.png")
+    for i in range(bad):
+        f = root / "train" / "a" / f"{i}.png"
+        f.write_bytes(f.read_bytes()[:30])  # cut inside the PNG header: unreadable
+    return root
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_bad_images_in_a_folder_dataset(tmp_path, monkeypatch, policy):
+    monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
+    folder = image_folder(tmp_path / "images", bad=2)
+    cfg = config(steps=2, checkpoint_every=0, eval_every=0, sample_every=0, num_samples=2, batch_size=4,
+                 dataset="folder", data_dir=str(folder), on_bad_image=policy)
+    cfg.model.num_classes = 2
+    if policy == "error":
+        with pytest.raises(TarflowError) as e:
+            train(cfg, tmp_path / "run", progress=False)
+        assert str(folder / "train" / "a" / "0.png") in str(e.value) and "1.png" in str(e.value)
+    else:
+        with pytest.warns(BadImageWarning, match="skipped 2 of the 24 train images"):
+            result = train(cfg, tmp_path / "run", progress=False)
+        assert result["images"] == 8 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
