@@ -274,12 +274,26 @@ def parse_weights_list(text: str) -> list[float]:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
+    """FID of a model's samples; under torchrun every process samples and featurises its share."""
+    from .train import distributed as dist
+
+    cluster, device = dist.setup(args.device)
+    args.device = str(device)
+    try:
+        return fid(args, cluster)
+    finally:
+        dist.teardown()
+
+
+def fid(args: argparse.Namespace, cluster) -> int:
     import torch
 
     from .metrics.fid import FeatureExtractor, dataset_statistics, fid_from_stats
     from .metrics.samples import generate_levels
     from .sampling import Guidance
 
+    main = cluster.is_main
+    args.no_progress = args.no_progress or not main
     if args.count < 2:
         raise ConfigError(f"--count must be at least 2, got {args.count}")
     if args.ref_count is not None and args.ref_count < 2:
@@ -302,11 +316,12 @@ def cmd_fid(args: argparse.Namespace) -> int:
     sampler, how = metric_sampler(model, model_dir, args, guidance, batch)
     t0 = time.perf_counter()
     images = generate_levels(sampler, args.count, y, int(model.metadata.get("levels", 256)), args.temperature,
-                             guidance, denoise_std_of(model), batch, args.seed, progress=not args.no_progress)
+                             guidance, denoise_std_of(model), batch, args.seed, progress=not args.no_progress,
+                             rank=cluster.rank, world_size=cluster.world_size)
     t_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
     stats = extractor.statistics(images, int(model.metadata.get("levels", 256)), progress=not args.no_progress,
-                                 desc="FID features samples")
+                                 desc="FID features samples", across_ranks=cluster.distributed)
     t_feat = time.perf_counter() - t0
     result = {"fid": fid_from_stats(stats, ref), "samples": args.count, "model": str(model_dir),
               "reference": {"dataset": name, "split": args.split, "images": ref_info["count"],
@@ -314,8 +329,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
               "guidance": args.guidance, "guidance_rule": args.guidance_rule if guidance else None,
               "temperature": args.temperature, "denoise_std": denoise_std_of(model), "seed": args.seed,
               "sampler": how, "extractor": {"file": str(extractor.path), "sha256": extractor.sha256},
-              "seconds": {"reference": round(t_ref, 2), "sampling": round(t_sample, 2), "features": round(t_feat, 2)}}
-    print(json.dumps(result, indent=2))
+              "seconds": {"reference": round(t_ref, 2), "sampling": round(t_sample, 2), "features": round(t_feat, 2)},
+              "processes": cluster.world_size}
+    if main:
+        print(json.dumps(result, indent=2))
     return 0
 
 

@@ -76,3 +76,34 @@ def test_a_dead_rank_stops_the_job(tmp_path):
     out = p.stdout + p.stderr
     assert "exitcode  : 3" in out, out[-2000:]  # torchrun's summary names the rank that died
     assert "lost contact with the others" in out, out[-2000:]  # and the survivor says why it stops
+
+
+def test_fid_is_split_across_processes(tmp_path):
+    """`tarflow fid` under torchrun: each process samples and featurises its share; the FID is the same."""
+    import json
+
+    from tarflow import FlowConfig, TarFlow
+
+    class Pool(torch.nn.Module):  # a cheap stand-in for Inception: 48 pooled features
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48)
+
+    weights_file = tmp_path / "pool.pt"
+    torch.jit.save(torch.jit.script(Pool()), str(weights_file))
+    torch.manual_seed(0)
+    model = TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2, layers_per_block=1,
+                               head_dim=8, num_classes=10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    model.save_pretrained(tmp_path / "model", metadata={"dataset": "digits", "levels": 17})
+    args = ["-m", "tarflow", "fid", str(tmp_path / "model"), "--weights", str(weights_file), "--count", "30",
+            "--sample-batch", "8", "--ref-count", "100", "--split", "test", "--device", "cpu", "--no-progress"]
+    env = {**ENV, "TARFLOW_CACHE": str(tmp_path / "cache")}
+    one = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240, env=env)
+    env["TARFLOW_CACHE"] = str(tmp_path / "cache2")  # the reference statistics computed again, split
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *args], capture_output=True, text=True, timeout=240, env=env)
+    a, b = json.loads(ok(one).stdout), json.loads(ok(two).stdout)  # rank 0 alone prints
+    assert b["processes"] == 2 and not b["reference"]["cached"]
+    assert abs(a["fid"] - b["fid"]) < 1e-6 * max(1.0, a["fid"]), (a["fid"], b["fid"])

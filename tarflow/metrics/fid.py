@@ -127,6 +127,23 @@ class RunningStats:
         self.sum += f.sum(0)
         self.outer += f.T @ f
 
+    def sum_across_ranks(self) -> "RunningStats":
+        """Add up the sums of every process of a torchrun job (each saw its own images): sums are additive."""
+        import torch.distributed as dist
+
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dim = -1 if self.sum is None else self.sum.shape[0]
+            sizes = [None] * dist.get_world_size()
+            dist.all_gather_object(sizes, dim)  # a rank with no images has no sums yet
+            dim = max(sizes)
+            if self.sum is None:
+                self.sum, self.outer = np.zeros(dim), np.zeros((dim, dim))
+            packed = torch.from_numpy(np.concatenate([[self.n], self.sum, self.outer.ravel()]))
+            dist.all_reduce(packed)
+            packed = packed.numpy()
+            self.n, self.sum, self.outer = int(round(packed[0])), packed[1:dim + 1], packed[dim + 1:].reshape(dim, dim)
+        return self
+
     def finish(self, info: dict[str, Any] | None = None) -> FIDStats:
         if self.n < 2:
             raise ValueError(f"FID statistics need at least 2 images, got {self.n}")
@@ -219,8 +236,12 @@ class FeatureExtractor:
         return f.double().cpu().numpy()
 
     def statistics(self, images: Tensor, levels: int = 256, progress: bool = True, desc: str = "FID features",
-                   info: dict[str, Any] | None = None) -> FIDStats:
-        """Mean and covariance of the features of integer-level images (N, C, H, W), in batches."""
+                   info: dict[str, Any] | None = None, across_ranks: bool = False) -> FIDStats:
+        """Mean and covariance of the features of integer-level images (N, C, H, W), in batches.
+
+        ``across_ranks``: under torchrun, ``images`` are this process's share, and the statistics are those
+        of every process's images together.
+        """
         from tqdm.auto import tqdm
 
         stats = RunningStats()
@@ -228,6 +249,8 @@ class FeatureExtractor:
         for lo in tqdm(range(0, n, self.batch_size), desc=desc, disable=not progress, leave=False,
                        total=(n + self.batch_size - 1) // self.batch_size, unit="batch"):
             stats.update(self(to_rgb_uint8(images[lo:lo + self.batch_size], levels)))
+        if across_ranks:
+            stats.sum_across_ranks()
         return stats.finish({"extractor": str(self.path), "extractor_sha256": self.sha256, **(info or {})})
 
 
@@ -302,6 +325,7 @@ def dataset_statistics(extractor: FeatureExtractor, name: str, split: str = "tra
 
     Returns (stats, info) with info["cached"] (read from the cache) and info["path"] (the cache file).
     A subset is drawn at random with ``seed``: some datasets (the CIFAR-10 PNG folder) are ordered by class.
+    Under torchrun every process extracts the features of its share of the images and rank 0 writes the cache.
     """
     from ..data import default_cache_dir, load_dataset
 
@@ -321,12 +345,24 @@ def dataset_statistics(extractor: FeatureExtractor, name: str, split: str = "tra
             pass  # a damaged entry: compute it again and replace it
     info = {"version": STATS_VERSION, "dataset": name, "split": split, "count": n, "seed": seed,
             "images_sha256": content, "levels": data.levels, "extractor_key": extractor.key}
-    stats = extractor.statistics(images, data.levels, progress, desc=f"FID features {name} {split}", info=info)
+    rank, world = process_share()
+    stats = extractor.statistics(images[rank::world], data.levels, progress and rank == 0,
+                                 desc=f"FID features {name} {split}", info=info, across_ranks=world > 1)
     try:
-        stats.save(path)
+        if rank == 0:
+            stats.save(path)
     except TarflowError as e:  # a read-only cache: the statistics are still right, just not kept
         warnings.warn(f"FID statistics not cached: {e}", stacklevel=2)
     return stats, {"cached": False, "path": str(path), "count": n}
+
+
+def process_share() -> tuple[int, int]:
+    """(rank, number of processes) of a torchrun job that has joined its process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def sample_statistics(extractor: FeatureExtractor, images: Tensor, levels: int, progress: bool = True) -> FIDStats:

@@ -10,18 +10,19 @@ from ..data.quantize import quantize
 
 def generate_levels(sampler, n: int, labels: Tensor | None = None, levels: int = 256, temperature: float = 1.0,
                     guidance=None, denoise_std: float | None = None, batch_size: int = 256, seed: int = 0,
-                    progress: bool = True) -> Tensor:
+                    progress: bool = True, rank: int = 0, world_size: int = 1) -> Tensor:
     """``n`` samples (n, C, H, W) as integer levels 0..levels-1 (uint8 for <= 256 levels), drawn with
     ``sampler.sample`` in batches of ``batch_size``. Batch starting at image i uses the noise seed
     seed * 1_000_003 + i, so a sample does not depend on anything but its position, seed and batch size.
-    NaN samples (a diverged sampler) are an error rather than silently clamped."""
+    NaN samples (a diverged sampler) are an error rather than silently clamped. Under torchrun, process
+    ``rank`` of ``world_size`` draws batches rank, rank + W, ... only (the same samples, split)."""
     from tqdm.auto import tqdm
 
     from ..errors import TarflowError
 
     out = []
-    for lo in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress, leave=False,
-                   total=(n + batch_size - 1) // batch_size, unit="batch"):
+    starts = list(range(0, n, batch_size))[rank::world_size]
+    for lo in tqdm(starts, desc="sampling", disable=not progress, leave=False, unit="batch"):
         hi = min(lo + batch_size, n)
         y = None if labels is None else labels[lo:hi]
         x = sampler.sample(hi - lo, y, temperature, guidance, denoise_std,
@@ -30,4 +31,4 @@ def generate_levels(sampler, n: int, labels: Tensor | None = None, levels: int =
             raise TarflowError(f"the sampler produced NaN or inf values (batch at image {lo}); try a lower "
                                f"temperature or guidance weight, or the exact sequential sampler")
         out.append(quantize(x.float().cpu(), levels))
-    return torch.cat(out)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
