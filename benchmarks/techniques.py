@@ -11,8 +11,8 @@ images, one dequantization draw), training throughput (images/s of forward + bac
 and the lowest attention entropy of any head during training (measured every ``--entropy-every`` steps on
 16 fixed training images; for AFT the entropy of its implicit per-feature weights).
 
-Part 2: entropy collapse. The default and the sigma-Reparam model trained at a high learning rate
-(``--high-lr``) for ``--lr-steps`` steps: loss curves, attention entropy, non-finite steps.
+Part 2: entropy collapse. The default and the sigma-Reparam model trained at high learning rates
+(``--high-lr``, one pair per value) for ``--lr-steps`` steps: loss curves (log scale), attention entropy, spikes.
 
 Each run's result is cached as JSON in ``--out`` (a rerun skips finished runs); the table, the plots and
 the command go to ``--docs`` (techniques.md, techniques_*.png).
@@ -180,14 +180,15 @@ def smooth(values: list[float], k: int) -> np.ndarray:
     return out
 
 
-def plot_runs(runs: list[dict], path: Path, title: str, ylim_pad: float = 0.1) -> None:
+def plot_runs(runs: list[dict], path: Path, title: str, log: bool = False) -> None:
+    """Train bits/dim (smoothed; with ``log``, every step on a log axis, so spikes show) and attention entropy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    k = max(1, len(runs[0]["curve"]) // 25)
+    k = 1 if log else max(1, len(runs[0]["curve"]) // 25)
     tails = []
     for r in runs:
         steps = [s for s, _, _ in r["curve"]]
@@ -197,10 +198,12 @@ def plot_runs(runs: list[dict], path: Path, title: str, ylim_pad: float = 0.1) -
         es = [s for s, _ in r["entropy"]]
         ax2.plot(es, [min_entropy(e) for _, e in r["entropy"]], color=line.get_color(), lw=1.5, label=label)
         ax2.plot(es, [float(np.mean(layer_min(e))) for _, e in r["entropy"]], color=line.get_color(), lw=1, ls="--")
-    if tails:
+    if log:
+        ax1.set_yscale("log")
+    elif tails:
         lo, hi = np.percentile(tails, 1), np.percentile(tails, 99)
-        ax1.set_ylim(lo - 0.05 * (hi - lo), hi + ylim_pad * (hi - lo) + 1e-3)
-    ax1.set(xlabel="step", ylabel=f"train bits/dim (mean of {k} steps)", title=title)
+        ax1.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo) + 1e-3)
+    ax1.set(xlabel="step", ylabel="train bits/dim" + ("" if k == 1 else f" (mean of {k} steps)"), title=title)
     ax2.set(xlabel="step", ylabel="attention entropy, nats", title="min over all heads (solid), mean of layer minima (dashed)")
     ax2.axhline(runs[0]["uniform_entropy"], color="grey", lw=0.8, ls=":")
     for ax in (ax1, ax2):
@@ -217,7 +220,8 @@ def fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def write_report(args, runs: list[dict], pair: list[dict], speed: dict, wall_s: float, docs: Path) -> None:
+def write_report(args, runs: list[dict], pairs: dict[float, list[dict]], speed: dict, wall_s: float,
+                 docs: Path) -> None:
     base = runs[0]
     lines = [
         "# Transformer techniques on MNIST: sigma-Reparam, XSA, AFT, attention entropy",
@@ -260,20 +264,22 @@ def write_report(args, runs: list[dict], pair: list[dict], speed: dict, wall_s: 
                      f"{fmt(min_entropy(r['entropy'][-1][1]))} | {r['parameters']:,} |")
     lines += ["", "![loss and entropy curves](techniques_runs.png)", "",
               "## Entropy collapse at a high learning rate", "",
-              f"The default model and the sigma-Reparam model trained at lr {args.high_lr:g} "
-              f"({args.high_lr / base['lr']:.0f}x the preset's), {args.lr_steps} steps at batch {args.batch}, "
-              f"warmup {pair[0]['warmup_steps']} steps, everything else as above (including the grad clip of 1.0 "
-              "and skipping non-finite steps, as the trainer does).", "",
-              "| option | lr | test bits/dim | train bits/dim (end) | worst train bits/dim after warmup | "
+              "The default model and the sigma-Reparam model trained at high learning rates "
+              f"({', '.join(f'{lr:g}' for lr in pairs)}; the preset's is {base['lr']:g}), {args.lr_steps} steps at "
+              f"batch {args.batch}, warmup {round(args.lr_steps * args.warmup_fraction)} steps, everything else as above "
+              "(including the grad clip of 1.0 and skipping non-finite steps, as the trainer does). **Spikes**: steps "
+              "after warmup whose train bits/dim exceed the untrained model's (the first step's).", "",
+              "| option | lr | test bits/dim | train bits/dim (end) | worst train bits/dim after warmup | spikes | "
               "non-finite steps | min entropy (nats) | entropy at end, min |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in pair:
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in [r for pair in pairs.values() for r in pair]:
         after = [b for s, b, _ in r["curve"] if s > r["warmup_steps"] and math.isfinite(b)]
+        spikes = sum(b > r["curve"][0][1] for b in after)
         lines.append(f"| {r['name']} | {r['lr']:g} | {fmt(r['test_bpd'])} | {fmt(r['train_bpd_tail'])} | "
-                     f"{fmt(max(after) if after else float('nan'))} | {r['nonfinite_steps']}"
+                     f"{max(after) if after else float('nan'):.4g} | {spikes} | {r['nonfinite_steps']}"
                      f"{' (stopped at step %d)' % r['diverged_at'] if r['diverged_at'] else ''} | "
                      f"{fmt(min(min_entropy(e) for _, e in r['entropy'][1:]))} | {fmt(min_entropy(r['entropy'][-1][1]))} |")
-    lines += ["", "![high learning rate](techniques_collapse.png)", ""]
+    lines += [""] + [f"![lr {lr:g}](techniques_collapse_lr{lr:g}.png)" for lr in pairs] + [""]
     lines += ["What these numbers say, and the options themselves: [transformer_options.md](transformer_options.md).", ""]
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "techniques.md").write_text("\n".join(lines))
@@ -286,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=400, help="training steps of each option run")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--warmup-fraction", type=float, default=0.1)
-    p.add_argument("--high-lr", type=float, default=1e-2, help="learning rate of the entropy-collapse pair")
+    p.add_argument("--high-lr", type=float, nargs="+", default=[1e-2, 3e-2],
+                   help="learning rates of the entropy-collapse pairs")
     p.add_argument("--lr-steps", type=int, default=300, help="training steps of each high-lr run")
     p.add_argument("--entropy-every", type=int, default=10)
     p.add_argument("--test-images", type=int, default=2000)
@@ -303,9 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     base_lr = get_preset("mnist").train.lr
     runs = [cached(out / f"{name}.json", lambda n=name: train_run(n, OPTIONS[n], base_lr, args.steps, args, data, test))
             for name in (args.only or OPTIONS)]
-    pair = [cached(out / f"{name}-lr{args.high_lr:g}.json",
-                   lambda n=name: train_run(n, OPTIONS[n], args.high_lr, args.lr_steps, args, data, test))
-            for name in COLLAPSE_PAIR]
+    pairs = {lr: [cached(out / f"{name}-lr{lr:g}.json",
+                         lambda n=name, lr=lr: train_run(n, OPTIONS[n], lr, args.lr_steps, args, data, test))
+                  for name in COLLAPSE_PAIR] for lr in args.high_lr}
     t1 = time.perf_counter()
     speed_file = out / f"speed-batch{args.batch}.json"
     if speed_file.is_file():
@@ -315,12 +322,13 @@ def main(argv: list[str] | None = None) -> None:
         speed["wall_s"] = round(time.perf_counter() - t1, 1)
         speed_file.write_text(json.dumps(speed) + "\n")
     print("images/s:", speed, flush=True)
-    wall_s = sum(r["wall_s"] for r in runs + pair) + speed["wall_s"]
+    wall_s = sum(r["wall_s"] for r in runs + [r for pair in pairs.values() for r in pair]) + speed["wall_s"]
     docs.mkdir(parents=True, exist_ok=True)
     plot_runs(runs, docs / "techniques_runs.png", f"mnist, {args.steps} steps at batch {args.batch}")
-    plot_runs([runs[0]] + pair if runs[0]["name"] == "default" else pair, docs / "techniques_collapse.png",
-              f"default vs sigma-Reparam at lr {args.high_lr:g}", ylim_pad=1.0)
-    write_report(args, runs, pair, speed, wall_s, docs)
+    for lr, pair in pairs.items():
+        plot_runs([runs[0]] + pair if runs[0]["name"] == "default" else pair, docs / f"techniques_collapse_lr{lr:g}.png",
+                  f"default vs sigma-Reparam at lr {lr:g}", log=True)
+    write_report(args, runs, pairs, speed, wall_s, docs)
     print(f"this invocation: {time.perf_counter() - t0:.0f} s")
 
 
