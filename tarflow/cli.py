@@ -435,6 +435,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampling_options(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The options of commands that draw many samples for a metric (fid, guidance-accuracy)."""
+    p.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="sequential",
+                   help="sampler (default sequential: exact)")
+    p.add_argument("--sample-batch", type=int, default=256, help="samples per sampler call (default 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tarflow", description="Transformer autoregressive normalizing flows: "
                                 "train, sample and evaluate exact-likelihood image models.")
@@ -521,15 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dataset", default=None, help="reference dataset (default: the one the model was trained on)")
     f.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
     f.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (default 0)")
-    f.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
-    f.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
-    f.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    f.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="sequential",
-                   help="sampler (default sequential: exact)")
-    f.add_argument("--sample-batch", type=int, default=256, help="samples per sampler call (default 256)")
+    add_sampling_options(f, "noise seed (default 0)")
     f.add_argument("--batch-size", type=int, default=32, help="images per feature-extractor call (default 32)")
-    f.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars")
     f.set_defaults(func=cmd_fid)
 
     g = sub.add_parser("guidance-accuracy", help="class consistency of samples per guidance weight, as JSON + a plot",
@@ -540,18 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", "--weights", dest="guidance", default="0,1,2,4", metavar="W1,W2,...",
                    help="comma-separated guidance weights (default 0,1,2,4)")
     g.add_argument("--count", type=int, default=1000, help="samples per guidance weight (default 1000)")
-    g.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
-    g.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
-    g.add_argument("--seed", type=int, default=0, help="noise seed, the same for every weight (default 0)")
     g.add_argument("--dataset", default=None, help="dataset of the classifier (default: the model's)")
     g.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
     g.add_argument("--classifier-steps", type=int, default=1000, help="training steps of the classifier (default 1000)")
     g.add_argument("--plot", default=None, help="PNG path (default RUN_OR_MODEL_DIR/guidance_accuracy.png)")
-    g.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="sequential",
-                   help="sampler (default sequential: exact)")
-    g.add_argument("--sample-batch", type=int, default=256, help="samples per sampler call (default 256)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_sampling_options(g, "noise seed, the same for every weight (default 0)")
     g.set_defaults(func=cmd_guidance_accuracy)
 
     o = sub.add_parser("score", help="per-image bits/dim of a dataset (CSV) and out-of-distribution AUROC",
