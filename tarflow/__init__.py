@@ -2,10 +2,11 @@
 
 __version__ = "0.1.0"
 
-from .errors import CheckpointError, ConfigError, InputError, TarflowError  # noqa: E402
+from .errors import CheckpointError, ConfigError, DataError, InputError, TarflowError  # noqa: E402
 from .flows import FlowConfig, TarFlow  # noqa: E402
 from .metrics import bits_per_dim  # noqa: E402
-from .sampling import Guidance, SequentialSampler, tweedie_denoise  # noqa: E402
+from .sampling import GSJacobiSampler, Guidance, JacobiSampler, SequentialSampler, tweedie_denoise  # noqa: E402
 
-__all__ = ["__version__", "TarFlow", "FlowConfig", "bits_per_dim", "Guidance", "SequentialSampler",
-           "tweedie_denoise", "TarflowError", "ConfigError", "InputError", "CheckpointError"]
+__all__ = ["__version__", "TarFlow", "FlowConfig", "bits_per_dim", "Guidance", "SequentialSampler", "JacobiSampler",
+           "GSJacobiSampler", "tweedie_denoise", "TarflowError", "ConfigError", "InputError", "CheckpointError",
+           "DataError"]

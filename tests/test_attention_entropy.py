@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from tarflow import TarFlow
 from tarflow.metrics.entropy import attention_entropy, collapsed_heads, uniform_entropy
 from tarflow.nn import Attention, CausalAFT, KVCache, exclude_self
 from tarflow.presets import get_preset
