@@ -215,6 +215,7 @@ class FeatureExtractor:
         x = images.to(self.device, torch.float32)
         x = resize_tf_bilinear(x, self.image_size)
         x = x * ((hi - lo) / 255) + lo
+        x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (oneDNN)
         try:
             f = self.module(x)
         except Exception as e:  # a module that expects another input: say what was given
