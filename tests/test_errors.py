@@ -53,6 +53,18 @@ def test_bad_labels(model, y, words):
         assert w in str(e.value)
 
 
+def test_unvalidated_log_prob_is_the_same_number(model):
+    """validate=False (the trainer's compile-friendly call) skips the checks, not the arithmetic."""
+    good = torch.rand(3, 1, 4, 4) * 2 - 1
+    y = torch.tensor([0, 2, 3])
+    torch.testing.assert_close(model.log_prob(good, y, validate=False), model.log_prob(good, y), rtol=0, atol=0)
+    bad = good.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN or inf"):
+        model.log_prob(bad, y)
+    assert torch.isnan(model.log_prob(bad, y, validate=False)[0])
+
+
 def test_null_label_is_allowed(model):
     assert model.log_prob(x(2, 1, 4, 4), torch.tensor([3, 3])).shape == (2,)
 

@@ -132,10 +132,15 @@ class TarFlow(nn.Module):
         z, logdet = self.flow(self.patchify(x), y)
         return self.unpatchify(z), logdet
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """log p(x | y) per sample, in nats (a density: it can be positive)."""
-        self.check_images(x)
-        y = self.check_labels(y, x.shape[0])
+    def log_prob(self, x: Tensor, y: Tensor | None = None, validate: bool = True) -> Tensor:
+        """log p(x | y) per sample, in nats (a density: it can be positive).
+
+        ``validate=False`` skips the input checks (shape, labels, NaN), whose data-dependent branches would
+        break a `torch.compile` graph: for callers that check their batches themselves, like the trainer.
+        """
+        if validate:
+            self.check_images(x)
+            y = self.check_labels(y, x.shape[0])
         z, logdet = self.flow(self.patchify(x), y)
         return self.prior_log_prob(z) + logdet
 
