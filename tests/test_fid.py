@@ -1,8 +1,10 @@
 """FID: the Frechet distance against closed forms, the feature-extractor plumbing (with tiny TorchScript modules
 scripted here, not the real Inception file), cached dataset statistics, clear errors, and `tarflow fid`."""
 
+import itertools
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -244,6 +246,40 @@ def test_a_damaged_cache_entry_is_recomputed(pool_weights, tmp_path):
         f.truncate(100)
     s2, info2 = dataset_statistics(fx, "digits", "test", count=50, cache_dir=tmp_path, progress=False)
     assert not info2["cached"] and np.allclose(s1.mu, s2.mu)
+
+
+def test_an_interrupted_pass_resumes_where_it_stopped(pool_weights, tmp_path, monkeypatch):
+    """Hours of Inception on a CPU: the running sums are saved as it goes, and a new call continues from them."""
+    import tarflow.metrics.fid as fid_module
+
+    fx = FeatureExtractor(pool_weights, image_size=16, batch_size=16)
+    whole, _ = dataset_statistics(fx, "digits", "test", count=100, cache_dir=tmp_path / "a", progress=False)
+    clock = itertools.count(0, 1000)  # a minute and more passes between batches: the sums are saved after each
+    monkeypatch.setattr(fid_module, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    real, calls = FeatureExtractor.__call__, []
+
+    def dies_at_batch_4(self, images):
+        calls.append(images.shape[0])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", dies_at_batch_4)
+    with pytest.raises(KeyboardInterrupt):
+        dataset_statistics(fx, "digits", "test", count=100, cache_dir=tmp_path / "b", progress=False)
+    partial = list((tmp_path / "b" / "fid").glob("*.partial.npz"))
+    assert len(partial) == 1 and len(list((tmp_path / "b" / "fid").iterdir())) == 1  # no finished entry yet
+    assert RunningStats.load(partial[0], 100).n == 48  # three batches of 16 kept
+    assert RunningStats.load(partial[0], 40).n == 0  # more images than a pass has: ignored
+
+    monkeypatch.setattr(FeatureExtractor, "__call__", lambda self, images: calls.append(images.shape[0]) or
+                        real(self, images))
+    calls.clear()
+    resumed, info = dataset_statistics(fx, "digits", "test", count=100, cache_dir=tmp_path / "b", progress=False)
+    assert sum(calls) == 52 and not info["cached"] and resumed.count == 100  # only the images not yet seen
+    np.testing.assert_allclose(resumed.mu, whole.mu, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(resumed.sigma, whole.sigma, rtol=1e-10, atol=1e-12)
+    assert not partial[0].exists()  # the finished entry replaces the partial sums
 
 
 def test_another_extractor_file_is_another_cache_entry(pool_weights, tmp_path):

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -126,6 +127,25 @@ class RunningStats:
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.outer += f.T @ f
+
+    def save(self, path: str | os.PathLike) -> None:
+        """The sums so far, to resume from (atomic: an interruption leaves the previous file)."""
+        buf = io.BytesIO()
+        np.savez(buf, n=np.int64(self.n), sum=self.sum, outer=self.outer)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, limit: int) -> "RunningStats":
+        """The sums saved in ``path`` if it holds at most ``limit`` images' worth; else (no or bad file) empty."""
+        stats = cls()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                n, total, outer = int(z["n"]), z["sum"], z["outer"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+            return stats
+        if 0 < n <= limit and outer.shape == (total.shape[0],) * 2:
+            stats.n, stats.sum, stats.outer = n, total, outer
+        return stats
 
     def sum_across_ranks(self) -> "RunningStats":
         """Add up the sums of every process of a torchrun job (each saw its own images): sums are additive."""
@@ -237,19 +257,29 @@ class FeatureExtractor:
         return f.double().cpu().numpy()
 
     def statistics(self, images: Tensor, levels: int = 256, progress: bool = True, desc: str = "FID features",
-                   info: dict[str, Any] | None = None, across_ranks: bool = False) -> FIDStats:
+                   info: dict[str, Any] | None = None, across_ranks: bool = False,
+                   resume_file: str | os.PathLike | None = None, save_every_s: float = 60.0) -> FIDStats:
         """Mean and covariance of the features of integer-level images (N, C, H, W), in batches.
 
         ``across_ranks``: under torchrun, ``images`` are this process's share, and the statistics are those
-        of every process's images together.
+        of every process's images together. ``resume_file``: the running sums are saved there (atomically,
+        every ``save_every_s`` seconds) and a later call on the same images continues from them, so an
+        interrupted hours-long pass on a CPU loses at most a minute; the caller deletes it when done.
         """
         from tqdm.auto import tqdm
 
-        stats = RunningStats()
-        n = images.shape[0]
-        for lo in tqdm(range(0, n, self.batch_size), desc=desc, disable=not progress, leave=False,
-                       total=(n + self.batch_size - 1) // self.batch_size, unit="batch"):
+        stats = RunningStats.load(resume_file, images.shape[0]) if resume_file else RunningStats()
+        n, start, saved_at = images.shape[0], stats.n, time.monotonic()
+        for lo in tqdm(range(start, n, self.batch_size), desc=desc, disable=not progress, leave=False,
+                       initial=-(-start // self.batch_size), total=-(-n // self.batch_size), unit="batch"):
             stats.update(self(to_rgb_uint8(images[lo:lo + self.batch_size], levels)))
+            if resume_file and time.monotonic() - saved_at > save_every_s and stats.n < n:
+                try:
+                    stats.save(resume_file)
+                except TarflowError as e:  # a full or read-only cache: go on, just not resumable
+                    warnings.warn(f"FID features not resumable: {e}", stacklevel=2)
+                    resume_file = None
+                saved_at = time.monotonic()
         if across_ranks:
             stats.sum_across_ranks()
         return stats.finish({"extractor": str(self.path), "extractor_sha256": self.sha256, **(info or {})})
@@ -347,14 +377,19 @@ def dataset_statistics(extractor: FeatureExtractor, name: str, split: str = "tra
     info = {"version": STATS_VERSION, "dataset": name, "split": split, "count": n, "seed": seed,
             "images_sha256": content, "levels": data.levels, "extractor_key": extractor.key}
     rank, world = process_share()
+    partial = path.with_suffix(".partial.npz") if world == 1 else None  # one process: resumable
     stats = extractor.statistics(images[rank::world], data.levels, progress and rank == 0,
-                                 desc=f"FID features {name} {split}", info=info, across_ranks=world > 1)
+                                 desc=f"FID features {name} {split}", info=info, across_ranks=world > 1,
+                                 resume_file=partial)
     try:
         if rank == 0:
             stats.save(path)
+            if partial is not None:
+                partial.unlink(missing_ok=True)
     except TarflowError as e:  # a read-only cache: the statistics are still right, just not kept
         warnings.warn(f"FID statistics not cached: {e}", stacklevel=2)
     return stats, {"cached": False, "path": str(path), "count": n}
+
 
 
 def process_share() -> tuple[int, int]:
