@@ -423,8 +423,8 @@ class InfiniteGradient(torch.autograd.Function):
 def test_non_finite_loss_or_gradient_stops_the_cli_with_the_causes(fault, monkeypatch, tmp_path, capsys):
     log_prob = TarFlow.log_prob
 
-    def broken(self, x, y=None):
-        out = log_prob(self, x, y)
+    def broken(self, x, y=None, validate=True):
+        out = log_prob(self, x, y, validate)
         return out * float("nan") if fault == "nan loss" else InfiniteGradient.apply(out)
 
     monkeypatch.setattr(TarFlow, "log_prob", broken)
