@@ -391,7 +391,6 @@ def dataset_statistics(extractor: FeatureExtractor, name: str, split: str = "tra
     return stats, {"cached": False, "path": str(path), "count": n}
 
 
-
 def process_share() -> tuple[int, int]:
     """(rank, number of processes) of a torchrun job that has joined its process group, else (0, 1)."""
     import torch.distributed as dist
