@@ -25,8 +25,8 @@ PRESETS: dict[str, dict] = {
     "cifar10": {
         "model": dict(image_size=32, channels=3, patch_size=4, width=192, num_blocks=4, layers_per_block=3,
                       head_dim=64, num_classes=10),
-        "train": dict(dataset="cifar10", steps=1500, batch_size=64, lr=1e-3, warmup_steps=200, flip=True,
-                      eval_every=500, sample_every=250, checkpoint_every=250, eval_draws=1),
+        "train": dict(dataset="cifar10", steps=2800, batch_size=64, lr=1e-3, warmup_steps=200, flip=True,
+                      eval_every=700, sample_every=350, checkpoint_every=350, eval_draws=1),
     },
     # Single-GPU recipes after the TarFlow paper's (patch 2, 8 blocks x 8 layers, width 768 at 64 px;
     # bf16 autocast, lr 1e-4). Not yet run by us: see the README's results for what has been measured.
