@@ -3,6 +3,7 @@
     python benchmarks/sampling.py                      # train (or reuse) runs/bench-mnist/model, then measure
     python benchmarks/sampling.py --model DIR          # a saved model directory instead
     python benchmarks/sampling.py --quick              # batch sizes 1 and 8 only
+    python benchmarks/sampling.py --compile            # also torch.compile of the per-token step
 
 An untrained TarFlow is the identity (zero output projections) and every parallel sampler converges in one
 iteration, so the benchmark needs a trained model: without ``--model`` it trains the issue's reference
@@ -10,13 +11,15 @@ case (28x28x1, patch 4, width 128, 4 blocks x 4 layers, class-conditional) on MN
 steps (a few minutes on 2 CPU cores; the IDX files are read from ``--data-dir``) and keeps it in
 ``--out`` for the next run.
 
-Everything is measured in one process: the float32 matmul peak (best of several 1024^3 matmuls, with the
-same thread count), then for each sampler and batch size the time per image, the fraction of that peak
-achieved (useful FLOPs: the matmuls of one exact sequential inverse, counted below, divided by time; a
-parallel sampler that does more arithmetic gets no credit for it), the speed-up over our sequential
-sampler, the max abs difference to the sequential output on the same noise, and the fraction of 8-bit
-pixels that differ. A "straightforward" sequential sampler (a KV cache grown by torch.cat, each guidance
-branch in its own pass, module calls per token) is measured at batch 100 for comparison.
+Everything is measured in one process: the float32 matmul peak (best 1024^3 matmul over 2 s, with the
+same thread count; measured again at the end, with a warning when the two differ), then for each sampler
+and batch size the time per image, the fraction of that peak achieved (useful FLOPs: the matmuls of one
+exact sequential inverse, counted below, divided by time; a parallel sampler that does more arithmetic
+gets no credit for it), the speed-up over our sequential sampler, the max abs difference to the
+sequential output on the same noise, and the fraction of 8-bit pixels that differ. A "straightforward"
+sequential sampler (a KV cache grown by torch.cat, each guidance branch in its own pass, module calls per
+token) is measured at batch 100 for comparison, and the cost of classifier-free guidance (both branches
+in one batched pass) at every batch size. ``--compile`` also times torch.compile of the per-token step.
 
 FLOPs of one exact inverse per image (2 per multiply-add; W width, D token dim, T tokens, r MLP ratio,
 L layers per block, N blocks, n branches: 2 with guidance): for each block and each of the T-1 steps
@@ -26,6 +29,7 @@ L layers per block, N blocks, n branches: 2 with guidance): for each block and e
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import math
 import sys
@@ -40,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tarflow import FlowConfig, Guidance, TarFlow  # noqa: E402
+from tarflow.flows.block import ARFlowBlock  # noqa: E402
 from tarflow.sampling import GSJacobiSampler, JacobiSampler, SequentialSampler  # noqa: E402
 from tarflow.sampling.calibrate import calibrate, sampler_from_entry  # noqa: E402
 
@@ -126,11 +131,13 @@ def straightforward_sample(model: TarFlow, z: torch.Tensor, y, guidance: Guidanc
 
 
 # ----- measurements -------------------------------------------------------------------------------
-def matmul_peak(n: int = 1024, reps: int = 10) -> float:
+def matmul_peak(n: int = 1024, seconds: float = 2.0) -> float:
+    """Best FLOP/s of n^3 matmuls repeated for ``seconds`` (the machine's dense float32 peak, as measured)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     best = math.inf
     a @ b
-    for _ in range(reps):
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
@@ -158,6 +165,30 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def compiled_step(model: TarFlow, seq: SequentialSampler, batches, gen, labels) -> None:
+    """The lean sequential sampler with its per-token step (`ARFlowBlock.chunk_params`) under torch.compile
+    (dynamic shapes: one graph for every position and batch size), against the eager step."""
+    print("\n== torch.compile of the per-token step (dynamic shapes) vs eager, lean sequential ==")
+    step = torch.compile(ARFlowBlock.chunk_params, dynamic=True)
+    for B in batches:
+        z, y = seq.noise(B, 1.0, gen), labels(B)
+        reps = 3 if B <= 8 else 1
+        t_eager, x_eager = timed(lambda: seq.sample(B, y, z=z), reps)
+        for block in model.blocks:  # an instance attribute shadows the method for this measurement only
+            block.chunk_params = functools.partial(step, block)
+        try:
+            t0 = time.perf_counter()
+            seq.sample(B, y, z=z)
+            t_first = time.perf_counter() - t0
+            t_comp, x_comp = timed(lambda: seq.sample(B, y, z=z), reps)
+        finally:
+            for block in model.blocks:
+                del block.chunk_params
+        print(f"batch {B:>4}: eager {1e3 * t_eager / B:7.2f} ms/image, compiled {1e3 * t_comp / B:7.2f} ms/image: "
+              f"{t_eager / t_comp:.2f}x (first call, compiling: {t_first:.1f} s); max abs diff "
+              f"{(x_comp - x_eager).abs().max():.1e}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="a saved model directory (skips training)")
@@ -173,6 +204,7 @@ def main() -> int:
     p.add_argument("--modules", type=int, default=7, help="GS-Jacobi modules per block (fixed strategy)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the per-token step")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,7 +224,7 @@ def main() -> int:
     c = model.config
     peak = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s (1024^3, best of 10)")
+          f"{peak / 1e9:.1f} GFLOP/s (1024^3, best over 2 s)")
     print(f"model: {c.image_size}x{c.image_size}x{c.channels}, patch {c.patch_size}, T={c.num_tokens}, width {c.width}, "
           f"{c.num_blocks} blocks x {c.layers_per_block} layers; {sampling_flops(c) / 1e6:.1f} MFLOP per image "
           f"(exact inverse, unguided)")
@@ -251,6 +283,21 @@ def main() -> int:
             print(f"{B:>5} {name:<11} {1e3 * t / B:>9.2f} {flops / t / peak:>8.3f} {t_seq / t:>7.2f}x {diff:>8.1e} "
                   f"{px:>9.2e}  {it}", flush=True)
             rows.append((B, name, t / B, t_seq / t, diff, px))
+    print("\n== guidance cost per batch size (lean sequential, both branches in one pass) ==")
+    for B in batches:
+        z, y = seq.noise(B, 1.0, gen), labels(B)
+        reps = 3 if B <= 8 else 1
+        t_plain, _ = timed(lambda: seq.sample(B, y, z=z), reps)
+        t_guided, _ = timed(lambda: seq.sample(B, y, guidance=Guidance(1.0), z=z), reps)
+        print(f"batch {B:>4}: unguided {1e3 * t_plain / B:7.2f} ms/image, guided {1e3 * t_guided / B:7.2f} "
+              f"ms/image: {t_guided / t_plain:.2f}x", flush=True)
+    if args.compile:
+        compiled_step(model, seq, batches, gen, labels)
+    peak_end = matmul_peak()
+    print(f"\nmatmul peak measured again at the end: {peak_end / 1e9:.1f} GFLOP/s (start: {peak / 1e9:.1f})")
+    if abs(peak_end / peak - 1) > 0.1:
+        print("  they differ by more than 10%: other work shared the cores, so the fractions of peak above are "
+              "unreliable; rerun on quiet cores")
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
     return 0
 
