@@ -17,25 +17,8 @@ import time
 import torch
 
 from tarflow import FlowConfig, TarFlow
-from tarflow.metrics.flops import training_flops
+from tarflow.metrics.flops import matmul_peak, peak_warning, training_flops
 from tarflow.train.device import pick_device
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:
-    """Best FLOP/s of square matmuls of a few sizes (the machine's dense matmul peak, as measured)."""
-    best = 0.0
-    for n in (512, 1024, 2048):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        sync(device)
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 3:
-            a @ b
-            reps += 1
-        sync(device)
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
-    return best
 
 
 def sync(device: torch.device) -> None:
@@ -98,9 +81,8 @@ def main() -> None:
     sync(device)
     seconds = (time.perf_counter() - t0) / args.steps
     peak_end = matmul_peak(device, dtype)  # again: a peak taken while other work ran would flatter the fraction
-    if abs(peak_end / peak - 1) > 0.1:
-        print(f"warning: the matmul peak changed from {peak / 1e9:.1f} to {peak_end / 1e9:.1f} GFLOP/s during the run: "
-              "other work shared the device; rerun on quiet cores")
+    if warning := peak_warning(peak, peak_end):
+        print(warning)
     peak = max(peak, peak_end)
     flops = training_flops(config, args.batch)
     achieved = flops / seconds

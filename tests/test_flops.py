@@ -23,3 +23,11 @@ def test_flops_match_torch_counter(transform):
         model.log_prob(x, y).sum().backward()
     assert fwd.get_total_flops() + attention == B * forward_flops(c)
     assert step.get_total_flops() + 3 * attention == training_flops(c, B)
+
+
+def test_matmul_peak_and_its_drift_warning():
+    from tarflow.metrics.flops import matmul_peak, peak_warning
+
+    assert matmul_peak(seconds=0.03) > 1e6  # FLOP/s: any CPU does far more than a megaflop
+    assert peak_warning(100e9, 105e9) is None
+    assert peak_warning(190e9, 101e9) is not None and "190.0 to 101.0" in peak_warning(190e9, 101e9)

@@ -10,9 +10,15 @@ Attention is counted dense (T'^2, as a dense kernel computes it, not the causal 
 (norms, activations, softmax, the affine update) is not counted. Backward = 2 x forward for every matmul
 (one product for the weight gradient, one for the input gradient), less the input gradient of the first
 block's proj_in, whose input (the data) needs none.
+
+`matmul_peak` measures what those FLOPs are compared against: the device's dense matmul rate.
 """
 
 from __future__ import annotations
+
+import time
+
+import torch
 
 from ..flows.config import FlowConfig
 
@@ -35,3 +41,36 @@ def training_flops(c: FlowConfig, batch: int) -> int:
     """Matmul FLOPs of one training step (forward + backward) on ``batch`` images."""
     total, first_proj_in = block_forward_flops(c)
     return batch * (3 * forward_flops(c) - first_proj_in)
+
+
+def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seconds: float = 3.0) -> float:
+    """The device's dense matmul peak as measured, FLOP/s: the best rate of n x n matmuls, n = 512, 1024, 2048,
+    each size repeated for ``seconds`` / 3."""
+    device = torch.device(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        sync()
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 3:
+            a @ b
+            reps += 1
+        sync()
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def peak_warning(before: float, after: float, tolerance: float = 0.1) -> str | None:
+    """A warning when the peak measured before a benchmark and after it differ by more than ``tolerance``: other
+    work shared the device, and fractions of either peak are unreliable (a low peak flatters them)."""
+    if abs(after / before - 1) <= tolerance:
+        return None
+    return (f"warning: the matmul peak moved from {before / 1e9:.1f} to {after / 1e9:.1f} GFLOP/s during the run: "
+            "other work shared the device, so fractions of peak are unreliable; rerun on quiet cores")
