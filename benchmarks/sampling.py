@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from tarflow import FlowConfig, Guidance, TarFlow  # noqa: E402
 from tarflow.flows.block import ARFlowBlock  # noqa: E402
+from tarflow.flows.transforms import build_transform  # noqa: E402
 from tarflow.metrics.flops import matmul_peak, peak_warning  # noqa: E402
 from tarflow.sampling import GSJacobiSampler, JacobiSampler, SequentialSampler  # noqa: E402
 from tarflow.sampling.calibrate import calibrate, sampler_from_entry  # noqa: E402
@@ -102,7 +103,7 @@ def straightforward_sample(model: TarFlow, z: torch.Tensor, y, guidance: Guidanc
     tokens = model.patchify(z)
     y_null = None if y is None else torch.full_like(y, model.config.num_classes)
     for block in reversed(model.blocks):
-        x = block.permute(tokens).clone()
+        x = block.order.apply(tokens).clone()
         branches = [(y, 1.0)] if guidance is None else [(y, 1.0), (y_null, guidance.attn_temp)]
         caches = [[([], []) for _ in block.layers] for _ in branches]
         for t in range(T - 1):
@@ -120,24 +121,24 @@ def straightforward_sample(model: TarFlow, z: torch.Tensor, y, guidance: Guidanc
                     o = F.scaled_dot_product_attention(q / tau, torch.cat(ks, 2), torch.cat(vs, 2))
                     h = h + attn.proj(o.transpose(1, 2).reshape(B, 1, -1))
                     h = h + layer.mlp(layer.norm2(h))
-                out = block.proj_out(block.norm(h) if block.norm is not None else h)
-                params.append(out.chunk(2, -1) if block.affine else (torch.zeros_like(out), out))
-            a, b = params[0]
+                params.append(block.transform.split(block.proj_out(block.norm(h) if block.norm is not None else h)))
+            chosen = params[0]
             if guidance is not None:
-                (a_u, b_u), w = params[1], guidance.weight_at(t + 1, T)
-                a, b = a + w * (a - a_u), b + w * (b - b_u)
-            x[:, t + 1] = x[:, t + 1] * a[:, 0].exp() + b[:, 0]
-        tokens = block.permute(x)
+                both = tuple(torch.cat(pair) for pair in zip(*params))
+                chosen = block.transform.guide(both, guidance, t + 1, T)
+            x[:, t + 1:t + 2] = block.transform.inverse(x[:, t + 1:t + 2], chosen)
+        tokens = block.order.undo(x)
     return model.unpatchify(tokens)
 
 
 # ----- measurements -------------------------------------------------------------------------------
 def sampling_flops(c: FlowConfig, branches: int = 1) -> float:
     """Matmul FLOPs of one exact inverse of one image (see the module docstring)."""
-    W, D, T, r, L = c.width, c.token_dim, c.num_tokens, c.mlp_ratio, c.layers_per_block
-    out = 2 * D if c.transform == "affine" else D
-    per_block = sum(D * W + L * ((4 + 2 * r) * W * W + 2 * W * (t + 1)) + W * out for t in range(T - 1))
-    return branches * 2 * c.num_blocks * per_block
+    W, D, T, r = c.width, c.token_dim, c.num_tokens, c.mlp_ratio
+    out = build_transform(c).num_params(D)
+    per_layer = sum((4 + 2 * r) * W * W + 2 * W * (t + 1) for t in range(T - 1))
+    per_block = [(T - 1) * (D * W + W * out) + layers * per_layer for layers in c.block_layers]
+    return branches * 2 * sum(per_block)
 
 
 def timed(fn, reps: int) -> tuple[float, torch.Tensor]:
@@ -154,16 +155,16 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def compiled_step(model: TarFlow, seq: SequentialSampler, batches, gen, labels) -> None:
-    """The lean sequential sampler with its per-token step (`ARFlowBlock.chunk_params`) under torch.compile
+    """The lean sequential sampler with its per-token step (`ARFlowBlock.step`) under torch.compile
     (dynamic shapes: one graph for every position and batch size), against the eager step."""
     print("\n== torch.compile of the per-token step (dynamic shapes) vs eager, lean sequential ==")
-    step = torch.compile(ARFlowBlock.chunk_params, dynamic=True)
+    step = torch.compile(ARFlowBlock.step, dynamic=True)
     for B in batches:
         z, y = seq.noise(B, 1.0, gen), labels(B)
         reps = 3 if B <= 8 else 1
         t_eager, x_eager = timed(lambda: seq.sample(B, y, z=z), reps)
         for block in model.blocks:  # an instance attribute shadows the method for this measurement only
-            block.chunk_params = functools.partial(step, block)
+            block.step = functools.partial(step, block)
         try:
             t0 = time.perf_counter()
             seq.sample(B, y, z=z)
@@ -171,7 +172,7 @@ def compiled_step(model: TarFlow, seq: SequentialSampler, batches, gen, labels) 
             t_comp, x_comp = timed(lambda: seq.sample(B, y, z=z), reps)
         finally:
             for block in model.blocks:
-                del block.chunk_params
+                del block.step
         print(f"batch {B:>4}: eager {1e3 * t_eager / B:7.2f} ms/image, compiled {1e3 * t_comp / B:7.2f} ms/image: "
               f"{t_eager / t_comp:.2f}x (first call, compiling: {t_first:.1f} s); max abs diff "
               f"{(x_comp - x_eager).abs().max():.1e}", flush=True)

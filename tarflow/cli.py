@@ -29,9 +29,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         types, defaults = field_types(cls), getattr(preset, section)
         for f in dataclasses.fields(cls):
             kind, choices = types[f.name], f.metadata.get("choices")
-            metavar = "{" + ",".join(choices) + "}" if choices else kind.__name__.upper()
             if kind is bool:
                 kind, metavar = parse_bool, "{true,false}"
+            elif kind == int | list[int]:
+                kind, metavar = parse_ints, "INT[,INT...]"
+            else:
+                metavar = "{" + ",".join(choices) + "}" if choices else kind.__name__.upper()
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}", type=kind, default=None,
                                metavar=metavar, choices=choices,
                                help=f"{f.metadata['help']} ({DEFAULT_PRESET}: {getattr(defaults, f.name)!r})")
@@ -43,6 +46,15 @@ def parse_bool(text: str) -> bool:
     if text.lower() not in value:
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return value[text.lower()]
+
+
+def parse_ints(text: str) -> int | list[int]:
+    """"2" -> 2, "2,2,24" -> [2, 2, 24]."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or comma-separated integers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

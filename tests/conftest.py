@@ -1,4 +1,8 @@
-"""Shared fixtures: one tiny float64 model of every kind, with randomised weights.
+"""Shared fixtures: one tiny float64 model of every kind the config allows, with randomised weights.
+
+Kinds: every transform (affine with exp scale, affine with softplus scale and a soft clip, additive, Mix-1
+mixture) x block layout (one layer count, one per block) x token order (alternate, same) x conditioning
+(none, class, class on the last block only).
 
 A freshly built TarFlow has zero-initialised output projections, so every block is the identity and
 most contract checks would pass trivially. The fixture re-draws every parameter (and, for additive
@@ -6,6 +10,8 @@ models, the learned prior std) under a fixed seed so that each block really tran
 """
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -15,19 +21,24 @@ from tarflow import FlowConfig, TarFlow
 NUM_CLASSES = 3
 BATCH = 4
 
-KINDS = [
-    pytest.param((0, "affine"), id="uncond-affine"),
-    pytest.param((0, "additive"), id="uncond-additive"),
-    pytest.param((NUM_CLASSES, "affine"), id="cond-affine"),
-    pytest.param((NUM_CLASSES, "additive"), id="cond-additive"),
-]
+TRANSFORMS = {"affine": {"transform": "affine"},
+              "softplus": {"transform": "affine", "scale": "softplus", "log_scale_clip": 2.0},
+              "additive": {"transform": "additive"},
+              "mixture": {"transform": "mixture", "mixture_components": 2}}
+LAYOUTS = {"uniform": {"layers_per_block": 1}, "per-block": {"layers_per_block": [1, 1, 2]}}
+ORDERS = {"alternate": {"order": "alternate"}, "same": {"order": "same"}}
+CONDITIONING = {"uncond": {"num_classes": 0}, "cond": {"num_classes": NUM_CLASSES},
+                "top-only": {"num_classes": NUM_CLASSES, "condition_top_only": True}}
+KINDS = [pytest.param({**TRANSFORMS[t], **LAYOUTS[l], **ORDERS[o], **CONDITIONING[c]}, id=f"{c}-{t}-{l}-{o}")
+         for t, l, o, c in itertools.product(TRANSFORMS, LAYOUTS, ORDERS, CONDITIONING)]
 
 
-def tiny_config(num_classes: int, transform: str) -> FlowConfig:
+def tiny_config(num_classes: int = 0, transform: str = "affine", **options) -> FlowConfig:
     # T = (4/2)^2 = 4 tokens of D = 2*2*2 = 8 dims; 32 dims per image; 3 blocks so both token orders
     # appear and the first and last blocks share one.
-    return FlowConfig(image_size=4, channels=2, patch_size=2, width=16, num_blocks=3, layers_per_block=1,
-                      head_dim=8, mlp_ratio=2, num_classes=num_classes, transform=transform)
+    settings = dict(image_size=4, channels=2, patch_size=2, width=16, num_blocks=3, layers_per_block=1,
+                    head_dim=8, mlp_ratio=2, num_classes=num_classes, transform=transform)
+    return FlowConfig(**{**settings, **options})
 
 
 def randomise(model: TarFlow, seed: int = 0, std: float = 0.2) -> TarFlow:
@@ -58,9 +69,8 @@ def one_thread():
 
 @pytest.fixture(params=KINDS)
 def model(request) -> TarFlow:
-    num_classes, transform = request.param
     torch.manual_seed(0)
-    m = TarFlow(tiny_config(num_classes, transform)).double()
+    m = TarFlow(tiny_config(**request.param)).double()
     return randomise(m).eval()
 
 

@@ -33,19 +33,19 @@ def per_sample_jacobian(model: TarFlow, x: torch.Tensor, y: torch.Tensor | None,
 def prior_log_density(model: TarFlow, z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, diag(s^2)) summed per sample, written out by hand in image layout.
 
-    s = 1 for affine models. For additive models s = exp(prior_log_std), stored per token (raster
+    s = 1 for affine models. For additive models s = exp(prior.log_std), stored per token (raster
     order over patches) and per token dim (ordered patch row, patch column, channel).
     """
     c = model.config
     p, n = c.patch_size, c.image_size // c.patch_size
     log_s = torch.zeros_like(z[0])
-    if model.prior_log_std is not None:
+    if model.prior_std() is not None:
         for i in range(n):
             for j in range(n):
                 for ph in range(p):
                     for pw in range(p):
                         for ch in range(c.channels):
-                            log_s[ch, i * p + ph, j * p + pw] = model.prior_log_std[i * n + j,
+                            log_s[ch, i * p + ph, j * p + pw] = model.prior.log_std[i * n + j,
                                                                                     (ph * p + pw) * c.channels + ch]
     lp = -0.5 * (z / log_s.exp()) ** 2 - log_s - 0.5 * math.log(2 * math.pi)
     return lp.flatten(1).sum(1)
@@ -58,14 +58,27 @@ def test_fixture_model_is_not_the_identity(model, inputs):
     x, y = inputs
     z, logdet = model(x, y)
     assert (z - x).abs().max() > 0.1
-    if model.config.transform == "affine":
+    if model.config.transform != "additive":
         assert logdet.abs().min() > 1e-2
         assert logdet.std() > 1e-3  # and it depends on the input
     else:
-        assert model.prior_log_std.abs().max() > 0.1
+        assert model.prior.log_std.abs().max() > 0.1
     if model.config.num_classes:  # the label matters
         z_other, _ = model(x, (y + 1) % model.config.num_classes)
         assert (z - z_other).abs().max() > 1e-3
+
+
+def test_config_shapes_the_blocks(model):
+    """Layer counts, token orders and where the class enters follow the config."""
+    c = model.config
+    assert [len(block.layers) for block in model.blocks] == c.block_layers
+    probe = torch.arange(c.num_tokens).view(1, -1, 1)
+    flipped = [bool((block.order.apply(probe) != probe).any()) for block in model.blocks]
+    assert flipped == ([False, True, False] if c.order == "alternate" else [False, False, False])
+    conditioned = [block.class_embed is not None for block in model.blocks]
+    expected = [bool(c.num_classes)] * 3 if not c.condition_top_only else [False, False, True]
+    assert conditioned == expected
+    assert all(block.transform.name == c.transform for block in model.blocks)
 
 
 # ----- 1. shapes --------------------------------------------------------------------------------
@@ -157,14 +170,14 @@ def test_log_prob_change_of_variables(model, inputs):
 def test_additive_model_uses_learned_prior_std(model, inputs):
     x, y = inputs
     z, logdet = model(x, y)
-    if model.config.transform == "affine":
-        assert model.prior_log_std is None and model.prior_std() is None
+    if model.config.transform != "additive":
+        assert model.prior_std() is None
         standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).flatten(1).sum(1)
         assert (model.log_prob(x, y) - (standard + logdet)).abs().max() <= 1e-10
         return
     # Volume preserving: log|det| is 0, so log p(x) is the prior density of z alone.
     assert logdet.abs().max() == 0
-    s = model.prior_log_std.exp()  # (T, D)
+    s = model.prior.log_std.exp()  # (T, D)
     closed = torch.distributions.Normal(torch.zeros_like(s), s).log_prob(model.patchify(z)).sum((1, 2))
     assert (model.log_prob(x, y) - closed).abs().max() <= 1e-10
     # ... and differs from the standard-normal density (the learned std is not ignored).

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from tarflow import Guidance, SequentialSampler, tweedie_denoise
+from tarflow import ConfigError, Guidance, SequentialSampler, tweedie_denoise
+from tarflow.flows import Condition
 from tarflow.nn import Attention, KVCache
 
 from conftest import BATCH, make_labels
@@ -39,8 +40,35 @@ def starflow_rule(a_c, b_c, a_u, b_u, w):
     return sigma.log(), mu
 
 
+def last_token_params(block, x, condition):
+    """The transform's params of the last token of an uncached pass over x; for affine and additive transforms
+    written out as (log sigma, b)."""
+    params = tuple(p[:, -1:] for p in block.params(x, condition))
+    if block.transform.name == "additive":
+        return torch.zeros_like(params[0]), params[0]
+    return params
+
+
+def solve_token(block, z_token, params_c, params_u, guidance, t, T):
+    """x_t from z_t: by hand for Gaussian transforms (x = z exp(a) + b, the guidance rule written out); through the
+    transform's own guide and inverse otherwise."""
+    if block.transform.name not in ("affine", "additive"):
+        if guidance is not None:
+            params_c = block.transform.guide(tuple(torch.cat(p) for p in zip(params_c, params_u)), guidance, t, T)
+        return block.transform.inverse(z_token, params_c)
+    a, b = params_c
+    if guidance is not None:
+        a_u, b_u = params_u
+        w = guidance.weight * t / (T - 1) if guidance.annealed else guidance.weight
+        if guidance.rule == "tarflow":
+            a, b = a + w * (a - a_u), b + w * (b - b_u)
+        else:
+            a, b = starflow_rule(a, b, a_u, b_u, w)
+    return z_token * a.exp() + b
+
+
 def naive_inverse(model, z, y=None, guidance: Guidance | None = None):
-    """Blocks in reverse; token t solved from a full, uncached next_params pass over the prefix x_<t.
+    """Blocks in reverse; token t solved from a full, uncached pass over the prefix x_<t.
 
     With guidance: a conditional pass (label y, no temperature) and an unconditional pass (null label,
     attention temperature tau), combined by the rule, with the annealed weight w t / (T - 1).
@@ -52,23 +80,25 @@ def naive_inverse(model, z, y=None, guidance: Guidance | None = None):
     tokens = model.patchify(z)
     with torch.no_grad():
         for block in reversed(model.blocks):
-            zt = block.permute(tokens)
+            zt = block.order.apply(tokens)
             x = torch.zeros_like(zt)
             x[:, 0] = zt[:, 0]
             for t in range(1, T):
-                a, b = block.next_params(x[:, :t], y)
-                a, b = a[:, -1], b[:, -1]  # the params of token t
-                if guidance is not None:
-                    a_u, b_u = block.next_params(x[:, :t], y_u, tau)
-                    a_u, b_u = a_u[:, -1], b_u[:, -1]
-                    w = guidance.weight * t / (T - 1) if guidance.annealed else guidance.weight
-                    if guidance.rule == "tarflow":
-                        a, b = a + w * (a - a_u), b + w * (b - b_u)
-                    else:
-                        a, b = starflow_rule(a, b, a_u, b_u, w)
-                x[:, t] = zt[:, t] * a.exp() + b
-            tokens = block.permute(x)
+                params_c = last_token_params(block, x[:, :t], Condition(y))  # the params of token t
+                params_u = None if guidance is None else last_token_params(block, x[:, :t], Condition(y_u, tau))
+                x[:, t:t + 1] = solve_token(block, zt[:, t:t + 1], params_c, params_u, guidance, t, T)
+            tokens = block.order.undo(x)
     return model.unpatchify(tokens)
+
+
+def refuses_starflow_rule(model, rule, sampler=None) -> bool:
+    """The STARFlow closed form is for Gaussian transforms: a mixture model refuses it with a clear error, and the
+    test that asked has nothing more to compare (True)."""
+    if model.config.transform != "mixture" or rule != "starflow":
+        return False
+    with pytest.raises(ConfigError, match="rule='tarflow'"):
+        (sampler or SequentialSampler(model)).sample(BATCH, make_labels(model), guidance=Guidance(1.0, rule))
+    return True
 
 
 # ----- 5. the KV-cache inverse ------------------------------------------------------------------
@@ -125,18 +155,15 @@ def test_block_chunked_cache_matches_uncached(model, sizes):
     x = model.patchify(noise_like(model))
     guess = torch.zeros_like(x)
     for block in model.blocks:
-        a_full, b_full = block.next_params(x, y)
-        cache = block.new_cache(BATCH, torch.float64, x.device)
+        full = block.step(x, Condition(y))
+        cache = block.new_cache(Condition(y), BATCH)
 
         def step(pos, L):
-            block.next_params(guess[:, pos:pos + L], y, None, cache, pos)  # a wrong first iterate
-            return block.next_params(x[:, pos:pos + L], y, None, cache, pos)
+            block.step(guess[:, pos:pos + L], Condition(y), cache, pos)  # a wrong first iterate
+            return block.step(x[:, pos:pos + L], Condition(y), cache, pos)
 
         outs = chunked(step, sizes, T)
-        a = torch.cat([o[0] for o in outs], 1)
-        b = torch.cat([o[1] for o in outs], 1)
-        assert (a - a_full).abs().max() <= 1e-12
-        assert (b - b_full).abs().max() <= 1e-12
+        assert (torch.cat(outs, 1) - full).abs().max() <= 1e-12
 
 
 # ----- 6. guidance ------------------------------------------------------------------------------
@@ -147,6 +174,8 @@ RULES = [pytest.param(r, an, id=f"{r}{'-annealed' if an else ''}")
 
 @pytest.mark.parametrize("rule,annealed", RULES)
 def test_zero_guidance_is_unguided(model, rule, annealed):
+    if refuses_starflow_rule(model, rule):
+        return
     y = make_labels(model)
     sampler = SequentialSampler(model)
     plain = sampler.sample(BATCH, y, generator=gen(7))
@@ -157,6 +186,8 @@ def test_zero_guidance_is_unguided(model, rule, annealed):
 @pytest.mark.parametrize("rule,annealed", RULES)
 def test_guidance_weight_changes_samples(model, rule, annealed):
     """Conditional: w > 0 moves the samples. Unconditional: only with tau != 1 (else both branches coincide)."""
+    if refuses_starflow_rule(model, rule):
+        return
     y = make_labels(model)
     sampler = SequentialSampler(model)
     plain = sampler.sample(BATCH, y, generator=gen(7))
@@ -172,6 +203,8 @@ def test_guidance_weight_changes_samples(model, rule, annealed):
 @pytest.mark.parametrize("rule,annealed", RULES)
 @pytest.mark.parametrize("weight,attn_temp", [(1.5, 1.0), (0.7, 1.8)])
 def test_guided_sampler_matches_naive_reference(model, rule, annealed, weight, attn_temp):
+    if refuses_starflow_rule(model, rule):
+        return
     y = make_labels(model)
     z = noise_like(model)
     g = Guidance(weight, rule, annealed, attn_temp)
@@ -276,10 +309,10 @@ def test_tweedie_closed_form_for_gaussian_model(transform):
     torch.manual_seed(0)
     model = TarFlow(tiny_config(0, transform)).double().eval()  # zero output projections: identity blocks
     s2 = torch.ones(model.config.num_tokens, model.config.token_dim, dtype=torch.float64)
-    if model.prior_log_std is not None:
+    if model.prior_std() is not None:
         with torch.no_grad():
-            model.prior_log_std.copy_(torch.randn(s2.shape, generator=gen(2), dtype=torch.float64) * 0.3)
-        s2 = model.prior_log_std.detach().exp() ** 2
+            model.prior.log_std.copy_(torch.randn(s2.shape, generator=gen(2), dtype=torch.float64) * 0.3)
+        s2 = model.prior.log_std.detach().exp() ** 2
     x = noise_like(model)
     sigma = 0.2
     expected = x * (1 - sigma ** 2 / model.unpatchify(s2.expand(BATCH, -1, -1)))

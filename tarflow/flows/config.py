@@ -1,4 +1,8 @@
-"""The architecture of a TarFlow image model: everything needed to rebuild it."""
+"""The architecture of a flow model: everything needed to rebuild it, saved in its ``config.json``.
+
+Groups of fields: the modality (data <-> tokens), the block stack (layers, orders, conditioning), the
+per-token transform and the prior, and the Transformer inside each block.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,45 @@ from dataclasses import dataclass
 
 from ..configs import check_choices, option
 from ..errors import ConfigError
+from ..modalities import MODALITIES, build_modality
+from .orders import ORDERS
+from .priors import PRIORS
+
+TRANSFORM_NAMES = ("affine", "additive", "mixture")
 
 
 @dataclass
 class FlowConfig:
+    # ----- modality: data <-> tokens (B, T, D)
+    modality: str = option("pixels", "what the data is: pixels (images patchified into tokens)", choices=MODALITIES)
     image_size: int = option(8, "image height and width in pixels (square images)")
     channels: int = option(1, "image channels (1 grey, 3 RGB)")
     patch_size: int = option(2, "patch side p; tokens are p x p x channels, T = (size/p)^2")
-    width: int = option(128, "Transformer width (model channels)")
+    # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
-    layers_per_block: int = option(2, "Transformer layers in each flow block")
+    layers_per_block: int | list[int] = option(2, "Transformer layers in each flow block: one number for every "
+                                               "block, or one per block in block order (the last block is nearest "
+                                               "the prior), e.g. 2,2,2,2,2,24 for STARFlow's deep-shallow stack")
+    order: str = option("alternate", "token order of each block: alternate (identity, flip, identity, ...) or same "
+                        "(identity in every block)", choices=ORDERS)
+    num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
+    condition_top_only: bool = option(False, "condition only the last block (nearest the prior) on the class, as "
+                                      "STARFlow's deep block; the others model the data unconditionally")
+    # ----- per-token transform and prior
+    transform: str = option("affine", "per-token transform: affine z=(x-b)/sigma, additive z=x-b (with a learned "
+                            "prior variance), or mixture z=Phi^-1(F(x)), F a per-dimension mixture-of-Gaussians CDF "
+                            "(Mix-1)", choices=TRANSFORM_NAMES)
+    scale: str = option("exp", "affine scale: exp (sigma = exp(a)) or softplus (sigma = softplus(a + log(e-1)), "
+                        "1 at a = 0)", choices=("exp", "softplus"))
+    log_scale_clip: float = option(0.0, "affine: soft-clip a to c tanh(a/c) with this c > 0 (0: no clip)")
+    mixture_components: int = option(4, "mixture transform: Gaussian components K per token dimension")
+    prior: str = option("auto", "prior of z: standard N(0, I), learned (diagonal Gaussian with a learned std per "
+                        "token dimension), or auto (learned for additive transforms, standard otherwise)",
+                        choices=PRIORS)
+    # ----- the Transformer of each block
+    width: int = option(128, "Transformer width (model channels)")
     head_dim: int = option(32, "attention head dimension; heads = width / head_dim")
     mlp_ratio: int = option(4, "MLP hidden width as a multiple of width")
-    num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
-    transform: str = option("affine", "per-token transform: affine z=(x-b)exp(-a), or additive z=x-b "
-                            "with a learned prior variance", choices=("affine", "additive"))
     output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
                               "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
     sigma_reparam: bool = option(False, "sigma-Reparam: every linear layer of each block's Transformer (and its input "
@@ -38,17 +66,20 @@ class FlowConfig:
 
     def __post_init__(self):
         check_choices(self)
-        for name in ("image_size", "channels", "patch_size", "width", "num_blocks", "layers_per_block",
-                     "head_dim", "mlp_ratio"):
+        for name in ("image_size", "channels", "patch_size", "width", "num_blocks", "head_dim", "mlp_ratio",
+                     "mixture_components"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.check_layers()
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be 0 (unconditional) or more, got {self.num_classes}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        for name in ("sigma_reparam", "exclusive_attention"):
+        for name in ("sigma_reparam", "exclusive_attention", "condition_top_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not self.log_scale_clip >= 0 or self.log_scale_clip == float("inf"):
+            raise ConfigError(f"log_scale_clip must be a finite number >= 0 (0: no clip), got {self.log_scale_clip}")
         if self.aft_window < 1:
             raise ConfigError(f"aft_window must be at least 1, got {self.aft_window}")
         if self.exclusive_attention and self.mixer != "attention":
@@ -56,17 +87,37 @@ class FlowConfig:
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 
+    def check_layers(self) -> None:
+        layers = self.layers_per_block
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            if layers < 1:
+                raise ConfigError(f"layers_per_block must be at least 1, got {layers}")
+            return
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(n, int) and n >= 1 for n in layers):
+            raise ConfigError(f"layers_per_block must be a positive integer or a list of them, got {layers!r}")
+        if len(layers) != self.num_blocks:
+            raise ConfigError(f"layers_per_block lists {len(layers)} blocks but num_blocks={self.num_blocks}: give "
+                              f"one layer count per block, or one number for all")
+        self.layers_per_block = list(layers)
+
+    @property
+    def block_layers(self) -> list[int]:
+        """Transformer layers of block 0 .. N-1."""
+        if isinstance(self.layers_per_block, int):
+            return [self.layers_per_block] * self.num_blocks
+        return list(self.layers_per_block)
+
     @property
     def num_tokens(self) -> int:
-        """T = (image_size / patch_size)^2."""
-        return (self.image_size // self.patch_size) ** 2
+        """T, the modality's tokens per example (pixels: (image_size / patch_size)^2)."""
+        return build_modality(self).num_tokens
 
     @property
     def token_dim(self) -> int:
-        """D = channels * patch_size^2."""
-        return self.channels * self.patch_size ** 2
+        """D, values per token (pixels: channels * patch_size^2)."""
+        return build_modality(self).token_dim
 
     @property
     def num_dims(self) -> int:
-        """Dimensions of one image, C H W."""
-        return self.channels * self.image_size ** 2
+        """Dimensions of one example that bits/dim divide by (pixels: C H W)."""
+        return build_modality(self).num_dims

@@ -25,7 +25,7 @@ How the reference definitions map onto ours (each exactly, no approximation):
   orders them row, column, channel. The input columns of ``proj_in``, the output rows of ``proj_out``
   (for a and for b) and the prior's variance are permuted to match, so images map to the same z.
 - Prior: the ``var`` buffer (T, D) is the prior's variance. The reference only learns it for additive
-  models (and samples with z * sqrt(var)); it becomes ``prior_log_std = log(var) / 2``. For affine
+  models (and samples with z * sqrt(var)); it becomes ``prior.log_std = log(var) / 2``. For affine
   models it must be all ones (it is, unless the checkpoint was edited).
 - Likelihood: the reference returns logdet as a mean over dimensions and its loss is per dimension;
   ours is the per-sample sum. log p(x) agrees: ours / (C H W) equals the reference's per-dimension value.
@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
 from .config import FlowConfig
+from .saving import check_state
 from .tarflow import TarFlow
 
 STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -163,7 +164,7 @@ def convert_reference_state(state: dict[str, Tensor], patch_size: int, channels:
     if c.transform == "additive":
         if (var <= 0).any():
             raise CheckpointError("the reference prior variance `var` has non-positive entries")
-        new["prior_log_std"] = 0.5 * var.log()
+        new["prior.log_std"] = 0.5 * var.log()
     elif (var - 1).abs().max() > 1e-6:
         raise CheckpointError("this affine reference checkpoint has a prior variance `var` other than 1, which the "
                               "reference code never learns for affine models; it cannot be imported faithfully")
@@ -175,8 +176,6 @@ def convert_reference_state(state: dict[str, Tensor], patch_size: int, channels:
     dtype = state["blocks.0.proj_in.weight"].dtype
     model = model.to(dtype if dtype.is_floating_point else torch.float32)
     expected = model.state_dict()
-    from .tarflow import check_state
-
     check_state(new, expected, "the converted checkpoint")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in new.items()}, strict=True)
     model.metadata = dict(metadata or {})

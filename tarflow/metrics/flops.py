@@ -21,25 +21,26 @@ import time
 import torch
 
 from ..flows.config import FlowConfig
+from ..flows.transforms import build_transform
 
 
-def block_forward_flops(c: FlowConfig) -> tuple[int, int]:
-    """(all matmul FLOPs, FLOPs of proj_in) of one flow block's forward, per image."""
+def block_forward_flops(c: FlowConfig, layers: int) -> tuple[int, int]:
+    """(all matmul FLOPs, FLOPs of proj_in) of the forward of one flow block of ``layers`` layers, per image."""
     T, D, W, r = c.num_tokens - 1, c.token_dim, c.width, c.mlp_ratio
-    out = 2 * D if c.transform == "affine" else D
+    out = build_transform(c).num_params(D)
     proj_in = 2 * T * D * W
     layer = 2 * T * W * 3 * W + 2 * 2 * T * T * W + 2 * T * W * W + 2 * 2 * T * W * r * W
-    return proj_in + c.layers_per_block * layer + 2 * T * W * out, proj_in
+    return proj_in + layers * layer + 2 * T * W * out, proj_in
 
 
 def forward_flops(c: FlowConfig) -> int:
     """Matmul FLOPs of one image's forward pass (log-likelihood)."""
-    return c.num_blocks * block_forward_flops(c)[0]
+    return sum(block_forward_flops(c, layers)[0] for layers in c.block_layers)
 
 
 def training_flops(c: FlowConfig, batch: int) -> int:
     """Matmul FLOPs of one training step (forward + backward) on ``batch`` images."""
-    total, first_proj_in = block_forward_flops(c)
+    first_proj_in = block_forward_flops(c, c.block_layers[0])[1]
     return batch * (3 * forward_flops(c) - first_proj_in)
 
 

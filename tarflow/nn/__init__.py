@@ -1,9 +1,9 @@
 """Building blocks of the flow's Transformer."""
 
 from .aft import CausalAFT
-from .attention import Attention, KVCache, exclude_self
-from .sigma_reparam import SigmaReparamLinear, linear_weight
+from .attention import Attention, KVCache, LayerCache, exclude_self
+from .sigma_reparam import SigmaReparamLinear, layer_norm, linear, linear_weight
 from .transformer import MIXERS, MLP, TransformerLayer
 
-__all__ = ["Attention", "CausalAFT", "KVCache", "MIXERS", "MLP", "SigmaReparamLinear", "TransformerLayer",
-           "exclude_self", "linear_weight"]
+__all__ = ["Attention", "CausalAFT", "KVCache", "LayerCache", "MIXERS", "MLP", "SigmaReparamLinear", "TransformerLayer",
+           "exclude_self", "layer_norm", "linear", "linear_weight"]

@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .attention import LayerCache
+from .sigma_reparam import linear
+
 VARIANTS = ("full", "local", "simple", "conv")
 
 
@@ -23,14 +26,14 @@ class CausalAFT(nn.Module):
     """
 
     def __init__(self, width: int, num_tokens: int, variant: str = "full", window: int = 8,
-                 linear: type[nn.Linear] = nn.Linear):
+                 linear_type: type[nn.Linear] = nn.Linear):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"AFT variant must be one of {VARIANTS}, got {variant!r}")
         self.variant, self.window, self.num_tokens = variant, window, num_tokens
         self.heads, self.head_dim = 1, width  # the cache layout `KVCache` expects
-        self.qkv = linear(width, 3 * width)
-        self.proj = linear(width, width)
+        self.qkv = linear_type(width, 3 * width)
+        self.proj = linear_type(width, width)
         self.record_entropy = False  # set by `tarflow.metrics.entropy`: then forward stores ``entropy``
         self.entropy: Tensor | None = None
         if variant in ("full", "local"):
@@ -54,14 +57,13 @@ class CausalAFT(nn.Module):
         return w.masked_fill(lag < 0, float("-inf"))
 
     def forward(self, h: Tensor, attn_temp: Tensor | None = None,
-                cache: tuple[Tensor, Tensor] | None = None, pos: int = 0) -> Tensor:
+                cache: LayerCache | None = None, pos: int = 0) -> Tensor:
         B, L, W = h.shape
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        q, k, v = linear(self.qkv, h).chunk(3, dim=-1)
         if cache is not None:
-            k_buf, v_buf = cache  # (B, 1, T, W)
-            k_buf[:, 0, pos:pos + L] = k
-            v_buf[:, 0, pos:pos + L] = v
-            k, v = k_buf[:, 0, :pos + L], v_buf[:, 0, :pos + L]
+            cache.keys[:, 0, pos:pos + L] = k  # (B, 1, T, W)
+            cache.values[:, 0, pos:pos + L] = v
+            k, v = cache.keys[:, 0, :pos + L], cache.values[:, 0, :pos + L]
         w = self.bias(slice(pos, pos + L), k.shape[1], h.device, h.dtype)  # (L, S)
         if attn_temp is not None:
             tau = attn_temp.view(B, 1, 1).to(h.dtype)
@@ -72,7 +74,7 @@ class CausalAFT(nn.Module):
         y = torch.sigmoid(q) * (ew @ (ek * v)) / (ew @ ek).clamp_min(1e-30)
         if self.record_entropy:
             self.entropy = self.weight_entropy(k, w)
-        return self.proj(y)
+        return linear(self.proj, y)
 
     @staticmethod
     def weight_entropy(k: Tensor, w: Tensor) -> Tensor:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .sigma_reparam import linear
+
 
 class KVCache:
     """Keys and values of every layer of one Transformer, preallocated once.
@@ -20,9 +22,26 @@ class KVCache:
         shape = (layers, batch, heads, length, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.masks: dict[tuple[int, int], Tensor] = {}
+        self.context: Tensor | None = None  # what the owner adds to every step's input (a condition's embedding)
+        self.layers = [LayerCache(self, index) for index in range(layers)]
 
-    def layer(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.k[i], self.v[i]
+    def mask(self, pos: int, length: int) -> Tensor:
+        """Boolean (length, pos + length) mask: a chunk of queries sees the cached prefix and the chunk causally."""
+        key = (pos, length)
+        if key not in self.masks:
+            self.masks[key] = torch.ones(length, pos + length, dtype=torch.bool, device=self.k.device).tril(pos)
+        return self.masks[key]
+
+    def layer(self, index: int) -> "LayerCache":
+        return self.layers[index]
+
+
+class LayerCache:
+    """One layer's slice of a `KVCache`: ``keys``, ``values`` (batch, heads, length, head_dim) and the masks."""
+
+    def __init__(self, cache: KVCache, index: int):
+        self.keys, self.values, self.mask = cache.k[index], cache.v[index], cache.mask
 
 
 def exclude_self(y: Tensor, v: Tensor) -> Tensor:
@@ -43,44 +62,42 @@ class Attention(nn.Module):
     only "own value" a causal query has (the token being predicted is not an input), and it is exactly
     XSA as used in a decoder language model, which has the same shift (position i predicts token i+1).
 
-    ``linear`` builds the two projections (`nn.Linear`, or `SigmaReparamLinear` for sigma-Reparam).
+    ``linear_type`` builds the two projections (`nn.Linear`, or `SigmaReparamLinear` for sigma-Reparam).
     With ``record_entropy`` set, forward uses an explicit softmax and stores the attention entropy
     per head, H = -sum_j A_ij log A_ij averaged over queries and samples, in ``entropy`` (heads,);
     otherwise it uses the fused kernel and computes nothing extra.
     """
 
-    def __init__(self, width: int, head_dim: int, exclusive: bool = False, linear: type[nn.Linear] = nn.Linear):
+    def __init__(self, width: int, head_dim: int, exclusive: bool = False, linear_type: type[nn.Linear] = nn.Linear):
         super().__init__()
         self.heads, self.head_dim, self.exclusive = width // head_dim, head_dim, exclusive
-        self.qkv = linear(width, 3 * width)
-        self.proj = linear(width, width)
+        self.qkv = linear_type(width, 3 * width)
+        self.proj = linear_type(width, width)
         self.record_entropy = False
         self.entropy: Tensor | None = None
 
     def forward(self, h: Tensor, attn_temp: Tensor | None = None,
-                cache: tuple[Tensor, Tensor] | None = None, pos: int = 0) -> Tensor:
+                cache: "LayerCache | None" = None, pos: int = 0) -> Tensor:
         B, L, W = h.shape
-        q, k, v = self.qkv(h).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(self.qkv, h).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         own_v = v  # this chunk's values: the XSA direction of each query
         if attn_temp is not None:
             q = q / attn_temp.view(B, 1, 1, 1).to(q.dtype)
-        mask = None
         if cache is not None:
-            k_buf, v_buf = cache
-            k_buf[:, :, pos:pos + L] = k
-            v_buf[:, :, pos:pos + L] = v
-            k, v = k_buf[:, :, :pos + L], v_buf[:, :, :pos + L]
-            if L > 1:  # a chunk of new queries sees the cached prefix and the chunk causally
-                mask = torch.ones(L, pos + L, dtype=torch.bool, device=h.device).tril(pos)
+            cache.keys[:, :, pos:pos + L] = k
+            cache.values[:, :, pos:pos + L] = v
+            k, v = cache.keys[:, :, :pos + L], cache.values[:, :, :pos + L]
         if self.record_entropy:
             y = self.explicit(q, k, v, pos)
         elif cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif L == 1:  # one query (sequential sampling): two small matmuls beat the fused kernel on CPU
+            y = torch.softmax((q * self.head_dim ** -0.5) @ k.transpose(-1, -2), dim=-1) @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(pos, L))
         if self.exclusive:
             y = exclude_self(y, own_v)
-        return self.proj(y.transpose(1, 2).reshape(B, L, W))
+        return linear(self.proj, y.transpose(1, 2).reshape(B, L, W))
 
     def explicit(self, q: Tensor, k: Tensor, v: Tensor, pos: int) -> Tensor:
         """Attention with the weights A materialised; stores their entropy per head in ``entropy``."""

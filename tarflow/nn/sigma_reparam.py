@@ -21,6 +21,7 @@ class SigmaReparamLinear(nn.Linear):
         self.register_buffer("u", torch.zeros(out_features))
         self.register_buffer("v", torch.zeros(in_features))
         self.gamma = nn.Parameter(torch.ones(()))
+        self.frozen: tuple[tuple, Tensor] | None = None  # (version key, weight_hat) for inference
         self.reset_sigma()
 
     @torch.no_grad()
@@ -51,8 +52,17 @@ class SigmaReparamLinear(nn.Linear):
         return self.u.to(self.weight.dtype) @ self.weight @ self.v.to(self.weight.dtype)
 
     def weight_hat(self) -> Tensor:
-        """The effective weight gamma W / sigma(W) (in training mode this takes a power-iteration step)."""
-        return self.weight * (self.gamma / self.sigma())
+        """The effective weight gamma W / sigma(W) (in training mode this takes a power-iteration step).
+
+        In eval mode without gradients (sampling) it is computed once and reused until W, gamma, u or v
+        change (in place, as a load does, or by replacement, as ``.to()`` does), not once per token.
+        """
+        if self.training or torch.is_grad_enabled():
+            return self.weight * (self.gamma / self.sigma())
+        key = tuple((t.data_ptr(), t.dtype, t._version) for t in (self.weight, self.gamma, self.u, self.v))
+        if self.frozen is None or self.frozen[0] != key:
+            self.frozen = (key, self.weight * (self.gamma / self.sigma()))
+        return self.frozen[1]
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight_hat(), self.bias)
@@ -61,3 +71,15 @@ class SigmaReparamLinear(nn.Linear):
 def linear_weight(layer: nn.Linear) -> Tensor:
     """The weight a linear layer applies: W, or gamma W / sigma(W) for a `SigmaReparamLinear`."""
     return layer.weight_hat() if isinstance(layer, SigmaReparamLinear) else layer.weight
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` as one functional call (no module dispatch: sampling makes thousands of small calls). As in
+    `torch.nn.MultiheadAttention`, hooks registered on such a leaf layer do not fire; hooks on the Transformer
+    layer, its mixer and its MLP do."""
+    return F.linear(x, linear_weight(layer), layer.bias)
+
+
+def layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` as one functional call."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)

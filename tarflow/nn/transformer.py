@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .aft import CausalAFT
-from .attention import Attention
-from .sigma_reparam import SigmaReparamLinear
+from .attention import Attention, LayerCache
+from .sigma_reparam import SigmaReparamLinear, layer_norm, linear
 
 MIXERS = ("attention", "aft-full", "aft-local", "aft-simple", "aft-conv")
 
@@ -14,14 +15,13 @@ MIXERS = ("attention", "aft-full", "aft-local", "aft-simple", "aft-conv")
 class MLP(nn.Module):
     """Linear(W, rW) -> GELU -> Linear(rW, W)."""
 
-    def __init__(self, width: int, ratio: int, linear: type[nn.Linear] = nn.Linear):
+    def __init__(self, width: int, ratio: int, linear_type: type[nn.Linear] = nn.Linear):
         super().__init__()
-        self.fc1 = linear(width, ratio * width)
-        self.act = nn.GELU()
-        self.fc2 = linear(ratio * width, width)
+        self.fc1 = linear_type(width, ratio * width)
+        self.fc2 = linear_type(ratio * width, width)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(h)))
+        return linear(self.fc2, F.gelu(linear(self.fc1, h)))
 
 
 class TransformerLayer(nn.Module):
@@ -35,20 +35,20 @@ class TransformerLayer(nn.Module):
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
-        linear = SigmaReparamLinear if sigma_reparam else nn.Linear
+        linear_type = SigmaReparamLinear if sigma_reparam else nn.Linear
         self.norm1 = nn.LayerNorm(width)
         if mixer == "attention":
-            self.attn = Attention(width, head_dim, exclusive, linear)
+            self.attn = Attention(width, head_dim, exclusive, linear_type)
         else:
             if num_tokens is None:
                 raise ValueError("an AFT mixer needs num_tokens")
             if exclusive:
                 raise ValueError("exclusive (XSA) applies to the attention mixer only")
-            self.attn = CausalAFT(width, num_tokens, mixer.removeprefix("aft-"), aft_window, linear)
+            self.attn = CausalAFT(width, num_tokens, mixer.removeprefix("aft-"), aft_window, linear_type)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, mlp_ratio, linear)
+        self.mlp = MLP(width, mlp_ratio, linear_type)
 
     def forward(self, h: Tensor, attn_temp: Tensor | None = None,
-                cache: tuple[Tensor, Tensor] | None = None, pos: int = 0) -> Tensor:
-        h = h + self.attn(self.norm1(h), attn_temp, cache, pos)
-        return h + self.mlp(self.norm2(h))
+                cache: LayerCache | None = None, pos: int = 0) -> Tensor:
+        h = h + self.attn(layer_norm(self.norm1, h), attn_temp, cache, pos)
+        return h + self.mlp(layer_norm(self.norm2, h))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..flows.conditioning import Condition
 from ..io import atomic_write_text
 from .guidance import Guidance
 from .jacobi import BlockStrategy, JacobiSampler, TooSlow, module_bounds, solve_block
@@ -78,22 +79,21 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
     try:
         seq = SequentialSampler(m)
         c = m.config
-        z = seq.noise(batch, 1.0, torch.Generator().manual_seed(seed))
+        z = m.modality.to_tokens(seq.noise(batch, 1.0, torch.Generator().manual_seed(seed)))
         y = (torch.arange(batch) % c.num_classes).to(dev) if c.num_classes else None
         if guidance is None:
-            y_rows, tau, guide = y, None, None
+            condition = Condition(y)
         else:
-            y_rows, tau = seq.branches(y, batch, guidance)
-            guide = seq.guide(guidance)
+            condition = m.conditioning.branches(y, batch, guidance.attn_temp, m.dtype, dev)
         n = len(m.blocks)
 
         def sequential_pass(timed: bool):
-            tokens, ins, outs, secs = m.patchify(z), [None] * n, [None] * n, [0.0] * n
+            tokens, ins, outs, secs = z, [None] * n, [None] * n, [0.0] * n
             for i in reversed(range(n)):
                 ins[i] = tokens
                 _sync(dev)
                 t0 = time.perf_counter()
-                tokens = m.blocks[i].inverse(tokens, y_rows, tau, guide)
+                tokens = m.blocks[i].inverse(tokens, condition, guidance)
                 _sync(dev)
                 secs[i] = time.perf_counter() - t0
                 outs[i] = tokens
@@ -112,7 +112,7 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
                 _sync(dev)
                 t0 = time.perf_counter()
                 try:
-                    x, iters = solve_block(m.blocks[i], ins[i], y_rows, tau, guide, strat, tol,
+                    x, iters = solve_block(m.blocks[i], ins[i], condition, guidance, strat, tol,
                                            deadline=t0 + seq_secs[i])
                 except TooSlow:
                     say(f"block {i}: {g} module(s): slower than sequential, dropped")
@@ -143,14 +143,14 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
             for _ in range(2):  # interleaved, best of two each: timings on a shared machine are noisy
                 _sync(dev)
                 t0 = time.perf_counter()
-                x = sampler.invert(z, y_rows, tau, guide)
+                x = sampler.invert(z, condition, guidance)
                 _sync(dev)
                 t1 = time.perf_counter()
-                m.inverse(z, y_rows, tau, guide)
+                seq.invert(z, condition, guidance)
                 _sync(dev)
                 par_secs, seq_again = min(par_secs, t1 - t0), min(seq_again, time.perf_counter() - t1)
             seq_total = min(seq_total, seq_again)
-            err = float((x - m.unpatchify(outs[0])).abs().max())
+            err = float((x - outs[0]).abs().max())
             name = "jacobi" if all(s.modules == 1 for s in strategies) else "gs-jacobi"
             say(f"{name} end to end: {par_secs:.3f} s, max abs diff {err:.2e}")
             if err <= max_abs_diff and par_secs < seq_total:

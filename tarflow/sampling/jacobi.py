@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..flows.conditioning import Condition
+from .guidance import Guidance
 from .sequential import SequentialSampler
 
 
@@ -65,37 +67,37 @@ class TooSlow(Exception):
 
 
 @torch.no_grad()
-def solve_block(block, z: Tensor, y: Tensor | None, attn_temp: Tensor | None, guide, strategy: BlockStrategy,
+def solve_block(block, z: Tensor, condition: Condition, guidance: Guidance | None, strategy: BlockStrategy,
                 tol: float, deadline: float | None = None) -> tuple[Tensor, list[int]]:
     """Invert one block by GS-Jacobi. z (B, T, D) in canonical order -> (x, iterations used per module)."""
-    z = block.permute(z)
-    B, T, D = z.shape
-    st = block.inverse_state(B, y, attn_temp)
+    z = block.order.apply(z)
+    batch, num_tokens, _ = z.shape
+    cache = block.new_cache(condition, batch)
     x = z.clone()  # initial guess: the noise itself (token 0 is already exact)
     iterations = []
-    for s, e in module_bounds(T, strategy.modules):
-        L = e - s
-        cap = L if strategy.max_iters is None else min(strategy.max_iters, L)
-        zs = z[:, s:e]
-        tokens = torch.arange(s, e, dtype=torch.float64).view(L, 1) if guide is not None else None
-        k = 0
-        while k < cap:
-            k += 1
-            a, b = block.split_params(block.chunk_params(x[:, s - 1:e - 1], st, s - 1))
-            if guide is not None:
-                a, b = guide(a, b, tokens.to(a.dtype))
-            new = (zs * torch.exp(a) + b if block.affine else zs + b).to(x.dtype)
-            done = k == cap
+    for start, end in module_bounds(num_tokens, strategy.modules):
+        length = end - start
+        cap = length if strategy.max_iters is None else min(strategy.max_iters, length)
+        z_module = z[:, start:end]
+        tokens = torch.arange(start, end, dtype=torch.float64).view(length, 1)
+        count = 0
+        while count < cap:
+            count += 1
+            params = block.params(x[:, start - 1:end - 1], condition, cache, start - 1)
+            if guidance is not None:
+                params = block.transform.guide(params, guidance, tokens.to(params[0].dtype), num_tokens)
+            new = block.transform.inverse(z_module, params)
+            done = count == cap
             if not done and tol > 0:
-                change = (new - x[:, s:e]).flatten(1).norm(dim=1)
+                change = (new - x[:, start:end]).flatten(1).norm(dim=1)
                 done = bool((change <= tol * new.flatten(1).norm(dim=1)).all())
-            x[:, s:e] = new
+            x[:, start:end] = new
             if deadline is not None and time.perf_counter() > deadline:
                 raise TooSlow
             if done:
                 break
-        iterations.append(k)
-    return block.permute(x), iterations
+        iterations.append(count)
+    return block.order.undo(x), iterations
 
 
 class JacobiSampler(SequentialSampler):
@@ -122,22 +124,23 @@ class JacobiSampler(SequentialSampler):
         self.tol = tol
         self.last_iterations: list[list[int]] = [[] for _ in range(n)]
 
-    def invert(self, z: Tensor, y: Tensor | None = None, attn_temp: Tensor | None = None, guide=None) -> Tensor:
-        m = self.model
-        m.check_images(z, "z")
-        tokens = m.patchify(z)
-        T = m.config.num_tokens
-        for i in reversed(range(len(m.blocks))):
-            strat = self.strategies[i]
-            if strat.modules >= T - 1 and strat.max_iters == 1:  # one token per module: the sequential inverse
-                tokens, self.last_iterations[i] = m.blocks[i].inverse(tokens, y, attn_temp, guide), [1] * (T - 1)
+    def invert(self, tokens: Tensor, condition: Condition, guidance: Guidance | None = None) -> Tensor:
+        blocks = self.model.blocks
+        for index in reversed(range(len(blocks))):
+            strategy = self.strategies[index]
+            if self.is_sequential(strategy):  # one token per module: the sequential inverse
+                tokens = blocks[index].inverse(tokens, condition, guidance)
+                self.last_iterations[index] = [1] * (tokens.shape[1] - 1)
                 continue
-            tokens, self.last_iterations[i] = solve_block(m.blocks[i], tokens, y, attn_temp, guide, strat, self.tol)
-        return m.unpatchify(tokens)
+            tokens, self.last_iterations[index] = solve_block(blocks[index], tokens, condition, guidance, strategy,
+                                                              self.tol)
+        return tokens
+
+    def is_sequential(self, strategy: BlockStrategy) -> bool:
+        return strategy.modules >= self.model.modality.num_tokens - 1 and strategy.max_iters == 1
 
     def describe(self) -> str:
-        T = self.model.config.num_tokens
-        parts = ["sequential" if s.modules >= T - 1 and s.max_iters == 1 else
+        parts = ["sequential" if self.is_sequential(s) else
                  f"{s.modules}x{'exact' if s.max_iters is None else s.max_iters}" for s in self.strategies]
         return f"{self.name} (tol {self.tol:g}; modules x iteration cap per block: {', '.join(parts)})"
 
@@ -150,6 +153,6 @@ class GSJacobiSampler(JacobiSampler):
     def __init__(self, model, strategy: BlockStrategy | list[BlockStrategy] | None = None, tol: float = 1e-5,
                  modules: int | None = None):
         if strategy is None:
-            T = model.config.num_tokens
+            T = model.modality.num_tokens
             strategy = BlockStrategy(modules or max(1, round(math.sqrt(T - 1))))
         super().__init__(model, strategy, tol)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..flows.conditioning import Condition
 from .denoise import tweedie_denoise
 from .guidance import Guidance
 
 
 class SequentialSampler:
-    """Samples x = f^{-1}(z), z ~ N(0, (temperature s)^2), with optional guidance and Tweedie denoising.
+    """Samples x = f^{-1}(z), z ~ prior scaled by ``temperature``, with optional guidance and Tweedie denoising.
 
+    The model is used through its sampling protocol: ``prior``, ``modality``, ``conditioning`` and
+    ``blocks`` (each with ``order``, ``transform``, ``new_cache`` and ``step``; see `tarflow.flows.block`).
     Both guidance branches run in one batched forward per token (2B rows in the KV cache).
     """
 
@@ -19,56 +22,44 @@ class SequentialSampler:
         self.model = model
 
     def noise(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """z (n, C, H, W) from the prior scaled by ``temperature``; drawn on the CPU so seeds agree across devices."""
-        m = self.model
-        c = m.config
-        dtype = m.blocks[0].pos_embed.dtype
-        z = torch.randn(n, c.num_tokens, c.token_dim, generator=generator, dtype=dtype) * temperature
-        z = z.to(m.device)
-        std = m.prior_std()
-        if std is not None:
-            z = z * std.detach().to(z.dtype)
-        return m.unpatchify(z)
+        """z (data shape) from the prior scaled by ``temperature``; drawn on the CPU so seeds agree across devices."""
+        model = self.model
+        shape = (n, model.modality.num_tokens, model.modality.token_dim)
+        tokens = model.prior.sample(shape, temperature, generator, model.dtype, model.device)
+        return model.modality.from_tokens(tokens)
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0, guidance: Guidance | None = None,
                denoise_std: float | None = None, generator: torch.Generator | None = None,
                z: Tensor | None = None) -> Tensor:
-        """n images (n, C, H, W) in model space [-1, 1] (not clamped).
+        """n samples in model space (pixels: (n, C, H, W) in [-1, 1], not clamped).
 
         ``y``: labels (n,) for a class-conditional model. ``denoise_std``: the noise std the model
         was trained with, to remove it with one Tweedie step (None: no denoising).
         ``z``: start from this noise instead of drawing it.
         """
-        m = self.model
-        was_training = m.training
-        m.eval()
+        model = self.model
+        was_training = model.training
+        model.eval()
         try:
-            z = self.noise(n, temperature, generator) if z is None else z.to(m.device)
-            y = m.check_labels(y, n)
+            z = self.noise(n, temperature, generator) if z is None else z.to(model.device)
+            y = model.conditioning.check(y, n, model.device)
+            model.modality.check(z, "z")
+            tokens = model.modality.to_tokens(z)
             if guidance is None:
-                x = self.invert(z, y)
+                tokens = self.invert(tokens, Condition(y))
             else:
-                x = self.invert(z, *self.branches(y, n, guidance), guide=self.guide(guidance))
+                condition = model.conditioning.branches(y, n, guidance.attn_temp, model.dtype, model.device)
+                tokens = self.invert(tokens, condition, guidance)
+            x = model.modality.from_tokens(tokens)
             if denoise_std:
-                x = tweedie_denoise(m, x, y, denoise_std)
+                x = tweedie_denoise(model, x, y, denoise_std)
         finally:
-            m.train(was_training)
+            model.train(was_training)
         return x
 
-    def invert(self, z: Tensor, y: Tensor | None = None, attn_temp: Tensor | None = None, guide=None) -> Tensor:
-        """Noise images -> data images; ``y`` / ``attn_temp`` hold every guidance branch's rows."""
-        return self.model.inverse(z, y, attn_temp, guide)
-
-    def branches(self, y: Tensor | None, n: int, guidance: Guidance) -> tuple[Tensor | None, Tensor]:
-        """Labels and attention temperatures of the conditional rows then the unconditional rows."""
-        m = self.model
-        y2 = None if y is None else torch.cat([y, torch.full_like(y, m.null_class)])
-        # In the weights' dtype: a float32 tau would round e.g. 1.8 and move float64 samples by ~1e-6.
-        attn_temp = torch.ones(2 * n, device=m.device, dtype=m.blocks[0].pos_embed.dtype)
-        attn_temp[n:] = guidance.attn_temp
-        return y2, attn_temp
-
-    def guide(self, guidance: Guidance):
-        T = self.model.config.num_tokens
-        return lambda a, b, token: guidance.combine(a, b, token, T)
+    def invert(self, tokens: Tensor, condition: Condition, guidance: Guidance | None = None) -> Tensor:
+        """Noise tokens -> data tokens; ``condition`` holds every guidance branch's rows."""
+        for block in reversed(self.model.blocks):
+            tokens = block.inverse(tokens, condition, guidance)
+        return tokens

@@ -13,7 +13,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..errors import CheckpointError
-from ..flows.tarflow import read_weights
+from ..flows.saving import read_weights
 from ..io import atomic_dir, existing_dir, write_bytes
 
 CHECKPOINT_DIR = "checkpoint"

@@ -20,7 +20,7 @@ from .. import __version__
 from ..data import bin_width, dequantize, flip_batch, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
-from ..flows import FlowConfig, TarFlow
+from ..flows import ClassConditioning, FlowConfig, TarFlow
 from ..io import atomic_write_text, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
@@ -336,8 +336,7 @@ def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: t
     x = dequantize(images, data.levels, tc.noise, tc.noise_std, generator=g)
     y = None
     if mc.num_classes:
-        y = data.labels[idx].clone()
-        y[torch.rand(len(idx), generator=g) < tc.label_dropout] = mc.num_classes
+        y = ClassConditioning(mc.num_classes).drop(data.labels[idx].clone(), tc.label_dropout, g)
         y = y[part].to(device)
     return x[part].to(device), y
 

@@ -1,0 +1,57 @@
+"""Priors over the flow's output tokens z (B, T, D): log N(z; 0, s^2) summed per sample, in nats."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+
+
+class StandardNormal(nn.Module):
+    """N(0, I): log p(z) = -sum (z^2 / 2 + log(2 pi) / 2)."""
+
+    def std(self) -> Tensor | None:
+        """Per token-dimension std (T, D), or None for 1 everywhere."""
+        return None
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        return (-0.5 * z.pow(2) - HALF_LOG_TWO_PI).sum(dim=(1, 2))
+
+    def sample(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator | None,
+               dtype: torch.dtype, device: torch.device) -> Tensor:
+        """z ~ N(0, (temperature s)^2), drawn on the CPU so seeds agree across devices."""
+        z = torch.randn(shape, generator=generator, dtype=dtype) * temperature
+        z = z.to(device)
+        std = self.std()
+        return z if std is None else z * std.detach().to(z.dtype)
+
+
+class LearnedDiagonal(StandardNormal):
+    """N(0, diag(s^2)) with a learned log s per token dimension (T, D): what additive (volume-preserving) flows
+    use to learn the scale their transform cannot."""
+
+    def __init__(self, num_tokens: int, token_dim: int):
+        super().__init__()
+        self.log_std = nn.Parameter(torch.zeros(num_tokens, token_dim))
+
+    def std(self) -> Tensor:
+        return self.log_std.exp()
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        log_s = self.log_std.to(z.dtype)
+        return (-0.5 * (z * torch.exp(-log_s)).pow(2) - log_s - HALF_LOG_TWO_PI).sum(dim=(1, 2))
+
+
+PRIORS = ("auto", "standard", "learned")
+
+
+def build_prior(kind: str, transform: str, num_tokens: int, token_dim: int) -> StandardNormal:
+    """``auto``: learned for the additive transform (which needs it), standard otherwise."""
+    if kind == "learned" or kind == "auto" and transform == "additive":
+        return LearnedDiagonal(num_tokens, token_dim)
+    return StandardNormal()

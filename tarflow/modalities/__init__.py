@@ -1,0 +1,19 @@
+"""Modalities: how a kind of data becomes the flow's tokens (B, T, D) and back.
+
+To add one: write ``NAME.py`` with a `Modality` subclass and register it in ``build_modality``.
+"""
+
+from __future__ import annotations
+
+from .base import Modality
+from .pixels import Pixels
+
+MODALITIES = ("pixels",)
+
+
+def build_modality(config) -> Modality:
+    """The modality a `FlowConfig` names, with its geometry."""
+    return Pixels(config.image_size, config.channels, config.patch_size)
+
+
+__all__ = ["MODALITIES", "Modality", "Pixels", "build_modality"]
