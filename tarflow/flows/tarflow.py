@@ -17,12 +17,15 @@ from torch import Tensor, nn
 from .. import __version__
 from ..configs import from_dict
 from ..errors import CheckpointError, ConfigError, InputError
-from ..io import atomic_dir, existing_dir, write_bytes
+from ..io import atomic_files, existing_dir, write_bytes
 from .block import ARFlowBlock, Guide
 from .config import FlowConfig
 
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+# Every file of a model directory the library owns, in commit order (config.json, which marks it as ours, last);
+# sampling.json is the sampler calibration of the previous weights: a new save removes it.
+OWNED_FILES = (WEIGHTS_NAME, "sampling.json", CONFIG_NAME)
 
 
 class TarFlow(nn.Module):
@@ -117,10 +120,10 @@ class TarFlow(nn.Module):
         return None if self.prior_log_std is None else self.prior_log_std.exp()
 
     def prior_log_prob(self, z_tokens: Tensor) -> Tensor:
-        """log N(z; 0, s^2) summed per sample, nats."""
+        """log N(z; 0, s^2) summed per sample, nats; s = 1 unless additive with likelihood_prior="learned"."""
         z = z_tokens.to(torch.promote_types(z_tokens.dtype, torch.float32))
         lp = -0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)
-        if self.prior_log_std is not None:
+        if self.prior_log_std is not None and self.config.likelihood_prior == "learned":
             log_s = self.prior_log_std.to(z.dtype)
             lp = -0.5 * (z * torch.exp(-log_s)).pow(2) - log_s - 0.5 * math.log(2 * math.pi)
         return lp.sum(dim=(1, 2))
@@ -162,14 +165,16 @@ class TarFlow(nn.Module):
 
     # ----- save / load -------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` (architecture, library version, metadata) and ``model.safetensors``.
+        """Write ``config.json`` (architecture, library version, metadata) and ``model.safetensors`` into ``path``.
 
-        The directory is replaced atomically: a crash leaves the previous save intact.
+        Only the library's own files are replaced (atomically: a crash leaves the previous save loadable);
+        other entries of ``path`` are kept. A directory holding a config.json or model.safetensors that is
+        not a tarflow model's, or a file at ``path``, is refused with an `OutputError` (see `atomic_files`).
         """
         config = {"format": "tarflow", "format_version": FORMAT_VERSION, "tarflow_version": __version__,
                   "model": dataclasses.asdict(self.config), "metadata": metadata or {}}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_dir(path) as tmp:  # bytes written by Python: a full disk is an OutputError with its cause
+        with atomic_files(path, OWNED_FILES, is_model_dir) as tmp:  # bytes written by Python: a full disk is an OutputError with its cause
             write_bytes(tmp / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
             write_bytes(tmp / WEIGHTS_NAME, safetensors_bytes(state))
         return Path(path)
@@ -187,6 +192,14 @@ class TarFlow(nn.Module):
         model.load_state_dict(read_weights(model_dir / WEIGHTS_NAME, model), strict=True, assign=True)
         model.metadata = read_config_json(model_dir).get("metadata", {})
         return model.to(map_location)
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds a config.json that `save_pretrained` wrote ("format": "tarflow")."""
+    try:
+        return json.loads((Path(path) / CONFIG_NAME).read_text()).get("format") == "tarflow"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_config_json(model_dir: Path) -> dict[str, Any]:
