@@ -21,6 +21,10 @@ class FlowConfig:
     num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
     transform: str = option("affine", "per-token transform: affine z=(x-b)exp(-a), or additive z=x-b "
                             "with a learned prior variance", choices=("affine", "additive"))
+    likelihood_prior: str = option("learned", "prior of log p(x) for additive models: learned (N(0, s^2), the one "
+                                   "samples are drawn from) or standard (N(0, I): the loss and bits/dim of "
+                                   "apple/ml-tarflow); affine models always use N(0, I)",
+                                   choices=("learned", "standard"))
     output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
                               "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
     sigma_reparam: bool = option(False, "sigma-Reparam: every linear layer of each block's Transformer (and its input "
