@@ -73,12 +73,16 @@ def number(kind: type, minimum: float | None = None, above: float | None = None)
         return value
 
     parse.__name__ = kind.__name__
+    parse.number_kind = kind  # lets tests find every numeric option (tests/test_bad_inputs.py)
     return parse
 
 
 def parse_label(text: str) -> int | str:
     """A class index (0 or more), or ``null``: the null class, i.e. unconditional samples."""
     return "null" if text.lower() in ("null", "none", "uncond") else number(int, minimum=0)(text)
+
+
+parse_label.number_kind = int
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -445,6 +449,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .metrics.ood import auroc, score_bpd, write_scores_csv
 
     check_output_file(args.out, "--out")
+    if args.ood_data_dir is not None and not args.ood:
+        raise ConfigError("--ood-data-dir is the location of the --ood dataset: give --ood NAME too")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     c = model.config
     levels = int(model.metadata.get("levels", 256))

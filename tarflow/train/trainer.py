@@ -21,6 +21,7 @@ from ..data import bin_width, dequantize, flip_batch, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
 from ..flows import FlowConfig, TarFlow
+from ..flows.tarflow import is_model_dir
 from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
@@ -236,6 +237,12 @@ def check_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputError(f"{run_dir} is a file, not a run directory: choose a new or empty directory "
                           f"({run_dir} was not changed)")
+    ancestor = next(p for p in run_dir.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create {run_dir}: {ancestor} is a file, not a directory")
+    if is_model_dir(run_dir):
+        raise OutputError(f"{run_dir} is a saved model directory, not a run directory: choose a new or empty "
+                          f"directory for the run (nothing was changed)")
     if not run_dir.is_dir() or (run_dir / RUN_CONFIG).is_file():
         return
     if any(p.name != LOCK_FILE for p in run_dir.iterdir()):  # a lone lock: a run killed before its config
