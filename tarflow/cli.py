@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -29,12 +30,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         types, defaults = field_types(cls), getattr(preset, section)
         for f in dataclasses.fields(cls):
             kind, choices = types[f.name], f.metadata.get("choices")
+            metavar = "{" + ",".join(choices) + "}" if choices else getattr(kind, "__name__", "").upper()
             if kind is bool:
                 kind, metavar = parse_bool, "{true,false}"
             elif kind == int | list[int]:
                 kind, metavar = parse_ints, "INT[,INT...]"
-            else:
-                metavar = "{" + ",".join(choices) + "}" if choices else kind.__name__.upper()
+            elif kind in (int, float):
+                kind = number(kind)
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}", type=kind, default=None,
                                metavar=metavar, choices=choices,
                                help=f"{f.metadata['help']} ({DEFAULT_PRESET}: {getattr(defaults, f.name)!r})")
@@ -48,13 +50,50 @@ def parse_bool(text: str) -> bool:
     return value[text.lower()]
 
 
+MAX_INT = 2 ** 63 - 1  # the largest integer a torch tensor or seed holds
+
+
+def number(kind: type, minimum: float | None = None, above: float | None = None):
+    """An argparse type: an int or a finite float, at least ``minimum`` or greater than ``above``.
+
+    NaN, inf, integers beyond 2^63 - 1 and words are refused at parse time (exit 2, the option named).
+    """
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if kind is int and abs(value) > MAX_INT:
+            raise argparse.ArgumentTypeError(f"{text} is too large (at most {MAX_INT})")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be greater than {above}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    parse.number_kind = kind  # lets tests find every numeric option (tests/test_bad_inputs.py)
+    return parse
+
+
+def parse_label(text: str) -> int | str:
+    """A class index (0 or more), or ``null``: the null class, i.e. unconditional samples."""
+    return "null" if text.lower() in ("null", "none", "uncond") else number(int, minimum=0)(text)
+
+
+parse_label.number_kind = int
+
+
 def parse_ints(text: str) -> int | list[int]:
-    """"2" -> 2, "2,2,24" -> [2, 2, 24]."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or comma-separated integers, got {text!r}") from None
+    """"2" -> 2, "2,2,24" -> [2, 2, 24]: one integer, or one per item (e.g. layers per block)."""
+    values = [number(int)(part) for part in text.split(",")]
     return values[0] if len(values) == 1 else values
+
+
+parse_ints.number_kind = int
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -70,6 +109,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def overrides_given(args: argparse.Namespace) -> list[str]:
     return [k.split(".")[1] for k, v in vars(args).items() if "." in k and v is not None]
+
+
+def check_output_file(path: str | Path, option: str) -> Path:
+    """Refuse, before any work, an output file path that is a directory or lies under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory: give a file path such as {path / 'out.png'}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a directory")
+    return path
 
 
 def resolve_model_dir(path: str) -> Path:
@@ -129,19 +179,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .train.device import pick_device
     from .viz import save_grid, to_uint8
 
+    out = check_output_file(args.out or Path(args.path) / "sample.png", "--out")
     model_dir = resolve_model_dir(args.path)
     model = TarFlow.from_pretrained(model_dir, map_location=pick_device(args.device))
     meta, c = model.metadata, model.config
     levels = int(meta.get("levels", 256))
-    if args.count < 1:
-        raise ConfigError(f"--count must be at least 1, got {args.count}")
-    y = None
-    if c.num_classes:
-        if args.label is not None and not 0 <= args.label < c.num_classes:
-            raise ConfigError(f"--label must be in 0..{c.num_classes - 1}, got {args.label}")
-        y = torch.full((args.count,), args.label) if args.label is not None else torch.arange(args.count) % c.num_classes
-    elif args.label is not None:
-        raise ConfigError("--label needs a class-conditional model; this one is unconditional")
+    y = sample_labels(c.num_classes, args.label, args.count)
     guidance = None
     if args.guidance or args.attn_temp != 1.0:
         guidance = Guidance(args.guidance, args.guidance_rule, args.annealed, args.attn_temp)
@@ -154,7 +197,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     x = sampler.sample(args.count, y, args.temperature, guidance, sigma,
                        generator=torch.Generator().manual_seed(args.seed))
     seconds = time.perf_counter() - t0
-    out = Path(args.out) if args.out else Path(args.path) / "sample.png"
     save_grid(to_uint8(x, levels), out, nrow=c.num_classes or 10)
     how = f"guidance w={args.guidance} ({args.guidance_rule})" if guidance else "no guidance"
     print(f"{args.count} samples in {seconds:.2f} s with the {why}, "
@@ -162,15 +204,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample_labels(num_classes: int, label: int | str | None, count: int):
+    """The labels of ``count`` samples: ``label`` for all, classes in turn (None), or none (unconditional).
+
+    ``label`` ``null`` or ``num_classes`` is the null class: unconditional samples of a conditional model.
+    """
+    import torch
+
+    if not num_classes:
+        if label is not None:
+            raise ConfigError("--label needs a class-conditional model; this one is unconditional")
+        return None
+    label = num_classes if label == "null" else label
+    if label is None:
+        return torch.arange(count) % num_classes
+    if not 0 <= label <= num_classes:
+        raise ConfigError(f"--label must be in 0..{num_classes - 1}, or {num_classes} or null for the null class "
+                          f"(unconditional samples), got {label}")
+    return torch.full((count,), label)
+
+
 def choose_sampler(model, model_dir: Path, args: argparse.Namespace, guidance) -> tuple[object, str]:
     """The sampler ``--sampler`` asks for, and a phrase saying which it is and why."""
     from .sampling import GSJacobiSampler, JacobiSampler, SequentialSampler
     from .sampling.calibrate import SAMPLING_NAME, auto_sampler
 
-    if args.tol < 0:
-        raise ConfigError(f"--tol must be non-negative, got {args.tol}")
-    if args.modules is not None and args.modules < 1:
-        raise ConfigError(f"--modules must be at least 1, got {args.modules}")
     if args.sampler == "sequential":
         return SequentialSampler(model), "sequential sampler (exact, KV cache; --sampler sequential)"
     if args.sampler == "jacobi":
@@ -197,32 +255,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=c.image_size, channels=c.channels,
                         progress=not args.no_progress)
     check_data_fits(model, data, name)
-    if args.draws < 1:
-        raise ConfigError(f"--draws must be at least 1, got {args.draws}")
+    if args.prior is not None:
+        model.set_likelihood_prior(args.prior)
+    c = model.config
     labels = data.labels if c.num_classes else None
     result = evaluate_bpd(model, data.images, labels, data.levels, draws=args.draws, seed=args.seed,
                           mixture=bool(c.num_classes) and args.mixture, progress=not args.no_progress)
-    result.update(dataset=name, split=args.split, conditional=bool(c.num_classes), model=str(model_dir))
+    result.update(dataset=name, split=args.split, conditional=bool(c.num_classes), model=str(model_dir),
+                  likelihood_prior=c.likelihood_prior)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_import_reference(args: argparse.Namespace) -> int:
     from .flows.reference import convert_reference_state, load_reference_state
+    from .flows.saving import OWNED_FILES, is_model_dir
+    from .io import check_output_dir
 
-    if args.noise_std is not None and args.noise_std < 0:
-        raise ConfigError(f"--noise-std must be non-negative, got {args.noise_std}")
+    check_output_dir(args.out, OWNED_FILES, is_model_dir)  # before any work: nothing is written if refused
     meta = {"imported_from": "apple/ml-tarflow", "source": str(Path(args.checkpoint).resolve()),
             "levels": args.levels}
     if args.noise_std:
         meta.update(noise="gaussian", noise_std=args.noise_std)
     state = load_reference_state(args.checkpoint)
-    model = convert_reference_state(state, args.patch_size, args.channels, args.head_dim, args.num_classes, meta)
+    model = convert_reference_state(state, args.patch_size, args.channels, args.head_dim, args.num_classes, meta,
+                                    args.image_size, args.prior)
     model.save_pretrained(args.out, metadata=meta)
     c = model.config
     print(f"imported {args.checkpoint}: {c.image_size}x{c.image_size}x{c.channels}, patch {c.patch_size}, width {c.width}, "
           f"{c.num_blocks} blocks x {c.layers_per_block} layers, head dim {c.head_dim}, {c.transform}, "
-          f"{c.num_classes or 'no'} classes -> {args.out}")
+          f"{c.num_classes or 'no'} classes, log p(x) with the {c.likelihood_prior} prior -> {args.out}")
     return 0
 
 
@@ -280,7 +342,7 @@ def parse_weights_list(text: str) -> list[float]:
         weights = [float(w) for w in text.split(",") if w.strip()]
     except ValueError:
         raise ConfigError(f"--guidance must be comma-separated numbers such as 0,1,2,4, got {text!r}") from None
-    if not weights or any(w < 0 for w in weights):
+    if not weights or any(not 0 <= w < math.inf for w in weights):
         raise ConfigError(f"--guidance needs one or more non-negative weights such as 0,1,2,4, got {text!r}")
     return weights
 
@@ -306,10 +368,6 @@ def fid(args: argparse.Namespace, cluster) -> int:
 
     main = cluster.is_main
     args.no_progress = args.no_progress or not main
-    if args.count < 2:
-        raise ConfigError(f"--count must be at least 2, got {args.count}")
-    if args.ref_count is not None and args.ref_count < 2:
-        raise ConfigError(f"--ref-count must be at least 2, got {args.ref_count}")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     extractor = FeatureExtractor(args.weights, device=model.device, batch_size=args.batch_size)  # fail before sampling
     from .data import load_dataset
@@ -356,8 +414,7 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
     from .sampling import Guidance
 
     weights = parse_weights_list(args.guidance)
-    if args.count < 1:
-        raise ConfigError(f"--count must be at least 1, got {args.count}")
+    out = check_output_file(args.plot or Path(args.path) / "guidance_accuracy.png", "--plot")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     c = model.config
     if not c.num_classes:
@@ -385,7 +442,6 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
         per_class = [(pred[y == k] == k).double().mean().item() for k in range(c.num_classes)]
         rows.append({"guidance": w, "accuracy": round((pred == y).double().mean().item(), 6),
                      "per_class": [round(a, 4) for a in per_class], "samples": args.count})
-    out = Path(args.plot) if args.plot else Path(args.path) / "guidance_accuracy.png"
     plot_path = plot_accuracy([r["guidance"] for r in rows], [r["accuracy"] for r in rows], out,
                               xlabel=f"guidance weight w ({args.guidance_rule})",
                               title=f"{name}: class consistency of {args.count} samples per weight",
@@ -404,10 +460,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .metrics.fid import random_subset
     from .metrics.ood import auroc, score_bpd, write_scores_csv
 
-    if args.draws < 1:
-        raise ConfigError(f"--draws must be at least 1, got {args.draws}")
-    if args.count is not None and args.count < 1:
-        raise ConfigError(f"--count must be at least 1, got {args.count}")
+    check_output_file(args.out, "--out")
+    if args.ood_data_dir is not None and not args.ood:
+        raise ConfigError("--ood-data-dir is the location of the --ood dataset: give --ood NAME too")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     c = model.config
     levels = int(model.metadata.get("levels", 256))
@@ -450,13 +505,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 def add_sampling_options(p: argparse.ArgumentParser, seed_help: str) -> None:
     """The options of commands that draw many samples for a metric (fid, guidance-accuracy)."""
     p.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--temperature", type=number(float, above=0), default=1.0, help=TEMPERATURE_HELP)
+    p.add_argument("--seed", type=number(int, minimum=0), default=0, help=seed_help)
     p.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="sequential",
                    help="sampler (default sequential: exact)")
-    p.add_argument("--sample-batch", type=int, default=256, help="samples per sampler call (default 256)")
+    p.add_argument("--sample-batch", type=number(int, minimum=1), default=256, help="samples per sampler call (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+TEMPERATURE_HELP = "scale of the prior noise, > 0 (default 1.0)"
+GUIDANCE_HELP = ("classifier-free guidance weight w >= 0 (default 0: no guidance); negative weights are refused "
+                 "(the reference code treats w <= 0 as no guidance)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -478,14 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw a grid of samples from a trained model")
     s.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     s.add_argument("--out", default=None, help="PNG path (default RUN_OR_MODEL_DIR/sample.png)")
-    s.add_argument("--count", type=int, default=100, help="number of samples (default 100)")
-    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    s.add_argument("--label", type=int, default=None, help="class of every sample (default: cycle through classes)")
-    s.add_argument("--temperature", type=float, default=1.0, help="scale of the prior noise (default 1.0)")
-    s.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (default 0)")
+    s.add_argument("--count", type=number(int, minimum=1), default=100, help="number of samples (default 100)")
+    s.add_argument("--seed", type=number(int, minimum=0), default=0, help="noise seed (default 0)")
+    s.add_argument("--label", type=parse_label, default=None, metavar="{K,null}",
+                   help="class of every sample (default: cycle through the classes); null, or the class count, "
+                   "is the null class: unconditional samples of a class-conditional model")
+    s.add_argument("--temperature", type=number(float, above=0), default=1.0, help=TEMPERATURE_HELP)
+    s.add_argument("--guidance", type=number(float, minimum=0), default=0.0, help=GUIDANCE_HELP)
     s.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
     s.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
-    s.add_argument("--attn-temp", type=float, default=1.0,
+    s.add_argument("--attn-temp", type=number(float, above=0), default=1.0,
                    help="attention temperature of the unconditional branch (guides unconditional models too)")
     s.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
                    help="one Tweedie denoising step (default: on for models trained with gaussian noise)")
@@ -493,9 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=("auto", "sequential", "jacobi", "gs-jacobi"), default="auto",
                    help="auto (default): the fastest exact-enough sampler for this device and --count, from a short "
                    "calibration stored in the model's sampling.json; or force one")
-    s.add_argument("--tol", type=float, default=1e-5,
+    s.add_argument("--tol", type=number(float, minimum=0), default=1e-5,
                    help="relative-change tolerance of a forced jacobi / gs-jacobi sampler (default 1e-5)")
-    s.add_argument("--modules", type=int, default=None,
+    s.add_argument("--modules", type=number(int, minimum=1), default=None,
                    help="modules per block of a forced gs-jacobi sampler (default about sqrt(tokens))")
     s.add_argument("--recalibrate", action="store_true", help="with --sampler auto: calibrate again")
     s.add_argument("-v", "--verbose", action="store_true", help="print the calibration measurements")
@@ -506,8 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     e.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
     e.add_argument("--split", default="test", choices=("train", "test"))
-    e.add_argument("--draws", type=int, default=1, help="uniform dequantization draws per image (default 1)")
-    e.add_argument("--seed", type=int, default=0, help="dequantization noise seed")
+    e.add_argument("--draws", type=number(int, minimum=1), default=1,
+                   help="uniform dequantization draws per image (default 1)")
+    e.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise seed")
+    e.add_argument("--prior", choices=("learned", "standard"), default=None,
+                   help="prior of log p(x) for additive models: learned N(0, s^2) or standard N(0, I) (default: "
+                   "the model's likelihood_prior; imports of apple/ml-tarflow use standard, as its bits/dim)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     e.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
                    help="for class-conditional models also report p(x) = mean over labels of p(x|y) "
@@ -518,17 +584,29 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("import-reference", help="convert an apple/ml-tarflow checkpoint into a saved model",
                        description="Convert a checkpoint of the reference TarFlow code (a torch-saved state_dict) "
                        "into a model directory (config.json + model.safetensors). Width, blocks, layers, classes and "
-                       "affine/additive are read from the weights; the patch size and channels must be given.")
+                       "affine/additive are read from the weights; the image size, patch size and channels must be given (the "
+                       "weights alone cannot tell 16x16 patches of 1 channel from 8x8 patches of 4). Existing files "
+                       "in --out other than config.json, model.safetensors and sampling.json are kept.")
     i.add_argument("checkpoint", metavar="CKPT")
-    i.add_argument("--patch-size", type=int, required=True, help="the reference's --patch_size")
-    i.add_argument("--channels", type=int, required=True, help="image channels (the reference's --channel_size: 3 RGB)")
-    i.add_argument("--num-classes", type=int, default=None, help="check the class count (default: from the weights)")
-    i.add_argument("--head-dim", type=int, default=64, help="attention head dimension (64 in the reference code)")
-    i.add_argument("--noise-std", type=float, default=None,
+    i.add_argument("--image-size", type=number(int, minimum=1), required=True,
+                   help="image height and width in pixels (the reference's --img_size); checked against the weights")
+    i.add_argument("--patch-size", type=number(int, minimum=1), required=True, help="the reference's --patch_size")
+    i.add_argument("--channels", type=number(int, minimum=1), required=True,
+                   help="image channels (the reference's --channel_size: 3 RGB)")
+    i.add_argument("--num-classes", type=number(int, minimum=0), default=None,
+                   help="check the class count (default: from the weights)")
+    i.add_argument("--head-dim", type=number(int, minimum=1), default=64,
+                   help="attention head dimension (64 in the reference code)")
+    i.add_argument("--prior", choices=("standard", "learned"), default="standard",
+                   help="prior of log p(x) for additive (nvp=False) models: standard N(0, I), the reference's loss "
+                   "and bits/dim (default), or learned N(0, var), the prior its samples are drawn from; "
+                   "`tarflow eval --prior` gives the other figure")
+    i.add_argument("--noise-std", type=number(float, minimum=0), default=None,
                    help="the Gaussian noise std it was trained with (the reference's --noise_std, e.g. 0.05), "
                    "recorded so that `tarflow sample` denoises by default")
-    i.add_argument("--levels", type=int, default=256, help="pixel levels of the data (default 256)")
-    i.add_argument("--out", required=True, help="model directory to write")
+    i.add_argument("--levels", type=number(int, minimum=2), default=256, help="pixel levels of the data (default 256)")
+    i.add_argument("--out", required=True, help="model directory to write: new, empty, or a saved model to replace "
+                   "(. is the current directory, on the same terms)")
     i.set_defaults(func=cmd_import_reference)
 
     f = sub.add_parser("fid", help="FID of a model's samples against a dataset split, as JSON",
@@ -538,15 +616,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "split's statistics are cached in the tarflow cache directory.")
     f.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     f.add_argument("--weights", required=True, metavar="FILE", help="TorchScript Inception feature extractor file")
-    f.add_argument("--count", type=int, default=10000, help="number of samples (default 10000)")
+    f.add_argument("--count", type=number(int, minimum=2), default=10000, help="number of samples (default 10000)")
     f.add_argument("--split", default="train", choices=("train", "test"), help="reference split (default train)")
-    f.add_argument("--ref-count", type=int, default=None,
+    f.add_argument("--ref-count", type=number(int, minimum=2), default=None,
                    help="reference images, drawn at random from the split (default: the whole split)")
     f.add_argument("--dataset", default=None, help="reference dataset (default: the one the model was trained on)")
     f.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
-    f.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w (default 0)")
+    f.add_argument("--guidance", type=number(float, minimum=0), default=0.0, help=GUIDANCE_HELP)
     add_sampling_options(f, "noise seed (default 0)")
-    f.add_argument("--batch-size", type=int, default=32, help="images per feature-extractor call (default 32)")
+    f.add_argument("--batch-size", type=number(int, minimum=1), default=32, help="images per feature-extractor call (default 32)")
     f.set_defaults(func=cmd_fid)
 
     g = sub.add_parser("guidance-accuracy", help="class consistency of samples per guidance weight, as JSON + a plot",
@@ -556,10 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     g.add_argument("--guidance", "--weights", dest="guidance", default="0,1,2,4", metavar="W1,W2,...",
                    help="comma-separated guidance weights (default 0,1,2,4)")
-    g.add_argument("--count", type=int, default=1000, help="samples per guidance weight (default 1000)")
+    g.add_argument("--count", type=number(int, minimum=1), default=1000, help="samples per guidance weight (default 1000)")
     g.add_argument("--dataset", default=None, help="dataset of the classifier (default: the model's)")
     g.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
-    g.add_argument("--classifier-steps", type=int, default=1000, help="training steps of the classifier (default 1000)")
+    g.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000, help="training steps of the classifier (default 1000)")
     g.add_argument("--plot", default=None, help="PNG path (default RUN_OR_MODEL_DIR/guidance_accuracy.png)")
     add_sampling_options(g, "noise seed, the same for every weight (default 0)")
     g.set_defaults(func=cmd_guidance_accuracy)
@@ -574,10 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--split", default="test", choices=("train", "test"), help="split of both datasets (default test)")
     o.add_argument("--ood", default=None, metavar="NAME", help="out-of-distribution dataset to compare with (AUROC)")
     o.add_argument("--ood-data-dir", default=None, help="local copy of the --ood dataset's files")
-    o.add_argument("--count", type=int, default=None, help="score this many images of each, drawn at random")
-    o.add_argument("--draws", type=int, default=1, help="uniform dequantization draws per image (default 1)")
-    o.add_argument("--seed", type=int, default=0, help="dequantization noise and subset seed")
-    o.add_argument("--batch-size", type=int, default=256, help="images per model call (default 256)")
+    o.add_argument("--count", type=number(int, minimum=1), default=None, help="score this many images of each, drawn at random")
+    o.add_argument("--draws", type=number(int, minimum=1), default=1, help="uniform dequantization draws per image (default 1)")
+    o.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise and subset seed")
+    o.add_argument("--batch-size", type=number(int, minimum=1), default=256, help="images per model call (default 256)")
     o.add_argument("--out", required=True, help="CSV file to write")
     o.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -605,7 +683,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = [a.replace("_", "-") if a.startswith("--") and "=" not in a else a for a in
             (sys.argv[1:] if argv is None else argv)]  # --batch_size and --batch-size alike
-    args, unknown = parser.parse_known_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as e:  # argparse printed its message (a bad value: status 2), or --help / --version (0)
+        return e.code if isinstance(e.code, int) else 2
 
     def run() -> int:
         if unknown:
@@ -613,7 +694,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "train" and flag.startswith("--"):
                 known = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
                 raise unknown_field_error(flag[2:].split("=")[0].replace("-", "_"), known, "config")
-            parser.parse_args(argv)  # argparse's own message and exit 2
+            try:
+                parser.parse_args(argv)  # argparse's own message and exit 2
+            except SystemExit as e:
+                return e.code if isinstance(e.code, int) else 2
         return args.func(args)
 
     return run_reporting_errors(run)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import TarflowError
 
@@ -121,6 +121,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` (the old one is kept until then).
 
+    For directories only the library writes (a run's checkpoint, a cache entry): one that holds other
+    entries than the new files is refused (`OutputError`) rather than deleted.
+
     The swap is: delete a stale ``path.old``, rename ``path`` -> ``path.old``, rename the temporary
     directory -> ``path``, delete ``path.old``. A crash at any point leaves ``path`` whole, or (between
     the two renames) ``path.old`` whole; `existing_dir` finds whichever is there, and the next
@@ -143,6 +146,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             fsync_dir(tmp)
+            check_only_own_entries(path, {f.name for f in tmp.iterdir()})
             if old.exists():
                 shutil.rmtree(old)  # ``path`` is whole here, so the stale copy is not needed
             if path.exists():
@@ -156,9 +160,132 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def existing_dir(path: str | os.PathLike) -> Path | None:
-    """``path`` if it exists, else the ``.old`` copy an interrupted `atomic_dir` swap left, else None."""
+BACKUP_DIR = ".tarflow-previous"  # inside a model directory: the previous save, while a new one is committed
+OWN_TEMP_PREFIX = ".tarflow."
+
+
+def describe_entries(path: Path, limit: int = 5) -> str:
+    """The first few names in directory ``path``, for error messages: 'a.txt, sub/, ... (7 entries)'."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_output_dir(path: str | os.PathLike, names: tuple[str, ...], is_ours: Callable[[Path], bool]) -> None:
+    """Refuse to write the files ``names`` into ``path`` where that would change something the user made.
+
+    Allowed: a missing or empty directory, a directory `is_ours` recognises (its other entries are kept),
+    or a directory that holds none of ``names`` (they are added; nothing else is touched). Refused, with an
+    `OutputError` naming the directory and what it holds: ``path`` is a file, or it holds one of ``names``
+    that the library did not write.
+    """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a directory: give a new or empty directory (or a saved model "
+                          f"directory to replace); {path} was not changed")
+    if not path.is_dir() or (path / BACKUP_DIR).is_dir() or is_ours(path):
+        return
+    clashes = [n for n in names if os.path.lexists(path / n)]
+    if clashes:
+        raise OutputError(f"{path} is not a tarflow model directory and holds {', '.join(clashes)}, which saving "
+                          f"would replace (it holds {describe_entries(path)}): choose a new or empty directory; "
+                          f"nothing was changed")
+
+
+@contextlib.contextmanager
+def atomic_files(path: str | os.PathLike, names: tuple[str, ...], is_ours: Callable[[Path], bool]) -> Iterator[Path]:
+    """Yield a temporary directory; on success its files replace those of ``names`` in ``path``, nothing else.
+
+    ``names`` are every file the library owns there, in commit order (the file that marks a directory as
+    ours last); one of them the writer does not produce is removed, as belonging to the previous version.
+    Other entries of ``path`` are never touched (see `check_output_dir` for what is refused).
+
+    Commit: hard links to the current files go to ``path/.tarflow-previous`` (renamed into place once
+    whole), each new file is renamed over its old one, then the backup is renamed away and deleted. A
+    crash leaves ``path`` whole or the backup whole: `existing_dir` loads the backup while it exists, and
+    the next save first moves it back. Temporary names start with ``.tarflow.`` and end with ``.tmp``.
+    """
+    path = Path(path)
+    check_output_dir(path, names, is_ours)
+    with reporting_write_errors(path):
+        path.mkdir(parents=True, exist_ok=True)
+        restore_backup(path, names)
+        tmp = Path(tempfile.mkdtemp(dir=path, prefix=OWN_TEMP_PREFIX, suffix=".tmp"))
+    try:
+        with reporting_write_errors(path):
+            yield tmp
+            for f in tmp.iterdir():
+                if f.name not in names:
+                    raise ValueError(f"atomic_files: {f.name} is not among the owned names {names}")
+                os.chmod(f, umask_mode(0o666))  # some writers (safetensors) create files 0600
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            backup = Path(tempfile.mkdtemp(dir=path, prefix=OWN_TEMP_PREFIX, suffix=".tmp"))
+            for name in names:
+                if (path / name).is_file():
+                    link_or_copy(path / name, backup / name)
+            fsync_dir(backup)
+            os.replace(backup, path / BACKUP_DIR)
+            fsync_dir(path)
+            for name in names:
+                if (tmp / name).exists():
+                    os.replace(tmp / name, path / name)
+                elif (path / name).is_file():
+                    os.unlink(path / name)
+            fsync_dir(path)
+            discard_backup(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no bytes copied), or a copy where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def discard_backup(path: Path) -> None:
+    """Rename ``path/.tarflow-previous`` away (atomic), then delete it: a partial backup is never seen."""
+    trash = path / f"{OWN_TEMP_PREFIX}{os.getpid()}.old.tmp"
+    os.replace(path / BACKUP_DIR, trash)
+    fsync_dir(path)
+    shutil.rmtree(trash)
+
+
+def restore_backup(path: Path, names: tuple[str, ...]) -> None:
+    """Undo a commit a crash interrupted (the backup is the last whole version) and delete our temporaries."""
+    backup = path / BACKUP_DIR
+    if backup.is_dir():
+        for name in names:
+            if (backup / name).is_file():
+                os.replace(backup / name, path / name)
+            elif (path / name).is_file():
+                os.unlink(path / name)  # written by the interrupted save, absent from the previous version
+        fsync_dir(path)
+        shutil.rmtree(backup)
+    for p in path.iterdir():
+        if p.name.startswith(OWN_TEMP_PREFIX) and p.name.endswith(".tmp"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+
+
+def check_only_own_entries(path: Path, own: set[str]) -> None:
+    """Refuse an `atomic_dir` swap that would delete entries of ``path`` other than the files it replaces."""
+    if not path.is_dir():
+        return
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in own)
+    if foreign:
+        raise OutputError(f"{path} holds {', '.join(foreign[:5])}, which tarflow did not write there; replacing "
+                          f"{path} would delete them: move them elsewhere and run again ({path} was not changed)")
+
+
+def existing_dir(path: str | os.PathLike) -> Path | None:
+    """Where the last whole save of ``path`` is: the backup of an interrupted `atomic_files` commit inside it,
+    ``path`` itself, the ``.old`` copy an interrupted `atomic_dir` swap left, or None."""
+    path = Path(path)
+    if (path / BACKUP_DIR).is_dir():
+        return path / BACKUP_DIR
     if path.is_dir():
         return path
     old = path.with_name(path.name + ".old")

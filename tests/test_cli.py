@@ -68,8 +68,8 @@ def test_truncated_checkpoint_is_a_message(run_dir, tmp_path, capsys):
 
 
 def test_sample_label_out_of_range(run_dir, capsys):
-    assert main(["sample", str(run_dir), "--label", "10"]) == 2
-    assert "--label must be in 0..9" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--label", "11"]) == 2
+    assert "--label must be in 0..9, or 10 or null" in capsys.readouterr().err
 
 
 def test_module_entry_point_exits_non_zero_without_traceback(tmp_path):

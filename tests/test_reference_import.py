@@ -91,8 +91,9 @@ def ref_block_params(s, i, x, y, tau=1.0):
     return out.chunk(2, -1) if out.shape[-1] == 2 * D else (torch.zeros_like(out), out)
 
 
-def ref_log_prob(s, x, y):
-    """log N(z; 0, var) + sum of -a, in nats per sample (the reference's per-dim loss times C H W)."""
+def ref_log_prob(s, x, y, learned_prior=False):
+    """log N(z; 0, I) + sum of -a, in nats per sample (the reference's per-dim loss times C H W);
+    ``learned_prior``: log N(z; 0, var) instead, the prior the reference samples from."""
     t = ref_patchify(x)
     logdet = torch.zeros(x.shape[0], dtype=torch.float64)
     for i in range(BLOCKS):
@@ -101,7 +102,7 @@ def ref_log_prob(s, x, y):
         t = (t - b) * torch.exp(-a)
         logdet = logdet - a.sum((1, 2))
         t = t.flip(1) if i % 2 else t
-    var = s["var"]
+    var = s["var"] if learned_prior else torch.ones_like(s["var"])
     prior = (-0.5 * t ** 2 / var - 0.5 * torch.log(2 * math.pi * var)).sum((1, 2))
     return prior + logdet
 
@@ -131,15 +132,16 @@ KINDS = [pytest.param(k, nvp, id=f"{'cond' if k else 'uncond'}-{'affine' if nvp 
 
 
 @pytest.mark.parametrize("num_classes,nvp", KINDS)
-def test_log_prob_matches_reference(num_classes, nvp):
+@pytest.mark.parametrize("prior", ["standard", "learned"])
+def test_log_prob_matches_reference(num_classes, nvp, prior):
     s = reference_state(num_classes, nvp)
-    model = convert_reference_state(s, P, C, head_dim=HD).eval()
+    model = convert_reference_state(s, P, C, head_dim=HD, likelihood_prior=prior).eval()
     assert model.config.output_norm == "none" and model.config.num_classes == num_classes
     assert model.config.transform == ("affine" if nvp else "additive") and model.config.image_size == SIZE
     x = torch.rand(4, C, SIZE, SIZE, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
     y_ref = torch.tensor([0, 1, 2, -1]) if num_classes else None  # -1: the reference's dropped label
     y_ours = torch.tensor([0, 1, 2, 3]) if num_classes else None  # 3: our null class
-    expected = ref_log_prob(s, x, y_ref)
+    expected = ref_log_prob(s, x, y_ref, learned_prior=prior == "learned")
     with torch.no_grad():
         got = model.log_prob(x, y_ours)
     assert (got - expected).abs().max() <= 1e-9 * (1 + expected.abs().max())
@@ -176,7 +178,8 @@ def test_import_reference_cli(tmp_path, capsys):
     ckpt = tmp_path / "ref.pth"
     torch.save(s, ckpt)
     out = tmp_path / "imported"
-    assert main(["import-reference", str(ckpt), "--patch-size", str(P), "--channels", str(C), "--num-classes", "3",
+    assert main(["import-reference", str(ckpt), "--image-size", str(SIZE), "--patch-size", str(P), "--channels", str(C),
+                 "--num-classes", "3",
                  "--head-dim", str(HD), "--noise-std", "0.05", "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "3 blocks x 2 layers" in said and str(out) in said
@@ -204,5 +207,5 @@ def test_import_reference_errors(tmp_path, capsys):
         convert_reference_state({"foo": torch.zeros(1)}, P, C, head_dim=HD)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["import-reference", str(bad), "--patch-size", "2", "--channels", "2", "--out", str(tmp_path / "o")]) == 2
+    assert main(["import-reference", str(bad), "--image-size", "4", "--patch-size", "2", "--channels", "2", "--out", str(tmp_path / "o")]) == 2
     assert "cannot be read" in capsys.readouterr().err

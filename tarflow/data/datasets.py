@@ -334,6 +334,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     if on_bad_image not in ("error", "skip"):
         raise ConfigError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    if name == "digits" and data_dir not in (None, "") and not Path(data_dir).is_dir():
+        raise DataError(f"data_dir {data_dir} is not a directory; digits is built in and needs no data_dir")
     o = Options(Path(data_dir) if data_dir is not None else None, Path(cache_dir or default_cache_dir()), download,
                 image_size, channels, on_bad_image, progress)
     return DATASETS[name](split, o)

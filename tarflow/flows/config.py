@@ -45,6 +45,10 @@ class FlowConfig:
     prior: str = option("auto", "prior of z: standard N(0, I), learned (diagonal Gaussian with a learned std per "
                         "token dimension), or auto (learned for additive transforms, standard otherwise)",
                         choices=PRIORS)
+    likelihood_prior: str = option("learned", "with a learned prior, the density log p(x) uses: learned (N(0, s^2), "
+                                   "the one samples are drawn from) or standard (N(0, I): the loss and bits/dim of "
+                                   "apple/ml-tarflow's additive models); a standard prior always uses N(0, I)",
+                                   choices=("learned", "standard"))
     # ----- the Transformer of each block
     width: int = option(128, "Transformer width (model channels)")
     head_dim: int = option(32, "attention head dimension; heads = width / head_dim")

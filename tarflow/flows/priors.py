@@ -32,16 +32,23 @@ class StandardNormal(nn.Module):
 
 class LearnedDiagonal(StandardNormal):
     """N(0, diag(s^2)) with a learned log s per token dimension (T, D): what additive (volume-preserving) flows
-    use to learn the scale their transform cannot."""
+    use to learn the scale their transform cannot.
 
-    def __init__(self, num_tokens: int, token_dim: int):
+    ``likelihood="standard"`` evaluates log p with N(0, I) while samples still come from N(0, s^2): the
+    definition apple/ml-tarflow's loss and bits/dim use for its additive models.
+    """
+
+    def __init__(self, num_tokens: int, token_dim: int, likelihood: str = "learned"):
         super().__init__()
         self.log_std = nn.Parameter(torch.zeros(num_tokens, token_dim))
+        self.likelihood = likelihood
 
     def std(self) -> Tensor:
         return self.log_std.exp()
 
     def log_prob(self, z: Tensor) -> Tensor:
+        if self.likelihood == "standard":
+            return super().log_prob(z)
         z = z.to(torch.promote_types(z.dtype, torch.float32))
         log_s = self.log_std.to(z.dtype)
         return (-0.5 * (z * torch.exp(-log_s)).pow(2) - log_s - HALF_LOG_TWO_PI).sum(dim=(1, 2))
@@ -50,8 +57,8 @@ class LearnedDiagonal(StandardNormal):
 PRIORS = ("auto", "standard", "learned")
 
 
-def build_prior(kind: str, transform: str, num_tokens: int, token_dim: int) -> StandardNormal:
-    """``auto``: learned for the additive transform (which needs it), standard otherwise."""
-    if kind == "learned" or kind == "auto" and transform == "additive":
-        return LearnedDiagonal(num_tokens, token_dim)
+def build_prior(config, num_tokens: int, token_dim: int) -> StandardNormal:
+    """The prior a `FlowConfig` names; ``auto``: learned for the additive transform (which needs it), else standard."""
+    if config.prior == "learned" or config.prior == "auto" and config.transform == "additive":
+        return LearnedDiagonal(num_tokens, token_dim, config.likelihood_prior)
     return StandardNormal()

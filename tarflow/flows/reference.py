@@ -25,7 +25,9 @@ How the reference definitions map onto ours (each exactly, no approximation):
   orders them row, column, channel. The input columns of ``proj_in``, the output rows of ``proj_out``
   (for a and for b) and the prior's variance are permuted to match, so images map to the same z.
 - Prior: the ``var`` buffer (T, D) is the prior's variance. The reference only learns it for additive
-  models (and samples with z * sqrt(var)); it becomes ``prior.log_std = log(var) / 2``. For affine
+  models (and samples with z * sqrt(var)); it becomes ``prior.log_std = log(var) / 2``. Its loss and
+  bits/dim use N(0, I) all the same: imports default to ``likelihood_prior="standard"`` (log p(x) with
+  N(0, I), sampling with var), and ``"learned"`` gives the density of N(0, var) instead. For affine
   models it must be all ones (it is, unless the checkpoint was edited).
 - Likelihood: the reference returns logdet as a mean over dimensions and its loss is per dimension;
   ours is the per-sample sum. log p(x) agrees: ours / (C H W) equals the reference's per-dimension value.
@@ -95,8 +97,13 @@ def token_permutation(patch_size: int, channels: int) -> Tensor:
 
 
 def reference_config(state: dict[str, Tensor], patch_size: int, channels: int, head_dim: int = 64,
-                     num_classes: int | None = None) -> FlowConfig:
-    """The FlowConfig of a reference state_dict (keys already stripped of wrapper prefixes)."""
+                     num_classes: int | None = None, image_size: int | None = None,
+                     likelihood_prior: str = "standard") -> FlowConfig:
+    """The FlowConfig of a reference state_dict (keys already stripped of wrapper prefixes).
+
+    ``image_size`` checks the shape: T = (image_size / patch_size)^2 tokens of D = channels patch_size^2
+    values. Without it, a wrong patch_size / channels pair with the same D would import as another shape.
+    """
     if "blocks.0.proj_in.weight" not in state:
         some = ", ".join(sorted(state)[:4])
         raise CheckpointError(f"not an apple/ml-tarflow checkpoint: no blocks.0.proj_in.weight (keys: {some}, ...)")
@@ -108,6 +115,11 @@ def reference_config(state: dict[str, Tensor], patch_size: int, channels: int, h
     side = math.isqrt(T)
     if side * side != T:
         raise CheckpointError(f"the checkpoint has {T} tokens, not a square grid")
+    if image_size is not None and image_size != side * patch_size:
+        raise ConfigError(f"the checkpoint has {T} = {side}x{side} tokens of {D} values: with --patch-size "
+                          f"{patch_size} and --channels {channels} that is {side * patch_size}x{side * patch_size} "
+                          f"images, not --image-size {image_size}; check the three against the reference's "
+                          f"--img_size, --patch_size and --channel_size")
     out_dim = state["blocks.0.proj_out.weight"].shape[0]
     if out_dim not in (D, 2 * D):
         raise CheckpointError(f"blocks.0.proj_out has {out_dim} outputs; expected {2 * D} (affine) or {D} (additive)")
@@ -121,14 +133,19 @@ def reference_config(state: dict[str, Tensor], patch_size: int, channels: int, h
                       num_blocks=_count(state, "blocks."), layers_per_block=_count(state, "blocks.0.attn_blocks."),
                       head_dim=head_dim, mlp_ratio=state["blocks.0.attn_blocks.0.mlp.main.0.weight"].shape[0] // W,
                       num_classes=classes, transform="affine" if out_dim == 2 * D else "additive",
-                      output_norm="none")
+                      output_norm="none", likelihood_prior=likelihood_prior)
 
 
 def convert_reference_state(state: dict[str, Tensor], patch_size: int, channels: int, head_dim: int = 64,
-                            num_classes: int | None = None, metadata: dict[str, Any] | None = None) -> TarFlow:
-    """A TarFlow whose log_prob and inverse are those of the reference model with ``state``."""
+                            num_classes: int | None = None, metadata: dict[str, Any] | None = None,
+                            image_size: int | None = None, likelihood_prior: str = "standard") -> TarFlow:
+    """A TarFlow whose log_prob and inverse are those of the reference model with ``state``.
+
+    ``likelihood_prior``: "standard" (default) gives log p(x) with N(0, I), the reference's loss and
+    bits/dim; "learned" uses the additive model's N(0, var), the prior its samples are drawn from.
+    """
     state = _strip(state)
-    c = reference_config(state, patch_size, channels, head_dim, num_classes)
+    c = reference_config(state, patch_size, channels, head_dim, num_classes, image_size, likelihood_prior)
     perm = token_permutation(patch_size, channels)
     D = c.token_dim
     new: dict[str, Tensor] = {}

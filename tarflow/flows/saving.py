@@ -20,21 +20,29 @@ from torch import Tensor, nn
 from .. import __version__
 from ..configs import from_dict
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_dir, existing_dir, write_bytes
+from ..io import atomic_files, existing_dir, write_bytes
 from .config import FlowConfig
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+# Every file of a model directory the library owns, in commit order (config.json, which marks it as ours, last);
+# sampling.json is the sampler calibration of the previous weights: a new save removes it.
+OWNED_FILES = (WEIGHTS_NAME, "sampling.json", CONFIG_NAME)
 FORMAT_1_RENAMES = {"prior_log_std": "prior.log_std"}
 
 
 def save_model(model: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Write the model directory; it is replaced atomically, so a crash leaves the previous save intact."""
+    """Write ``config.json`` and ``model.safetensors`` into ``path``.
+
+    Only the library's own files are replaced (atomically: a crash leaves the previous save loadable); other
+    entries of ``path`` are kept. A directory holding a config.json or model.safetensors that is not a tarflow
+    model's, or a file at ``path``, is refused with an `OutputError` (see `atomic_files`).
+    """
     config = {"format": "tarflow", "format_version": FORMAT_VERSION, "tarflow_version": __version__,
               "model": dataclasses.asdict(model.config), "metadata": metadata or {}}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(path) as tmp:  # bytes written by Python: a full disk is an OutputError with its cause
+    with atomic_files(path, OWNED_FILES, is_model_dir) as tmp:  # a full disk is an OutputError with its cause
         write_bytes(tmp / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
         write_bytes(tmp / WEIGHTS_NAME, safetensors_bytes(state))
     return Path(path)
@@ -52,6 +60,14 @@ def load_model(cls: type, path: str | Path, map_location: str | torch.device = "
     model.load_state_dict(read_weights(model_dir / WEIGHTS_NAME, model), strict=True, assign=True)
     model.metadata = data.get("metadata", {})
     return model.to(map_location).eval()
+
+
+def is_model_dir(path: Path) -> bool:
+    """Whether ``path`` holds a config.json that `save_model` wrote ("format": "tarflow")."""
+    try:
+        return json.loads((Path(path) / CONFIG_NAME).read_text()).get("format") == "tarflow"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_config_json(model_dir: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from .block import ARFlowBlock
 from .conditioning import ClassConditioning, Condition
 from .config import FlowConfig
 from .orders import block_orders
-from .priors import build_prior
+from .priors import LearnedDiagonal, build_prior
 from .saving import load_model, save_model
 from .transforms import build_transform
 
@@ -40,7 +41,7 @@ class TarFlow(nn.Module):
             ARFlowBlock(config, layers, orders[index], transform,
                         conditioned=bool(config.num_classes) and (index == last or not config.condition_top_only))
             for index, layers in enumerate(config.block_layers))
-        self.prior = build_prior(config.prior, config.transform, self.modality.num_tokens, self.modality.token_dim)
+        self.prior = build_prior(config, self.modality.num_tokens, self.modality.token_dim)
 
     # ----- labels and inputs -------------------------------------------------------------------
     @property
@@ -81,6 +82,13 @@ class TarFlow(nn.Module):
             tokens, block_logdet = block(tokens, condition)
             logdet = logdet + block_logdet
         return tokens, logdet
+
+    def set_likelihood_prior(self, kind: str) -> None:
+        """Which density log p(x) uses with a learned prior: "learned" (N(0, s^2)) or "standard" (N(0, I), the
+        definition of apple/ml-tarflow's additive bits/dim); see `FlowConfig.likelihood_prior`. Saved with the model."""
+        self.config = dataclasses.replace(self.config, likelihood_prior=kind)
+        if isinstance(self.prior, LearnedDiagonal):
+            self.prior.likelihood = kind
 
     def prior_std(self) -> Tensor | None:
         """Per token-dimension std of the prior (T, D), or None for the standard normal."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,10 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         for name in ("steps", "batch_size", "num_samples", "eval_draws", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -68,8 +73,10 @@ class TrainConfig:
             raise ConfigError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.sample_temperature < 0:
-            raise ConfigError(f"sample_temperature must not be negative, got {self.sample_temperature}")
+        if self.sample_temperature <= 0:
+            raise ConfigError(f"sample_temperature must be positive, got {self.sample_temperature}")
+        if self.sample_guidance < 0:
+            raise ConfigError(f"sample_guidance must not be negative (0 = no guidance), got {self.sample_guidance}")
         if self.dist_timeout_s <= 0:
             raise ConfigError(f"dist_timeout_s must be positive, got {self.dist_timeout_s}")
         if self.lr <= 0:

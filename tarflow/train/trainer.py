@@ -21,7 +21,8 @@ from ..data import bin_width, dequantize, flip_batch, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
 from ..flows import ClassConditioning, FlowConfig, TarFlow
-from ..io import atomic_write_text, remove_temporaries
+from ..flows.saving import is_model_dir
+from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
 from ..sampling import Guidance, SequentialSampler
@@ -53,6 +54,7 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
         dist.check_batch(tc.batch_size, cluster)
         data, test = load_data(tc, mc, cluster, progress)
         check_fits(mc, data)
+        check_run_dir(run_dir)
         with run_guards(run_dir) as stop:
             return train_loop(config, run_dir, cluster, device, data, test, progress, stop_at, stop)
     except RuntimeError as e:
@@ -227,6 +229,25 @@ def evaluate(model: TarFlow, test: ImageData, mc: FlowConfig, cluster: dist.Clus
 def full(norm: torch.Tensor) -> torch.Tensor:
     """A gradient norm as a plain tensor (FSDP returns a DTensor)."""
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse a run directory that is a file, or that holds entries and is not a run (no config.json):
+    training would write its files among the user's. Called before the run's lock file is created."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"{run_dir} is a file, not a run directory: choose a new or empty directory "
+                          f"({run_dir} was not changed)")
+    ancestor = next(p for p in run_dir.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create {run_dir}: {ancestor} is a file, not a directory")
+    if is_model_dir(run_dir):
+        raise OutputError(f"{run_dir} is a saved model directory, not a run directory: choose a new or empty "
+                          f"directory for the run (nothing was changed)")
+    if not run_dir.is_dir() or (run_dir / RUN_CONFIG).is_file():
+        return
+    if any(p.name != LOCK_FILE for p in run_dir.iterdir()):  # a lone lock: a run killed before its config
+        raise OutputError(f"{run_dir} is not empty and is not a tarflow run directory (no {RUN_CONFIG}); it holds "
+                          f"{describe_entries(run_dir)}: choose a new or empty directory (nothing was changed)")
 
 
 def start_run(run_dir: Path, config: RunConfig) -> Path | None:
