@@ -14,6 +14,7 @@ import torch
 from torch.autograd.functional import jacobian
 
 from tarflow import TarFlow, bits_per_dim
+from tarflow.flows import Condition
 from tarflow.metrics import evaluate_bpd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,6 +80,19 @@ def test_config_shapes_the_blocks(model):
     expected = [bool(c.num_classes)] * 3 if not c.condition_top_only else [False, False, True]
     assert conditioned == expected
     assert all(block.transform.name == c.transform for block in model.blocks)
+    rotary = [layer.attn.rotary is not None for block in model.blocks for layer in block.layers]
+    assert all(rotary) if c.positions == "rope" else not any(rotary)
+    assert all((block.pos_embed is None) == (c.positions == "rope") for block in model.blocks)
+
+
+def test_start_token_decides_whether_token_1_is_transformed(model, inputs):
+    """TarFlow's zero start passes a block's first token through; a learned start transforms it too."""
+    x, y = inputs
+    tokens = model.patchify(x)
+    block = model.blocks[0]
+    z, _ = block(tokens, Condition(model.check_labels(y, x.shape[0])))
+    first_token_moved = bool((z[:, 0] - tokens[:, 0]).abs().max() > 1e-3)
+    assert first_token_moved == (model.config.start_token == "learned")
 
 
 # ----- 1. shapes --------------------------------------------------------------------------------

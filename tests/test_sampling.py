@@ -82,10 +82,13 @@ def naive_inverse(model, z, y=None, guidance: Guidance | None = None):
         for block in reversed(model.blocks):
             zt = block.order.apply(tokens)
             x = torch.zeros_like(zt)
-            x[:, 0] = zt[:, 0]
-            for t in range(1, T):
-                params_c = last_token_params(block, x[:, :t], Condition(y))  # the params of token t
-                params_u = None if guidance is None else last_token_params(block, x[:, :t], Condition(y_u, tau))
+            x[:, :block.first] = zt[:, :block.first]
+            for t in range(block.first, T):
+                prefix = x[:, :t]  # tokens before t; with a learned start, a row for the start embedding in front
+                if block.first == 0:
+                    prefix = torch.cat([torch.zeros_like(x[:, :1]), prefix], dim=1)
+                params_c = last_token_params(block, prefix, Condition(y))  # the params of token t
+                params_u = None if guidance is None else last_token_params(block, prefix, Condition(y_u, tau))
                 x[:, t:t + 1] = solve_token(block, zt[:, t:t + 1], params_c, params_u, guidance, t, T)
             tokens = block.order.undo(x)
     return model.unpatchify(tokens)

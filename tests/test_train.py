@@ -1,5 +1,6 @@
 """Training on digits: the loss goes down, checkpoints resume exactly, run directories are checked."""
 
+import dataclasses
 import json
 
 import pytest
@@ -21,8 +22,13 @@ def tiny(**train_overrides):
     return config
 
 
-def test_a_few_steps_lower_the_loss(tmp_path):
+@pytest.mark.parametrize("model_fields", [{}, {"transform": "mixture", "mixture_components": 3},
+                                          {"layers_per_block": [1, 2], "start_token": "learned",
+                                           "positions": "rope", "condition_top_only": True, "scale": "softplus"}],
+                         ids=["default", "mixture", "starflow-options"])
+def test_a_few_steps_lower_the_loss(tmp_path, model_fields):
     config = tiny(steps=30, eval_every=0, sample_every=0, checkpoint_every=0, ema_decay=0.0)
+    config.model = dataclasses.replace(config.model, **model_fields)
     test = load_dataset("digits", "test")
     torch.manual_seed(config.train.seed)
     before = evaluate_bpd(TarFlow(config.model), test.images, test.labels, test.levels)["bits_per_dim"]

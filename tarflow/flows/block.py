@@ -25,10 +25,15 @@ if TYPE_CHECKING:
 
 class ARFlowBlock(nn.Module):
     """A causal Transformer that reads tokens x_1..x_{t-1} (in the block's ``order``) and gives token t the
-    parameters of the block's ``transform``. Token 1 has no parameters: it passes unchanged.
+    parameters of the block's ``transform``.
+
+    Tokens before ``first`` have no parameters and pass unchanged: token 1 with ``start_token="zero"``
+    (first = 1); none with ``"learned"`` (first = 0), where a learned start embedding at position 0 gives
+    token 1 its parameters. The Transformer input at position p is token p - 1 + first (the start embedding
+    at p = 0 when first = 0), and its output at position p holds the parameters of token p + first.
 
     ``layers`` Transformer layers (pre-norm; attention or an AFT mixer; optional sigma-Reparam and XSA),
-    a learned position embedding, a class embedding when ``conditioned``, an optional final LayerNorm,
+    learned or rotary positions, a class embedding when ``conditioned``, an optional final LayerNorm,
     and a zero-initialised output projection, so every block starts as the identity.
     """
 
@@ -38,28 +43,40 @@ class ARFlowBlock(nn.Module):
         self.order, self.transform = order, transform
         linear_type = SigmaReparamLinear if config.sigma_reparam else nn.Linear
         self.proj_in = linear_type(token_dim, width)
-        self.pos_embed = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
+        self.first = 1 if config.start_token == "zero" else 0
+        self.start = None
+        if not self.first:
+            self.start = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.pos_embed = None
+        if config.positions == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
         self.class_embed = None
         if conditioned:
             self.class_embed = nn.Embedding(config.num_classes + 1, width)  # last row: the null class
             nn.init.normal_(self.class_embed.weight, std=0.02)
         self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, num_tokens,
                                                      config.aft_window, config.exclusive_attention,
-                                                     config.sigma_reparam)
+                                                     config.sigma_reparam, config.positions == "rope")
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(width) if config.output_norm == "layernorm" else None
+        self.num_tokens = num_tokens
         self.proj_out = nn.Linear(width, transform.num_params(token_dim))
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
     def step(self, x: Tensor, condition: Condition, cache: KVCache | None = None, pos: int = 0) -> Tensor:
-        """Raw params (R, L, P) of tokens pos+1 .. pos+L from the block-ordered tokens x (R, L, D) at positions
-        pos .. pos+L-1. With ``cache``, earlier positions come from it and this chunk's keys and values go
-        into it. ``condition`` holds R rows; x may hold R / n of them, then every branch reads the same x."""
+        """Raw params (R, L, P) of tokens pos+first .. pos+first+L-1 from the Transformer inputs x (R, L, D) at
+        positions pos .. pos+L-1 (see `inputs`; at position 0 of a learned start the row of x is ignored). With
+        ``cache``, earlier positions come from it and this chunk's keys and values go into it. ``condition``
+        holds R rows; x may hold R / n of them, then every branch reads the same x."""
         rows = condition.rows(x.shape[0])
         if rows != x.shape[0]:
             x = x.repeat(rows // x.shape[0], 1, 1)
-        h = linear(self.proj_in, x) + self.pos_embed[pos:pos + x.shape[1]]
+        h = linear(self.proj_in, x)
+        if self.start is not None and pos == 0:  # position 0 reads the learned start embedding
+            h = torch.cat([self.start.to(h.dtype).expand(rows, 1, -1), h[:, 1:]], dim=1)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed[pos:pos + x.shape[1]]
         context = self.embed(condition) if cache is None else cache.context
         if context is not None:
             h = h + context
@@ -71,11 +88,22 @@ class ARFlowBlock(nn.Module):
         """`step`, split into the transform's parameters."""
         return self.transform.split(self.step(x, condition, cache, pos))
 
+    def inputs(self, tokens: Tensor, start: int, end: int) -> Tensor:
+        """The Transformer inputs (B, end - start, D) that give the params of tokens start .. end-1 (block order):
+        tokens start-1 .. end-2, with a placeholder row in front for the start embedding when start is 0.
+        They sit at positions start - first .. end - 1 - first."""
+        previous = tokens[:, max(start - 1, 0):end - 1]
+        if start == 0:
+            previous = torch.cat([previous.new_zeros(previous.shape[0], 1, previous.shape[2]), previous], dim=1)
+        return previous
+
     def forward(self, x: Tensor, condition: Condition) -> tuple[Tensor, Tensor]:
         """x (B, T, D) -> z (B, T, D), log|det dz/dx| (B,) in nats."""
         x = self.order.apply(x)
-        z_rest, logdet = self.transform.forward(x[:, 1:], self.params(x[:, :-1], condition))
-        z = torch.cat([x[:, :1], z_rest], dim=1)
+        first = self.first
+        params = self.params(self.inputs(x, first, x.shape[1]), condition)
+        z_rest, logdet = self.transform.forward(x[:, first:], params)
+        z = torch.cat([x[:, :first], z_rest], dim=1)
         return self.order.undo(z), logdet
 
     def embed(self, condition: Condition) -> Tensor | None:
@@ -86,8 +114,9 @@ class ARFlowBlock(nn.Module):
         """A KV cache for the rows of ``condition`` (``batch`` when it holds none) over the block's T positions, in
         the weights' dtype; it keeps the condition's embedding, computed once for every step."""
         mixer = self.layers[0].attn
-        cache = KVCache(len(self.layers), condition.rows(batch), mixer.heads, self.pos_embed.shape[0],
-                        mixer.head_dim, self.pos_embed.dtype, self.pos_embed.device)
+        weight = self.proj_in.weight
+        cache = KVCache(len(self.layers), condition.rows(batch), mixer.heads, self.num_tokens, mixer.head_dim,
+                        weight.dtype, weight.device)
         cache.context = self.embed(condition)
         return cache
 
@@ -103,9 +132,10 @@ class ARFlowBlock(nn.Module):
         cache = self.new_cache(condition, batch)
         z_by_token = z.transpose(0, 1).contiguous()  # (T, B, D): each step reads and writes contiguous rows
         x = torch.empty_like(z_by_token)
-        x[0] = z_by_token[0]
-        for token in range(1, num_tokens):
-            params = self.params(x[token - 1].unsqueeze(1), condition, cache, token - 1)
+        x[:self.first] = z_by_token[:self.first]
+        for token in range(self.first, num_tokens):
+            previous = x[token - 1] if token else torch.zeros_like(x[0])  # the start embedding's placeholder
+            params = self.params(previous.unsqueeze(1), condition, cache, token - self.first)
             if guidance is not None:
                 params = self.transform.guide(params, guidance, token, num_tokens)
             x[token] = self.transform.inverse(z_by_token[token].unsqueeze(1), params)[:, 0]

@@ -31,6 +31,9 @@ class FlowConfig:
                                                "the prior), e.g. 2,2,2,2,2,24 for STARFlow's deep-shallow stack")
     order: str = option("alternate", "token order of each block: alternate (identity, flip, identity, ...) or same "
                         "(identity in every block)", choices=ORDERS)
+    start_token: str = option("zero", "what gives token 1 its parameters: zero (none: it passes unchanged, TarFlow) or "
+                              "learned (a learned start embedding in front of the sequence, so every token is "
+                              "transformed)", choices=("zero", "learned"))
     num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
     condition_top_only: bool = option(False, "condition only the last block (nearest the prior) on the class, as "
                                       "STARFlow's deep block; the others model the data unconditionally")
@@ -52,6 +55,9 @@ class FlowConfig:
     # ----- the Transformer of each block
     width: int = option(128, "Transformer width (model channels)")
     head_dim: int = option(32, "attention head dimension; heads = width / head_dim")
+    positions: str = option("learned", "how each block's Transformer knows positions: learned (an embedding added to "
+                            "its input) or rope (rotary embedding of queries and keys; mixer=attention only)",
+                            choices=("learned", "rope"))
     mlp_ratio: int = option(4, "MLP hidden width as a multiple of width")
     output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
                               "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
@@ -88,6 +94,9 @@ class FlowConfig:
             raise ConfigError(f"aft_window must be at least 1, got {self.aft_window}")
         if self.exclusive_attention and self.mixer != "attention":
             raise ConfigError(f"exclusive_attention (XSA) needs mixer=attention, got mixer={self.mixer!r}")
+        if self.positions == "rope" and (self.mixer != "attention" or self.head_dim % 2):
+            raise ConfigError(f"positions=rope needs mixer=attention and an even head_dim, got mixer={self.mixer!r}, "
+                              f"head_dim={self.head_dim}")
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 

@@ -1,4 +1,8 @@
-"""Priors over the flow's output tokens z (B, T, D): log N(z; 0, s^2) summed per sample, in nats."""
+"""Priors over the flow's output tokens z (B, T, D): log p(z) summed per sample, in nats, and samples.
+
+Every prior takes the batch's `Condition` (labels, and later a text prefix or a noise level), so a conditional
+prior is one more class here; the two below ignore it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+from .conditioning import Condition
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -17,12 +23,12 @@ class StandardNormal(nn.Module):
         """Per token-dimension std (T, D), or None for 1 everywhere."""
         return None
 
-    def log_prob(self, z: Tensor) -> Tensor:
+    def log_prob(self, z: Tensor, condition: Condition | None = None) -> Tensor:
         z = z.to(torch.promote_types(z.dtype, torch.float32))
         return (-0.5 * z.pow(2) - HALF_LOG_TWO_PI).sum(dim=(1, 2))
 
     def sample(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator | None,
-               dtype: torch.dtype, device: torch.device) -> Tensor:
+               dtype: torch.dtype, device: torch.device, condition: Condition | None = None) -> Tensor:
         """z ~ N(0, (temperature s)^2), drawn on the CPU so seeds agree across devices."""
         z = torch.randn(shape, generator=generator, dtype=dtype) * temperature
         z = z.to(device)
@@ -46,7 +52,7 @@ class LearnedDiagonal(StandardNormal):
     def std(self) -> Tensor:
         return self.log_std.exp()
 
-    def log_prob(self, z: Tensor) -> Tensor:
+    def log_prob(self, z: Tensor, condition: Condition | None = None) -> Tensor:
         if self.likelihood == "standard":
             return super().log_prob(z)
         z = z.to(torch.promote_types(z.dtype, torch.float32))

@@ -57,12 +57,12 @@ class TarFlow(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.blocks[0].pos_embed.device
+        return self.blocks[0].proj_in.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the weights (and of the noise samplers draw)."""
-        return self.blocks[0].pos_embed.dtype
+        return self.blocks[0].proj_in.weight.dtype
 
     # ----- tokens ------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class TarFlow(nn.Module):
             self.check_images(x)
             y = self.check_labels(y, x.shape[0])
         z, logdet = self.flow(self.patchify(x), y)
-        return self.prior.log_prob(z) + logdet
+        return self.prior.log_prob(z, Condition(y)) + logdet
 
     @torch.no_grad()
     def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:

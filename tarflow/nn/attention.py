@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .rotary import Rotary
 from .sigma_reparam import linear
 
 
@@ -62,15 +63,19 @@ class Attention(nn.Module):
     only "own value" a causal query has (the token being predicted is not an input), and it is exactly
     XSA as used in a decoder language model, which has the same shift (position i predicts token i+1).
 
+    ``rotary``: a `Rotary` turns queries and keys by their positions (RoPE); the cache holds turned keys.
+
     ``linear_type`` builds the two projections (`nn.Linear`, or `SigmaReparamLinear` for sigma-Reparam).
     With ``record_entropy`` set, forward uses an explicit softmax and stores the attention entropy
     per head, H = -sum_j A_ij log A_ij averaged over queries and samples, in ``entropy`` (heads,);
     otherwise it uses the fused kernel and computes nothing extra.
     """
 
-    def __init__(self, width: int, head_dim: int, exclusive: bool = False, linear_type: type[nn.Linear] = nn.Linear):
+    def __init__(self, width: int, head_dim: int, exclusive: bool = False, linear_type: type[nn.Linear] = nn.Linear,
+                 rotary: Rotary | None = None):
         super().__init__()
         self.heads, self.head_dim, self.exclusive = width // head_dim, head_dim, exclusive
+        self.rotary = rotary
         self.qkv = linear_type(width, 3 * width)
         self.proj = linear_type(width, width)
         self.record_entropy = False
@@ -81,6 +86,8 @@ class Attention(nn.Module):
         B, L, W = h.shape
         q, k, v = linear(self.qkv, h).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         own_v = v  # this chunk's values: the XSA direction of each query
+        if self.rotary is not None:
+            q, k = self.rotary(q, pos), self.rotary(k, pos)
         if attn_temp is not None:
             q = q / attn_temp.view(B, 1, 1, 1).to(q.dtype)
         if cache is not None:

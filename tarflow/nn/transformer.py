@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .aft import CausalAFT
 from .attention import Attention, LayerCache
+from .rotary import Rotary
 from .sigma_reparam import SigmaReparamLinear, layer_norm, linear
 
 MIXERS = ("attention", "aft-full", "aft-local", "aft-simple", "aft-conv")
@@ -31,19 +32,20 @@ class TransformerLayer(nn.Module):
 
     def __init__(self, width: int, head_dim: int, mlp_ratio: int, mixer: str = "attention",
                  num_tokens: int | None = None, aft_window: int = 8, exclusive: bool = False,
-                 sigma_reparam: bool = False):
+                 sigma_reparam: bool = False, rotary: bool = False):
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
         linear_type = SigmaReparamLinear if sigma_reparam else nn.Linear
         self.norm1 = nn.LayerNorm(width)
         if mixer == "attention":
-            self.attn = Attention(width, head_dim, exclusive, linear_type)
+            self.attn = Attention(width, head_dim, exclusive, linear_type,
+                                  Rotary(head_dim, num_tokens) if rotary else None)
         else:
             if num_tokens is None:
                 raise ValueError("an AFT mixer needs num_tokens")
-            if exclusive:
-                raise ValueError("exclusive (XSA) applies to the attention mixer only")
+            if exclusive or rotary:
+                raise ValueError("exclusive (XSA) and rotary positions apply to the attention mixer only")
             self.attn = CausalAFT(width, num_tokens, mixer.removeprefix("aft-"), aft_window, linear_type)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio, linear_type)

@@ -123,7 +123,7 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
                 say(f"block {i}: {g} module(s): {secs:.3f} s (sequential {seq_secs[i]:.3f} s), "
                     f"iterations {iters}, max abs diff {err:.2e}")
                 if err <= per_block_err and secs < seq_secs[i] and (best is None or secs < best[0]):
-                    bounds = module_bounds(c.num_tokens, g)
+                    bounds = module_bounds(c.num_tokens, g, m.blocks[i].first)
                     cap = max(min(2 * k + 2, e - s) for k, (s, e) in zip(iters, bounds))
                     best = (secs, BlockStrategy(g, cap), iters, err)
             if best is None:

@@ -1,11 +1,13 @@
 """Parallel inversion of each flow block: Jacobi and GS-Jacobi (Gauss-Seidel over modules, Jacobi inside).
 
-A block's inverse is the fixed point of x_t = b_t(x_<t) + exp(a_t(x_<t)) z_t for all t at once. One
+A block's inverse is the fixed point of x_t = f^{-1}(z_t; theta_t(x_<t)) for all t at once (affine:
+x_t = b_t + exp(a_t) z_t). One
 Jacobi iteration evaluates every token's (a, b) in one causal pass from the current iterate and
 updates every token together. After k iterations the first k unknown tokens are exact, so a module
 of L tokens is solved exactly after L iterations; in practice the iterate stops moving much sooner.
 
-GS-Jacobi splits the T - 1 unknown tokens (token 0 is z_0) into G contiguous modules solved in
+GS-Jacobi splits the T - 1 unknown tokens (token 0 is z_0; all T with a learned start) into G contiguous
+modules solved in
 order; while module g iterates, the earlier modules' keys and values sit in the block's KV cache, so an
 iteration costs one pass over the module's L tokens only. G = T - 1 with one iteration per module is
 the sequential sampler; G = 1 is plain Jacobi. Each block gets its own strategy (`BlockStrategy`):
@@ -54,11 +56,12 @@ class BlockStrategy:
         return cls(int(d.get("modules", 1)), None if d.get("max_iters") is None else int(d["max_iters"]))
 
 
-def module_bounds(num_tokens: int, modules: int) -> list[tuple[int, int]]:
-    """Split the unknown tokens 1..T-1 into ``modules`` contiguous, near-equal [start, end) ranges."""
-    n = num_tokens - 1
+def module_bounds(num_tokens: int, modules: int, first: int = 1) -> list[tuple[int, int]]:
+    """Split the unknown tokens first..T-1 (first = 0 for a block with a learned start) into ``modules``
+    contiguous, near-equal [start, end) ranges."""
+    n = num_tokens - first
     g = max(1, min(modules, n))
-    edges = [1 + round(i * n / g) for i in range(g + 1)]
+    edges = [first + round(i * n / g) for i in range(g + 1)]
     return [(s, e) for s, e in zip(edges[:-1], edges[1:]) if e > s]
 
 
@@ -73,9 +76,9 @@ def solve_block(block, z: Tensor, condition: Condition, guidance: Guidance | Non
     z = block.order.apply(z)
     batch, num_tokens, _ = z.shape
     cache = block.new_cache(condition, batch)
-    x = z.clone()  # initial guess: the noise itself (token 0 is already exact)
+    x = z.clone()  # initial guess: the noise itself (tokens before block.first are already exact)
     iterations = []
-    for start, end in module_bounds(num_tokens, strategy.modules):
+    for start, end in module_bounds(num_tokens, strategy.modules, block.first):
         length = end - start
         cap = length if strategy.max_iters is None else min(strategy.max_iters, length)
         z_module = z[:, start:end]
@@ -83,7 +86,7 @@ def solve_block(block, z: Tensor, condition: Condition, guidance: Guidance | Non
         count = 0
         while count < cap:
             count += 1
-            params = block.params(x[:, start - 1:end - 1], condition, cache, start - 1)
+            params = block.params(block.inputs(x, start, end), condition, cache, start - block.first)
             if guidance is not None:
                 params = block.transform.guide(params, guidance, tokens.to(params[0].dtype), num_tokens)
             new = block.transform.inverse(z_module, params)
