@@ -35,8 +35,8 @@ def score_bpd(model, images: Tensor, levels: int, draws: int = 1, batch_size: in
     from tqdm.auto import tqdm
 
     model.eval()
-    n, dims, bw = images.shape[0], images[0].numel(), bin_width(levels)
-    K = model.config.num_classes
+    n, dims, bin_size = images.shape[0], images[0].numel(), bin_width(levels)
+    num_classes = model.config.num_classes
     dtype = next(model.parameters()).dtype
     out = torch.zeros(n, dtype=torch.float64)
     starts = list(range(0, n, batch_size))
@@ -45,13 +45,13 @@ def score_bpd(model, images: Tensor, levels: int, draws: int = 1, batch_size: in
             hi = min(lo + batch_size, n)
             generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + lo)
             x = dequantize(images[lo:hi], levels, generator=generator).to(model.device, dtype)
-            if K:
-                lp = torch.stack([model.log_prob(x, torch.full((hi - lo,), k, device=model.device))
-                                  for k in range(K)], dim=1)
-                log_p = torch.logsumexp(lp, dim=1) - math.log(K)
+            if num_classes:
+                log_p_each_class = torch.stack([model.log_prob(x, torch.full((hi - lo,), k, device=model.device))
+                                  for k in range(num_classes)], dim=1)
+                log_p = torch.logsumexp(log_p_each_class, dim=1) - math.log(num_classes)
             else:
                 log_p = model.log_prob(x, None)
-            out[lo:hi] += bits_per_dim(log_p, dims, bw).double().cpu() / draws
+            out[lo:hi] += bits_per_dim(log_p, dims, bin_size).double().cpu() / draws
     return out
 
 
