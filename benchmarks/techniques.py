@@ -21,7 +21,6 @@ the command go to ``--docs`` (techniques.md, techniques_*.png).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import platform
@@ -37,7 +36,8 @@ from tarflow.data import bin_width, load_dataset
 from tarflow.metrics import evaluate_bpd
 from tarflow.metrics.entropy import attention_entropy, uniform_entropy
 from tarflow.presets import get_preset
-from tarflow.train.trainer import batch, entropy_batch, lr_factor, make_optimizer, update_ema
+from tarflow.train.step import ema_copy, start_optimisation, train_step
+from tarflow.train.trainer import batch, entropy_batch
 
 OPTIONS = {
     "default": {},
@@ -52,94 +52,78 @@ COLLAPSE_PAIR = ("default", "sigma-reparam")
 
 
 def train_run(name: str, model_fields: dict, lr: float, steps: int, args, data, test) -> dict:
-    """Train one model from the mnist preset; return its curves and measurements."""
+    """Train one model from the mnist preset with the trainer's step; return its curves and measurements."""
     config = get_preset("mnist")
-    for k, v in model_fields.items():
-        setattr(config.model, k, v)
+    for field, value in model_fields.items():
+        setattr(config.model, field, value)
     config.model.__post_init__()
-    tc, mc = config.train, config.model
-    tc.steps, tc.batch_size, tc.lr = steps, args.batch, lr
-    tc.warmup_steps = max(1, round(steps * args.warmup_fraction))
-    torch.manual_seed(tc.seed)
-    model = TarFlow(mc)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = make_optimizer(model, tc)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
-    probe = entropy_batch(data, tc, mc, torch.device("cpu"))
-    D, bw = mc.num_dims, bin_width(data.levels)
-    curve, entropy, nonfinite, in_a_row, t_train = [], [(0, attention_entropy(model, *probe))], 0, 0, 0.0
-    diverged, skip = None, min(10, steps // 2)  # throughput: the steps after the first `skip` (warm-up)
+    train_config, model_config = config.train, config.model
+    train_config.steps, train_config.batch_size, train_config.lr = steps, args.batch, lr
+    train_config.warmup_steps = max(1, round(steps * args.warmup_fraction))
+    cpu = torch.device("cpu")
+    torch.manual_seed(train_config.seed)
+    model = TarFlow(model_config)
+    run = start_optimisation(model, train_config, cpu, ema=ema_copy(model, train_config))
+    probe = entropy_batch(data, train_config, model_config, cpu)
+    log_bin = math.log(bin_width(data.levels))
+    curve, entropy, nonfinite, train_seconds = [], [(0, attention_entropy(model, *probe))], 0, 0.0
+    diverged, warmup = None, min(10, steps // 2)  # throughput: the steps after the first `warmup`
     model.train()
     for step in range(steps):
-        x, y = batch(data, step, tc, mc, torch.device("cpu"))
+        x, y = batch(data, step, train_config, model_config, cpu)
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = -model.log_prob(x, y).mean() / D
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
-        if finite:  # as the trainer does: a non-finite step is skipped
-            optimizer.step()
-            update_ema(ema, model, tc.ema_decay, step)
-        scheduler.step()
-        t_train += time.perf_counter() - t0 if step >= skip else 0.0
-        nonfinite, in_a_row = nonfinite + (not finite), 0 if finite else in_a_row + 1
-        bpd = (loss.item() - math.log(bw)) / math.log(2) if finite else float("nan")
-        curve.append((step + 1, bpd, grad_norm.item() if finite else float("nan")))
+        result = train_step(run, x, y, step)  # as the trainer does: a non-finite step is skipped
+        train_seconds += time.perf_counter() - t0 if step >= warmup else 0.0
+        nonfinite += result.skipped is not None
+        bpd = float("nan") if result.skipped else (result.loss.item() - log_bin) / math.log(2)
+        curve.append((step + 1, bpd, float("nan") if result.skipped else result.grad_norm.item()))
         if (step + 1) % args.entropy_every == 0 or step + 1 == steps:
             entropy.append((step + 1, attention_entropy(model, *probe)))
         if (step + 1) % 25 == 0:
             print(f"  {name} lr {lr:g} step {step + 1}/{steps}: bpd {bpd:.3f}, "
-                  f"min entropy {min_entropy(entropy[-1][1]):.3f}, {t_train:.0f} s", flush=True)
-        if in_a_row >= tc.max_bad_steps:
+                  f"min entropy {min_entropy(entropy[-1][1]):.3f}, {train_seconds:.0f} s", flush=True)
+        if run.bad_steps.exhausted:
             diverged = step + 1
-            print(f"  {name}: {in_a_row} non-finite steps in a row, stopped at step {step + 1}", flush=True)
+            print(f"  {name}: {run.bad_steps.in_a_row} non-finite steps in a row, stopped at step {step + 1}",
+                  flush=True)
             break
     t0 = time.perf_counter()
-    result = evaluate_bpd(ema, test.images[:args.test_images], test.labels[:args.test_images], test.levels,
+    result = evaluate_bpd(run.ema, test.images[:args.test_images], test.labels[:args.test_images], test.levels,
                           batch_size=250)
     last = [b for _, b, _ in curve[-args.tail:] if math.isfinite(b)]
     return {"name": name, "model": model_fields, "lr": lr, "steps": steps, "batch": args.batch,
-            "warmup_steps": tc.warmup_steps, "parameters": sum(p.numel() for p in model.parameters()),
+            "warmup_steps": train_config.warmup_steps, "parameters": sum(p.numel() for p in model.parameters()),
             "test_bpd": result["bits_per_dim"], "test_bpd_stderr": result["stderr"],
             "test_images": args.test_images, "eval_s": round(time.perf_counter() - t0, 1),
             "train_bpd_tail": sum(last) / len(last) if last else float("nan"),
-            "images_per_s": (len(curve) - skip) * args.batch / t_train, "train_s": round(t_train, 1),
+            "images_per_s": (len(curve) - warmup) * args.batch / train_seconds, "train_s": round(train_seconds, 1),
             "nonfinite_steps": nonfinite, "diverged_at": diverged, "curve": curve, "entropy": entropy,
-            "uniform_entropy": uniform_entropy(mc.num_tokens - 1)}
+            "uniform_entropy": uniform_entropy(model_config.num_tokens - 1)}
 
 
 def interleaved_speed(args, data) -> dict[str, float]:
     """Training images/s of every option, timed round-robin (``--speed-rounds`` rounds of 5 steps each) so
     that a machine shared with other jobs slows every option alike; the median step time of each option."""
     config = get_preset("mnist")
-    tc = config.train
-    tc.batch_size, tc.steps = args.batch, 10 ** 6
-    setups, times = {}, {name: [] for name in OPTIONS}
+    train_config = config.train
+    train_config.batch_size, train_config.steps = args.batch, 10 ** 6
+    cpu = torch.device("cpu")
+    runs, times = {}, {name: [] for name in OPTIONS}
     for name, fields in OPTIONS.items():
-        c = get_preset("mnist")
-        for k, v in fields.items():
-            setattr(c.model, k, v)
+        option = get_preset("mnist")
+        for field, value in fields.items():
+            setattr(option.model, field, value)
         torch.manual_seed(0)
-        model = TarFlow(c.model).train()
-        setups[name] = (model, make_optimizer(model, tc), c.model.num_dims)
-    x, y = batch(data, 0, tc, config.model, torch.device("cpu"))
-
-    def step(name):
-        model, optimizer, D = setups[name]
-        optimizer.zero_grad(set_to_none=True)
-        (-model.log_prob(x, y).mean() / D).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-
+        runs[name] = start_optimisation(TarFlow(option.model).train(), train_config, cpu)  # no EMA
+    x, y = batch(data, 0, train_config, config.model, cpu)
     for name in OPTIONS:  # warm-up
-        for _ in range(2):
-            step(name)
+        for step in range(2):
+            train_step(runs[name], x, y, step)
     for _ in range(args.speed_rounds):
         for name in OPTIONS:
-            for _ in range(5):
+            for step in range(5):
                 t0 = time.perf_counter()
-                step(name)
+                train_step(runs[name], x, y, step)
                 times[name].append(time.perf_counter() - t0)
     return {name: args.batch / float(np.median(t)) for name, t in times.items()}
 

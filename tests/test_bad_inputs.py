@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NUMBER_VALUES = {"nan": "nan", "inf": "inf", "negative": "-1", "zero": "0", "huge": None, "word": "abc"}
 PATH_VALUES = {"missing": "missing/x", "file": "file.txt", "foreign dir": "notes", "dot": ".",
                "unwritable": "/proc/version/x", "truncated model": "broken", "truncated file": "broken.pth"}
-PATH_DESTS = {"path", "checkpoint", "out", "resume", "plot", "weights", "data_dir", "ood_data_dir"}
+PATH_DESTS = {"path", "checkpoint", "out", "resume", "plot", "weights", "data_dir", "ood_data_dir", "calibration"}
 NUMBER_LISTS = {("guidance-accuracy", "guidance")}  # comma-separated weights, parsed by the command
 OUTPUT_FILES = {("sample", "out"), ("score", "out"), ("guidance-accuracy", "plot")}  # overwritten if they exist
 
@@ -47,6 +47,7 @@ OUTPUT_FILES = {("sample", "out"), ("score", "out"), ("guidance-accuracy", "plot
 BASE = {
     "train": ["--preset", "tiny", "--out", "runs/new", "--no-progress"],
     "sample": ["model", "--count", "2", "--sampler", "sequential", "--out", "grid.png"],
+    "calibrate": ["model", "--count", "2", "--device", "cpu", "--out", "calibration.json"],
     "eval": ["model", "--no-progress"],
     "import-reference": ["ref.pth", "--image-size", "4", "--patch-size", "2", "--channels", "2", "--head-dim", "16",
                          "--out", "imported"],
@@ -71,6 +72,9 @@ ACCEPTED = {
     ("sample", "tol", "huge"): "finite: Jacobi stops after its first sweep",
     ("sample", "out", "file"): "an existing output file is overwritten (as cp and most tools do)",
     ("sample", "out", "truncated file"): "an existing output file is overwritten",
+    ("calibrate", "guidance", "zero"): "w = 0 is no guidance",
+    ("calibrate", "guidance", "huge"): "finite: the guided step saturates every pixel; the sequential sampler is kept",
+    ("calibrate", "attn_temp", "huge"): "finite: uniform attention on the unconditional branch",
     ("eval", "seed", "zero"): ZERO_OK,
     ("import-reference", "num_classes", "zero"): "0 with a class-conditional checkpoint is refused; here: none",
     ("import-reference", "noise_std", "zero"): "no noise recorded (no denoising)",
@@ -94,9 +98,9 @@ NEW_OUTPUT = "a new output path: created, with its parent directories"
 RUN_DIR = "a directory holding model/ is read as a run directory (here the world holds one)"
 BUILT_IN = "digits is built in: an existing --data-dir is not read"
 for command, dest in (("train", "out"), ("sample", "out"), ("import-reference", "out"), ("guidance-accuracy", "plot"),
-                      ("score", "out")):
+                      ("score", "out"), ("calibrate", "out")):
     ACCEPTED[(command, dest, "missing")] = NEW_OUTPUT
-for command in ("sample", "eval", "guidance-accuracy", "score"):
+for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score"):
     ACCEPTED[(command, "path", "dot")] = RUN_DIR
 for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-accuracy", "data_dir"),
                       ("score", "data_dir")):

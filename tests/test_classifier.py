@@ -94,3 +94,23 @@ def test_guidance_accuracy_bad_weights(tmp_path, capsys, weights):
     path = saved_model(tmp_path / "m", 10)
     assert main(["guidance-accuracy", str(path), f"--guidance={weights}", "--device", "cpu"]) == 2
     assert "--guidance" in capsys.readouterr().err
+
+
+def test_guidance_accuracy_from_python(trained, cache, tmp_path, monkeypatch):
+    from tarflow.metrics import guidance_accuracy
+
+    monkeypatch.setenv("TARFLOW_CACHE", str(cache))
+    model = TarFlow.from_pretrained(saved_model(tmp_path / "model", 10))
+    chosen = []
+
+    def sampler_for(guidance):
+        from tarflow import SequentialSampler
+
+        chosen.append(guidance)
+        return SequentialSampler(model)
+
+    result = guidance_accuracy(model, "digits", [0, 2], count=20, sampler_for=sampler_for, classifier_steps=150,
+                               progress=False)
+    assert [row["guidance"] for row in result["rows"]] == [0, 2] and result["classifier"]["cached"]
+    assert chosen[0] is None and chosen[1].weight == 2
+    assert all(0 <= row["accuracy"] <= 1 and row["samples"] == 20 for row in result["rows"])

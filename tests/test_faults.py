@@ -35,6 +35,7 @@ from tarflow.errors import TarflowError
 from tarflow.io import OutputError, dir_lock
 from tarflow.presets import get_preset
 from tarflow.train import checkpoint as ckpt
+from tarflow.train import step as step_module
 from tarflow.train import trainer
 from tarflow.train.faults import TrainingStopped
 from tarflow.train.trainer import train
@@ -149,14 +150,14 @@ def forked(fn, *args, timeout: float = 60.0) -> tuple[int, str]:
 
 def arm_at(step: int, action) -> None:
     """In a child: call action() during training step ``step`` (1-based), after its optimizer update."""
-    update = trainer.update_ema
+    update = step_module.update_ema
 
     def hooked(ema, model, decay, s):
         update(ema, model, decay, s)
         if s + 1 == step:
             action()
 
-    trainer.update_ema = hooked
+    step_module.update_ema = hooked  # train_step (tarflow.train.step) calls it after the optimizer update
 
 
 def kill_self() -> None:

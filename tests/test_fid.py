@@ -333,3 +333,18 @@ def test_cli_fid_against_an_image_folder(pool_weights, tmp_path, monkeypatch, ca
                  "--data-dir", str(tmp_path / "imgs"), "--device", "cpu", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["reference"]["images"] == 12 and math.isfinite(r["fid"])  # the train folder, resized to 8 x 8
+
+
+def test_fid_of_model_from_python_matches_the_cli(digits_model, pool_weights, tmp_path, monkeypatch, capsys):
+    from tarflow.metrics import fid_of_model
+    from tarflow.runs import load_model
+
+    monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
+    assert main(["fid", str(digits_model), "--weights", str(pool_weights), "--count", "20", "--split", "test",
+                 "--device", "cpu", "--no-progress"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert "sequential sampler" in cli["sampler"]  # --sampler auto without a calibration: the exact sampler
+    model, model_dir = load_model(digits_model, "cpu")
+    result = fid_of_model(model, FeatureExtractor(pool_weights), "digits", "test", count=20, progress=False)
+    assert model_dir == digits_model and result["reference"]["cached"]
+    assert result["fid"] == pytest.approx(cli["fid"], rel=1e-9) and result["samples"] == 20

@@ -12,8 +12,8 @@ from tarflow import FlowConfig, Guidance, SequentialSampler, TarFlow, tweedie_de
 from tarflow.flows import Condition
 from tarflow.cli import main
 from tarflow.sampling import BlockStrategy, GSJacobiSampler, JacobiSampler
-from tarflow.sampling.calibrate import (SAMPLING_NAME, auto_sampler, calibrate, entry_key, read_calibration,
-                                        sampler_from_entry, write_calibration)
+from tarflow.sampling.calibrate import (SAMPLING_NAME, auto_sampler, calibrate, calibrate_and_save, entry_key,
+                                        read_calibration, sampler_from_entry, write_calibration)
 from tarflow.sampling.jacobi import module_bounds, solve_block
 
 from conftest import BATCH, make_labels, randomise
@@ -162,18 +162,22 @@ def test_calibration_file_round_trips(tmp_path):
     model.save_pretrained(tmp_path / "m")
     d = tmp_path / "m"
     assert read_calibration(d) == {}
-    s1, e1, fresh1 = auto_sampler(model, d, 4)
-    assert fresh1 and (d / SAMPLING_NAME).is_file()
+    s0, e0 = auto_sampler(model, d, 4)  # no calibration: the exact sampler, and nothing written
+    assert e0 is None and isinstance(s0, SequentialSampler) and not (d / SAMPLING_NAME).exists()
+    e1, file = calibrate_and_save(model, d, 4)
+    assert file == d / SAMPLING_NAME and file.is_file()
+    check_entry(e1, model, 4, False)
     key = entry_key(model.device, 4, False)
     assert read_calibration(d) == {key: json.loads(json.dumps(e1))}
-    s2, e2, fresh2 = auto_sampler(model, d, 4)  # read back, not recalibrated
-    assert not fresh2 and e2 == json.loads(json.dumps(e1)) and type(s2) is type(s1)
+    s2, e2 = auto_sampler(model, d, 4)  # read back, not recalibrated
+    assert e2 == json.loads(json.dumps(e1)) and type(s2) is type(sampler_from_entry(model, e1))
+    assert auto_sampler(model, d, 4, Guidance(1.0))[1] is None  # guided sampling has its own entry
     # A forced entry is honoured as stored, and other entries survive a write.
     forced = dict(e1, sampler="gs-jacobi", tol=1e-9, blocks=[{"modules": 3, "max_iters": None}] * 2)
     write_calibration(d, "other|batch=1|guided=0", {"sampler": "sequential"})
     write_calibration(d, key, forced)
-    s3, e3, fresh3 = auto_sampler(model, d, 4)
-    assert not fresh3 and isinstance(s3, JacobiSampler) and s3.strategies == [BlockStrategy(3)] * 2
+    s3, e3 = auto_sampler(model, d, 4)
+    assert e3 == forced and isinstance(s3, JacobiSampler) and s3.strategies == [BlockStrategy(3)] * 2
     assert set(read_calibration(d)) == {key, "other|batch=1|guided=0"}
     assert TarFlow.from_pretrained(d) is not None  # the model directory still loads
     (d / SAMPLING_NAME).write_text("{not json")
@@ -186,15 +190,20 @@ def test_calibration_file_round_trips(tmp_path):
     (["--sampler", "sequential"], "sequential sampler"),
     (["--sampler", "jacobi", "--tol", "1e-6"], "jacobi (tol 1e-06"),
     (["--sampler", "gs-jacobi", "--modules", "3"], "gs-jacobi (tol"),
-    ([], "chosen automatically (calibrated now"),
+    ([], "chosen automatically (no calibration"),
 ])
 def test_cli_sampler_flags(tmp_path, capsys, flags, said):
     model = longer_model()
     model.save_pretrained(tmp_path / "m", metadata={"levels": 256})
     out = tmp_path / "grid.png"
     assert main(["sample", str(tmp_path / "m"), "--count", "6", "--out", str(out), *flags]) == 0
-    assert said in capsys.readouterr().out and out.is_file()
-    if not flags:
+    captured = capsys.readouterr()
+    assert said in captured.out and out.is_file()
+    if not flags:  # auto without a calibration: one line on how to calibrate; sampling itself writes nothing
+        assert f"tarflow calibrate {tmp_path / 'm'} --count 6" in captured.err
+        assert not (tmp_path / "m" / SAMPLING_NAME).exists()
+        assert main(["calibrate", str(tmp_path / "m"), "--count", "6"]) == 0
+        assert str(tmp_path / "m" / SAMPLING_NAME) in capsys.readouterr().out
         assert main(["sample", str(tmp_path / "m"), "--count", "6", "--out", str(out)]) == 0
         assert f"from {tmp_path / 'm' / SAMPLING_NAME}" in capsys.readouterr().out
 

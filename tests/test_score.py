@@ -130,3 +130,17 @@ def test_score_refuses_data_of_other_levels_or_size(tmp_path, capsys):
     assert main(["score", str(path), "--out", str(tmp_path / "x.csv"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "17 pixel levels" in err and "256" in err and not (tmp_path / "x.csv").exists()
+
+
+def test_score_datasets_from_python_matches_the_cli(digits_model, tmp_path, capsys):
+    from tarflow.metrics import score_datasets
+    from tarflow.runs import load_model
+
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(digits_model), "--out", str(out), "--ood", "digits", "--count", "30",
+                 "--device", "cpu", "--no-progress"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    model, _ = load_model(digits_model, "cpu")
+    result = score_datasets(model, "digits", ood="digits", count=30)
+    assert result["auroc"] == cli["auroc"] == 0.5 and result["in"] == cli["in"]
+    assert [f"{row['bits_per_dim']:.6f}" for row in result["rows"]] == [row["bits_per_dim"] for row in read_csv(out)]

@@ -12,7 +12,7 @@ from tarflow.data import load_dataset
 from tarflow.metrics import evaluate_bpd
 from tarflow.presets import get_preset
 from tarflow.train import train
-from tarflow.train.trainer import lr_factor
+from tarflow.train.step import lr_factor
 
 
 def tiny(**train_overrides):

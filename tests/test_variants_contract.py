@@ -156,7 +156,7 @@ def test_sigma_reparam_inference_is_deterministic_and_training_updates_the_estim
 
 def test_sigma_reparam_ema_follows_the_power_iteration():
     """The EMA copy evaluates with the training model's u, v (it has no power iteration of its own)."""
-    from tarflow.train.trainer import update_ema
+    from tarflow.train.step import update_ema
 
     model = build("sigma-reparam", "cond-affine").train()
     ema = build("sigma-reparam", "cond-affine")

@@ -43,8 +43,8 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     from tqdm.auto import tqdm
 
     model.eval()
-    n, dims, bw = images.shape[0], images[0].numel(), bin_width(levels)
-    K = model.config.num_classes if mixture else 0
+    n, dims, bin_size = images.shape[0], images[0].numel(), bin_width(levels)
+    num_classes = model.config.num_classes if mixture else 0
     per_image = torch.zeros(n, dtype=torch.float64)
     per_image_mix = torch.zeros(n, dtype=torch.float64)
     correct = torch.zeros(n, dtype=torch.float64)
@@ -55,19 +55,20 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
             generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + lo)
             x = dequantize(images[lo:hi], levels, generator=generator).to(model.device, dtype)
             y = None if labels is None else labels[lo:hi].to(model.device)
-            per_image[lo:hi] += bits_per_dim(model.log_prob(x, y), dims, bw).double().cpu() / draws
-            if K:
-                lp = torch.stack([model.log_prob(x, torch.full_like(y, k)) for k in range(K)], dim=1)
-                lp_mix = torch.logsumexp(lp, dim=1) - math.log(K)
-                per_image_mix[lo:hi] += bits_per_dim(lp_mix, dims, bw).double().cpu() / draws
-                correct[lo:hi] += (lp.argmax(dim=1) == y).double().cpu() / draws
+            per_image[lo:hi] += bits_per_dim(model.log_prob(x, y), dims, bin_size).double().cpu() / draws
+            if num_classes:
+                log_p_each_class = torch.stack([model.log_prob(x, torch.full_like(y, k)) for k in range(num_classes)],
+                                               dim=1)
+                log_p_mixture = torch.logsumexp(log_p_each_class, dim=1) - math.log(num_classes)
+                per_image_mix[lo:hi] += bits_per_dim(log_p_mixture, dims, bin_size).double().cpu() / draws
+                correct[lo:hi] += (log_p_each_class.argmax(dim=1) == y).double().cpu() / draws
     if world_size > 1:
         stacked = torch.stack([per_image, per_image_mix, correct])
         dist.all_reduce(stacked)
         per_image, per_image_mix, correct = stacked
     mean, stderr = mean_and_stderr(per_image)
     result = {"bits_per_dim": mean, "stderr": stderr, "images": n, "draws": draws}
-    if K:
+    if num_classes:
         mean_mix, stderr_mix = mean_and_stderr(per_image_mix)
         result.update(mixture_bits_per_dim=mean_mix, mixture_stderr=stderr_mix,
                       bayes_accuracy=correct.mean().item())

@@ -1,4 +1,4 @@
-"""Pick the fastest exact-enough sampler for this machine and batch size, and remember it beside the model.
+"""Pick the fastest exact-enough sampler for this machine and batch size, measured once and stored.
 
 Calibration (`calibrate`) on one seeded batch of the requested size:
 
@@ -13,8 +13,11 @@ Calibration (`calibrate`) on one seeded batch of the requested size:
 3. the combined strategy runs end to end; it is chosen if it is faster than the sequential sampler and
    its output is within ``max_abs_diff`` of it, else the sequential sampler is.
 
-The result is stored in ``sampling.json`` beside the model's ``config.json``, keyed by device (type, name,
-CPU threads), batch size and whether guidance is on (guidance doubles the rows), written atomically.
+`calibrate_and_save` (the command `tarflow calibrate`) stores the result in a calibration file, by default
+``sampling.json`` beside the model's ``config.json`` (a file the library owns, kept by `save_pretrained`),
+keyed by device (type, name, CPU threads), batch size and whether guidance is on (guidance doubles the rows),
+written atomically. Sampling only reads it (`auto_sampler`): without an entry it uses the exact sequential
+sampler, so sampling never writes into a model directory.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def candidate_modules(num_tokens: int) -> list[int]:
     return out or [1]
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings measure it."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -71,108 +75,117 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
               max_abs_diff: float = DEFAULT_MAX_ABS_DIFF, modules: list[int] | None = None, seed: int = 0,
               log=None) -> dict[str, Any]:
     """Measure and choose a sampler for ``batch`` images (see the module docstring). Returns the entry."""
-    m = model
-    was_training = m.training
-    m.eval()
-    dev = m.device
-    say = log or (lambda msg: None)
+    was_training = model.training
+    model.eval()
+    device = model.device
+    say = log or (lambda message: None)
     try:
-        seq = SequentialSampler(m)
-        c = m.config
-        z = m.modality.to_tokens(seq.noise(batch, 1.0, torch.Generator().manual_seed(seed)))
-        y = (torch.arange(batch) % c.num_classes).to(dev) if c.num_classes else None
+        sequential = SequentialSampler(model)
+        config = model.config
+        z = model.modality.to_tokens(sequential.noise(batch, 1.0, torch.Generator().manual_seed(seed)))
+        y = (torch.arange(batch) % config.num_classes).to(device) if config.num_classes else None
         if guidance is None:
             condition = Condition(y)
         else:
-            condition = m.conditioning.branches(y, batch, guidance.attn_temp, m.dtype, dev)
-        n = len(m.blocks)
+            condition = model.conditioning.branches(y, batch, guidance.attn_temp, model.dtype, device)
+        num_blocks = len(model.blocks)
 
-        def sequential_pass(timed: bool):
-            tokens, ins, outs, secs = z, [None] * n, [None] * n, [0.0] * n
-            for i in reversed(range(n)):
-                ins[i] = tokens
-                _sync(dev)
-                t0 = time.perf_counter()
-                tokens = m.blocks[i].inverse(tokens, condition, guidance)
-                _sync(dev)
-                secs[i] = time.perf_counter() - t0
-                outs[i] = tokens
-            return ins, outs, secs
+        def sequential_pass():
+            """Every block's input, output and seconds, inverted token by token (last block first)."""
+            tokens = z
+            inputs, outputs, seconds = [None] * num_blocks, [None] * num_blocks, [0.0] * num_blocks
+            for i in reversed(range(num_blocks)):
+                inputs[i] = tokens
+                synchronize(device)
+                started = time.perf_counter()
+                tokens = model.blocks[i].inverse(tokens, condition, guidance)
+                synchronize(device)
+                seconds[i] = time.perf_counter() - started
+                outputs[i] = tokens
+            return inputs, outputs, seconds
 
-        sequential_pass(False)  # warm-up
-        ins, outs, seq_secs = sequential_pass(True)
-        seq_total = sum(seq_secs)
-        say(f"sequential: {seq_total:.3f} s for {batch} images")
-        per_block_err = max_abs_diff / n
+        sequential_pass()  # warm-up
+        inputs, outputs, sequential_seconds = sequential_pass()
+        sequential_total = sum(sequential_seconds)
+        say(f"sequential: {sequential_total:.3f} s for {batch} images")
+        per_block_limit = max_abs_diff / num_blocks
         strategies, block_report = [], []
-        for i in reversed(range(n)):
-            best = None
-            for g in modules or candidate_modules(c.num_tokens):
-                strat = BlockStrategy(g)
-                _sync(dev)
-                t0 = time.perf_counter()
+        for i in reversed(range(num_blocks)):
+            best = None  # (seconds, strategy, iterations, max abs diff)
+            for module_count in modules or candidate_modules(config.num_tokens):
+                synchronize(device)
+                started = time.perf_counter()
                 try:
-                    x, iters = solve_block(m.blocks[i], ins[i], condition, guidance, strat, tol,
-                                           deadline=t0 + seq_secs[i])
+                    x, iterations = solve_block(model.blocks[i], inputs[i], condition, guidance,
+                                                BlockStrategy(module_count), tol,
+                                                deadline=started + sequential_seconds[i])
                 except TooSlow:
-                    say(f"block {i}: {g} module(s): slower than sequential, dropped")
+                    say(f"block {i}: {module_count} module(s): slower than sequential, dropped")
                     continue
-                _sync(dev)
-                secs = time.perf_counter() - t0
-                err = float((x - outs[i]).abs().max())
-                say(f"block {i}: {g} module(s): {secs:.3f} s (sequential {seq_secs[i]:.3f} s), "
-                    f"iterations {iters}, max abs diff {err:.2e}")
-                if err <= per_block_err and secs < seq_secs[i] and (best is None or secs < best[0]):
-                    bounds = module_bounds(c.num_tokens, g, m.blocks[i].first)
-                    cap = max(min(2 * k + 2, e - s) for k, (s, e) in zip(iters, bounds))
-                    best = (secs, BlockStrategy(g, cap), iters, err)
+                synchronize(device)
+                seconds = time.perf_counter() - started
+                error = float((x - outputs[i]).abs().max())
+                say(f"block {i}: {module_count} module(s): {seconds:.3f} s (sequential {sequential_seconds[i]:.3f} s), "
+                    f"iterations {iterations}, max abs diff {error:.2e}")
+                faster = seconds < sequential_seconds[i] and (best is None or seconds < best[0])
+                if error <= per_block_limit and faster:
+                    bounds = module_bounds(config.num_tokens, module_count, model.blocks[i].first)
+                    cap = max(min(2 * k + 2, end - start) for k, (start, end) in zip(iterations, bounds))
+                    best = (seconds, BlockStrategy(module_count, cap), iterations, error)
             if best is None:
-                strategies.insert(0, BlockStrategy(c.num_tokens - 1, 1))
-                block_report.insert(0, {"block": i, "strategy": "sequential", "seconds": seq_secs[i]})
+                strategies.insert(0, BlockStrategy(config.num_tokens - 1, 1))
+                block_report.insert(0, {"block": i, "strategy": "sequential", "seconds": sequential_seconds[i]})
             else:
                 strategies.insert(0, best[1])
                 block_report.insert(0, {"block": i, "modules": best[1].modules, "max_iters": best[1].max_iters,
                                         "iterations": best[2], "seconds": best[0],
-                                        "sequential_seconds": seq_secs[i], "max_abs_diff": best[3]})
+                                        "sequential_seconds": sequential_seconds[i], "max_abs_diff": best[3]})
 
         chosen = {"sampler": "sequential", "tol": tol, "blocks": None}
         reason = "no block inverts faster in parallel than token by token"
-        if any(s.modules < c.num_tokens - 1 for s in strategies):
-            sampler = JacobiSampler(m, strategies, tol)
-            par_secs = seq_again = float("inf")
+        if any(strategy.modules < config.num_tokens - 1 for strategy in strategies):
+            sampler = JacobiSampler(model, strategies, tol)
+            parallel_seconds = sequential_again = float("inf")
             for _ in range(2):  # interleaved, best of two each: timings on a shared machine are noisy
-                _sync(dev)
-                t0 = time.perf_counter()
+                synchronize(device)
+                started = time.perf_counter()
                 x = sampler.invert(z, condition, guidance)
-                _sync(dev)
-                t1 = time.perf_counter()
-                seq.invert(z, condition, guidance)
-                _sync(dev)
-                par_secs, seq_again = min(par_secs, t1 - t0), min(seq_again, time.perf_counter() - t1)
-            seq_total = min(seq_total, seq_again)
-            err = float((x - outs[0]).abs().max())
-            name = "jacobi" if all(s.modules == 1 for s in strategies) else "gs-jacobi"
-            say(f"{name} end to end: {par_secs:.3f} s, max abs diff {err:.2e}")
-            if err <= max_abs_diff and par_secs < seq_total:
-                chosen = {"sampler": name, "tol": tol, "blocks": [s.to_dict() for s in strategies]}
-                reason = (f"{seq_total / par_secs:.2f}x faster than sequential in calibration, "
-                          f"max abs diff {err:.1e} <= {max_abs_diff:g}")
+                synchronize(device)
+                middle = time.perf_counter()
+                sequential.invert(z, condition, guidance)
+                synchronize(device)
+                parallel_seconds = min(parallel_seconds, middle - started)
+                sequential_again = min(sequential_again, time.perf_counter() - middle)
+            sequential_total = min(sequential_total, sequential_again)
+            error = float((x - outputs[0]).abs().max())
+            name = "jacobi" if all(strategy.modules == 1 for strategy in strategies) else "gs-jacobi"
+            say(f"{name} end to end: {parallel_seconds:.3f} s, max abs diff {error:.2e}")
+            if error <= max_abs_diff and parallel_seconds < sequential_total:
+                chosen = {"sampler": name, "tol": tol, "blocks": [strategy.to_dict() for strategy in strategies]}
+                reason = (f"{sequential_total / parallel_seconds:.2f}x faster than sequential in calibration, "
+                          f"max abs diff {error:.1e} <= {max_abs_diff:g}")
             else:
-                reason = (f"parallel strategy {'too inexact' if err > max_abs_diff else 'not faster'} "
-                          f"({par_secs:.3f} s vs {seq_total:.3f} s, max abs diff {err:.1e})")
-            chosen.update(parallel_seconds=par_secs, parallel_max_abs_diff=err)
-        chosen.update(reason=reason, sequential_seconds=seq_total, batch=batch, guided=guidance is not None,
-                      max_abs_diff_allowed=max_abs_diff, device=device_key(dev), per_block=block_report,
+                reason = (f"parallel strategy {'too inexact' if error > max_abs_diff else 'not faster'} "
+                          f"({parallel_seconds:.3f} s vs {sequential_total:.3f} s, max abs diff {error:.1e})")
+            chosen.update(parallel_seconds=parallel_seconds, parallel_max_abs_diff=error)
+        chosen.update(reason=reason, sequential_seconds=sequential_total, batch=batch, guided=guidance is not None,
+                      max_abs_diff_allowed=max_abs_diff, device=device_key(device), per_block=block_report,
                       torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S"))
         return chosen
     finally:
-        m.train(was_training)
+        model.train(was_training)
 
 
 # ----- storage ------------------------------------------------------------------------------------
-def read_calibration(model_dir: str | Path) -> dict[str, Any]:
-    """The entries of ``model_dir/sampling.json`` ({} if there is none)."""
-    file = Path(model_dir) / SAMPLING_NAME
+def calibration_file(location: str | Path) -> Path:
+    """The calibration file of ``location``: a model directory's ``sampling.json``, or ``location`` itself."""
+    location = Path(location)
+    return location / SAMPLING_NAME if location.is_dir() else location
+
+
+def read_calibration(location: str | Path) -> dict[str, Any]:
+    """The entries of a calibration file (or of a model directory's sampling.json); {} if there is none."""
+    file = calibration_file(location)
     if not file.is_file():
         return {}
     try:
@@ -185,14 +198,23 @@ def read_calibration(model_dir: str | Path) -> dict[str, Any]:
     return data.get("entries", {})
 
 
-def write_calibration(model_dir: str | Path, key: str, entry: dict[str, Any]) -> Path:
-    """Add or replace one entry of ``model_dir/sampling.json`` (atomic write)."""
-    entries = read_calibration(model_dir)
+def write_calibration(location: str | Path, key: str, entry: dict[str, Any]) -> Path:
+    """Add or replace one entry of a calibration file, keeping the others (atomic write)."""
+    entries = read_calibration(location)
     entries[key] = entry
-    file = Path(model_dir) / SAMPLING_NAME
+    file = calibration_file(location)
     atomic_write_text(file, json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "entries": entries},
                                        indent=2) + "\n")
     return file
+
+
+def calibrate_and_save(model, location: str | Path, batch: int, guidance: Guidance | None = None, log=None,
+                       **options) -> tuple[dict[str, Any], Path]:
+    """Calibrate (see `calibrate`, ``options`` are its own) and store the entry under this device, batch size
+    and guidance setting in ``location`` (a model directory: its sampling.json). Returns (entry, file)."""
+    read_calibration(location)  # a damaged or foreign file is refused before the measurement
+    entry = calibrate(model, batch, guidance, log=log, **options)
+    return entry, write_calibration(location, entry_key(model.device, batch, guidance is not None), entry)
 
 
 def sampler_from_entry(model, entry: dict[str, Any]) -> SequentialSampler:
@@ -203,26 +225,18 @@ def sampler_from_entry(model, entry: dict[str, Any]) -> SequentialSampler:
     if len(strategies) != len(model.blocks):
         raise CheckpointError(f"the calibration entry has {len(strategies)} block strategies, the model "
                               f"{len(model.blocks)} blocks; recalibrate")
-    s = JacobiSampler(model, strategies, float(entry.get("tol", DEFAULT_TOL)))
-    s.name = entry["sampler"]
-    return s
+    sampler = JacobiSampler(model, strategies, float(entry.get("tol", DEFAULT_TOL)))
+    sampler.name = entry["sampler"]
+    return sampler
 
 
-def auto_sampler(model, model_dir: str | Path | None, batch: int, guidance: Guidance | None = None,
-                 recalibrate: bool = False, log=None) -> tuple[SequentialSampler, dict[str, Any], bool]:
-    """(sampler, its calibration entry, whether it was calibrated now) for this device and batch size.
-
-    Reads ``model_dir/sampling.json``; calibrates and stores the result when there is no entry for this
-    device, batch size and guidance setting (or ``recalibrate``). An unwritable directory only loses the cache.
-    """
-    key = entry_key(model.device, batch, guidance is not None)
-    entries = read_calibration(model_dir) if model_dir is not None and not recalibrate else {}
-    fresh = key not in entries
-    if fresh:
-        entries[key] = calibrate(model, batch, guidance, log=log)
-        if model_dir is not None:
-            try:
-                write_calibration(model_dir, key, entries[key])
-            except OSError:
-                pass
-    return sampler_from_entry(model, entries[key]), entries[key], fresh
+def auto_sampler(model, location: str | Path | None, batch: int, guidance: Guidance | None = None
+                 ) -> tuple[SequentialSampler, dict[str, Any] | None]:
+    """(sampler, its calibration entry) for this device, batch size and guidance setting, read from
+    ``location`` (a calibration file or a model directory); (the exact sequential sampler, None) when there is
+    no such entry. Never calibrates and never writes: `calibrate_and_save` (`tarflow calibrate`) does."""
+    entries = read_calibration(location) if location is not None else {}
+    entry = entries.get(entry_key(model.device, batch, guidance is not None))
+    if entry is None:
+        return SequentialSampler(model), None
+    return sampler_from_entry(model, entry), entry

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
-import re
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +27,9 @@ from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RUNTIME_FIELDS, RunConfig, TrainConfig
 from . import distributed as dist
-from .device import amp_dtype, autocast
-from .faults import BadSteps, StopSignals, run_guards
+from .device import amp_dtype
+from .faults import StopSignals, run_guards
+from .step import ema_copy, start_optimisation, train_step
 
 RUN_CONFIG = "config.json"
 
@@ -48,12 +46,13 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     ``max_bad_steps`` in a row stop the run with the last good weights saved; a full or read-only disk
     raises `OutputError` with the previous checkpoint intact.
     """
-    tc, mc, run_dir = config.train, config.model, Path(run_dir)
-    cluster, device = dist.setup(tc.device, tc.parallel, tc.backend, tc.dist_timeout_s)
+    train_config, model_config, run_dir = config.train, config.model, Path(run_dir)
+    cluster, device = dist.setup(train_config.device, train_config.parallel, train_config.backend,
+                                 train_config.dist_timeout_s)
     try:
-        dist.check_batch(tc.batch_size, cluster)
-        data, test = load_data(tc, mc, cluster, progress)
-        check_fits(mc, data)
+        dist.check_batch(train_config.batch_size, cluster)
+        data, test = load_data(train_config, model_config, cluster, progress)
+        check_fits(model_config, data)
         check_run_dir(run_dir)
         with run_guards(run_dir) as stop:
             return train_loop(config, run_dir, cluster, device, data, test, progress, stop_at, stop)
@@ -70,10 +69,10 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
 
 def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: torch.device, data: ImageData,
                test: ImageData, progress: bool, stop_at: int | None, stop: StopSignals) -> dict[str, Any]:
-    tc, mc, main = config.train, config.model, cluster.is_main
-    torch.manual_seed(tc.seed)
-    model = TarFlow(mc).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
+    train_config, model_config, main = config.train, config.model, cluster.is_main
+    torch.manual_seed(train_config.seed)
+    model = TarFlow(model_config).to(device)
+    ema = ema_copy(model, train_config)
     step, elapsed, state = 0, 0.0, None
     checkpoint = start_run(run_dir, config) if main else None
     dist.barrier()
@@ -87,49 +86,30 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     net = dist.wrap(model, cluster, device)  # net(x, y) = log p(x | y), through DDP or over FSDP shards
     if ema is not None and cluster.sharded:
         dist.shard(ema)  # sharded like the model, so the EMA update stays local
-    optimizer = make_optimizer(model, tc)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
-    dtype = amp_dtype(device, tc.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    bad = BadSteps(tc.max_bad_steps)
+    run = start_optimisation(model, train_config, device, amp_dtype(device, train_config.amp), ema, log_prob=net)
     if state is not None:
-        dist.load_optimizer_state(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        bad.in_a_row = state.get("bad_steps_in_a_row", 0)
+        dist.load_optimizer_state(model, run.optimizer, state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
     if main:
         trim_metrics(run_dir, step)
-        procs = f", {cluster.world_size} processes ({tc.parallel})" if cluster.distributed else ""
-        print(f"training on {device}{procs} ({'amp ' + str(dtype).removeprefix('torch.') if dtype else 'float32'}): "
+        processes = f", {cluster.world_size} processes ({train_config.parallel})" if cluster.distributed else ""
+        precision = "amp " + str(run.amp).removeprefix("torch.") if run.amp else "float32"
+        print(f"training on {device}{processes} ({precision}): "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
 
-    D, bw = mc.num_dims, bin_width(data.levels)
+    log_bin = math.log(bin_width(data.levels))
     log = open(run_dir / "metrics.jsonl", "a") if main else None
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and main), dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
+    bar = tqdm(total=train_config.steps, initial=step, desc="train", disable=not (progress and main),
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file: a line every 10 s
     t0, window = time.perf_counter() - elapsed, []
-    probe, warned = entropy_batch(data, tc, mc, device), set()  # attention entropy: fixed images, heads warned of
+    probe, warned = entropy_batch(data, train_config, model_config, device), set()  # fixed images, heads warned of
     model.train()
-    while step < tc.steps:
-        x, y = batch(data, step, tc, mc, device, cluster.shard(tc.batch_size))
-        optimizer.zero_grad(set_to_none=True)
-        loss = grad_norm = torch.tensor(float("nan"))
-        # log_prob refuses NaN input: such a batch is a bad step, on every rank at once
-        batch_ok = not dist.any_rank(not bool(torch.isfinite(x).all()), device)
-        if batch_ok:
-            with autocast(device, dtype):
-                loss = -net(x, y).mean() / D  # nats per dimension
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
-        skipped = bad.check(batch_ok, loss, grad_norm, scaler.is_enabled())  # why the step is bad, or None
-        if not skipped:
-            scaler.step(optimizer)
-            if ema is not None:
-                update_ema(ema, model, tc.ema_decay, step)
-        if batch_ok:
-            scaler.update()
-        advance(scheduler)
+    while step < train_config.steps:
+        x, y = batch(data, step, train_config, model_config, device, cluster.shard(train_config.batch_size))
+        result = train_step(run, x, y, step)
+        loss, grad_norm, skipped = result.loss, result.grad_norm, result.skipped
         step += 1
 
         bar.update(1)
@@ -138,45 +118,48 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
             record["bad_step"] = skipped
             if main:
                 bar.write(f"step {step}: skipped, {skipped} "
-                          f"({bad.in_a_row} in a row; the run stops at {tc.max_bad_steps})")
+                          f"({run.bad_steps.in_a_row} in a row; the run stops at {train_config.max_bad_steps})")
         else:
-            bpd = (loss.item() - math.log(bw)) / math.log(2)
+            bpd = (loss.item() - log_bin) / math.log(2)
             window.append(bpd)
             bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}")
-        if (step % tc.log_every == 0 or step == tc.steps) and window:
+        if (step % train_config.log_every == 0 or step == train_config.steps) and window:
             record.update(loss=loss.item() if not skipped else None, bpd=sum(window) / len(window),
-                          lr=scheduler.get_last_lr()[0], grad_norm=grad_norm.item() if not skipped else None)
+                          lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm.item() if not skipped else None)
             window = []
-        evaluating, sampling = every(step, tc.eval_every, tc.steps), every(step, tc.sample_every, tc.steps)
+        evaluating = every(step, train_config.eval_every, train_config.steps)
+        sampling = every(step, train_config.sample_every, train_config.steps)
         if evaluating or sampling:
             final = dist.plain_copy(ema if ema is not None else model)
             if evaluating:
-                record["test_bpd"] = evaluate(final, test, mc, cluster)["bits_per_dim"]
+                record["test_bpd"] = evaluate(final, test, model_config, cluster)["bits_per_dim"]
                 if main:
                     bar.write(f"step {step}: test bits/dim {record['test_bpd']:.4f}")
             if sampling and main:
-                sample_grid(final, tc, mc, data.levels, run_dir / "samples" / f"step_{step:06d}.png")
+                grid_file = run_dir / "samples" / f"step_{step:06d}.png"
+                sample_grid(final, train_config, model_config, data.levels, grid_file)
             model.train()
-        if tc.entropy_every and every(step, tc.entropy_every, tc.steps):
+        if train_config.entropy_every and every(step, train_config.entropy_every, train_config.steps):
             probe_model = dist.plain_copy(model)  # a collective under FSDP: every rank takes part
             if main:
-                record.update(entropy_record(probe_model, probe, tc.entropy_warn, warned, bar.write))
+                record.update(entropy_record(probe_model, probe, train_config.entropy_warn, warned, bar.write))
         if record and main:
             record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
             log.write(json.dumps(record) + "\n")
             log.flush()
-        halt = dist.any_rank(step == stop_at or stop.requested or bad.exhausted, device)
-        if every(step, tc.checkpoint_every, tc.steps) or halt:
+        halt = dist.any_rank(step == stop_at or stop.requested or run.bad_steps.exhausted, device)
+        if every(step, train_config.checkpoint_every, train_config.steps) or halt:
             weights, ema_weights = dist.full_state(model), None if ema is None else dist.full_state(ema)
             state = {"step": step, "elapsed_s": time.perf_counter() - t0,
-                     "optimizer": dist.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
-                     "bad_steps_in_a_row": bad.in_a_row}
+                     "optimizer": dist.optimizer_state(model, run.optimizer), "scheduler": run.scheduler.state_dict(),
+                     "scaler": run.scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                     "bad_steps_in_a_row": run.bad_steps.in_a_row}
             if main:
                 save_checkpoint(run_dir, weights, ema_weights, state)
                 plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
-                if tc.entropy_every:
-                    plot_entropy(run_dir / "metrics.jsonl", run_dir / "attention_entropy.png", tc.entropy_warn)
+                if train_config.entropy_every:
+                    plot_entropy(run_dir / "metrics.jsonl", run_dir / "attention_entropy.png",
+                                 train_config.entropy_warn)
         if halt:
             break
     bar.close()
@@ -184,21 +167,21 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         log.close()
     if stop.requested:
         raise stop.error(run_dir, step)
-    if bad.exhausted:
-        raise bad.error(run_dir, step, tc)
-    if step < tc.steps:
+    if run.bad_steps.exhausted:
+        raise run.bad_steps.error(run_dir, step, train_config)
+    if step < train_config.steps:
         return {"step": step}
 
     final = dist.plain_copy(ema if ema is not None else model)
-    metadata = {"dataset": tc.dataset, "levels": data.levels, "noise": tc.noise, "noise_std": noise_std(tc, data),
-                "steps": step}
-    if tc.dataset == "folder":
-        metadata["data_dir"] = tc.data_dir  # a folder dataset is known only by its path
+    metadata = {"dataset": train_config.dataset, "levels": data.levels, "noise": train_config.noise,
+                "noise_std": noise_std(train_config, data), "steps": step}
+    if train_config.dataset == "folder":
+        metadata["data_dir"] = train_config.data_dir  # a folder dataset is known only by its path
     if main:
         final.save_pretrained(run_dir / "model", metadata)
-        sample_grid(final, tc, mc, data.levels, run_dir / "samples.png")
-    result = evaluate(final, test, mc, cluster, draws=tc.eval_draws, progress=progress and main)
-    result.update(dataset=tc.dataset, split="test", conditional=bool(mc.num_classes), steps=step,
+        sample_grid(final, train_config, model_config, data.levels, run_dir / "samples.png")
+    result = evaluate(final, test, model_config, cluster, draws=train_config.eval_draws, progress=progress and main)
+    result.update(dataset=train_config.dataset, split="test", conditional=bool(model_config.num_classes), steps=step,
                   train_time_s=round(time.perf_counter() - t0, 1), device=str(device),
                   processes=cluster.world_size)
     if main:
@@ -206,11 +189,13 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     return result
 
 
-def load_data(tc: TrainConfig, mc: FlowConfig, cluster: dist.Cluster, progress: bool) -> tuple[ImageData, ImageData]:
+def load_data(train_config: TrainConfig, model_config: FlowConfig, cluster: dist.Cluster, progress: bool
+              ) -> tuple[ImageData, ImageData]:
     """The train and test splits; rank 0 decodes (or downloads) first, the other ranks then read its cache."""
     def load(split: str) -> ImageData:
-        return load_dataset(tc.dataset, split, data_dir=tc.data_dir or None, image_size=mc.image_size,
-                            channels=mc.channels, on_bad_image=tc.on_bad_image, progress=progress and cluster.is_main)
+        return load_dataset(train_config.dataset, split, data_dir=train_config.data_dir or None,
+                            image_size=model_config.image_size, channels=model_config.channels,
+                            on_bad_image=train_config.on_bad_image, progress=progress and cluster.is_main)
 
     if not cluster.is_main:
         dist.barrier()
@@ -220,15 +205,13 @@ def load_data(tc: TrainConfig, mc: FlowConfig, cluster: dist.Cluster, progress: 
     return data, test
 
 
-def evaluate(model: TarFlow, test: ImageData, mc: FlowConfig, cluster: dist.Cluster, **kwargs) -> dict[str, Any]:
+def evaluate(model: TarFlow, test: ImageData, model_config: FlowConfig, cluster: dist.Cluster, **kwargs
+             ) -> dict[str, Any]:
     """Test bits/dim, the batches split across the job's processes."""
-    return evaluate_bpd(model, test.images, labels_for(test, mc), test.levels, rank=cluster.rank,
+    return evaluate_bpd(model, test.images, labels_for(test, model_config), test.levels, rank=cluster.rank,
                         world_size=cluster.world_size, **kwargs)
 
 
-def full(norm: torch.Tensor) -> torch.Tensor:
-    """A gradient norm as a plain tensor (FSDP returns a DTensor)."""
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -296,50 +279,26 @@ def read_config_json(file: Path) -> dict[str, Any]:
     return saved
 
 
-def check_fits(mc: FlowConfig, data: ImageData) -> None:
-    if (mc.image_size, mc.channels) != (data.image_size, data.channels):
+def check_fits(model_config: FlowConfig, data: ImageData) -> None:
+    if (model_config.image_size, model_config.channels) != (data.image_size, data.channels):
         raise ConfigError(f"dataset {data.name!r} has {data.channels}x{data.image_size}x{data.image_size} images "
-                          f"but the model is configured for {mc.channels}x{mc.image_size}x{mc.image_size}: "
+                          f"but the model is configured for "
+                          f"{model_config.channels}x{model_config.image_size}x{model_config.image_size}: "
                           f"set image_size={data.image_size} channels={data.channels}")
-    if mc.num_classes not in (0, data.num_classes):
+    if model_config.num_classes not in (0, data.num_classes):
         raise ConfigError(f"dataset {data.name!r} has {data.num_classes} classes: set num_classes="
-                          f"{data.num_classes} (conditional) or 0 (unconditional), not {mc.num_classes}")
+                          f"{data.num_classes} (conditional) or 0 (unconditional), not {model_config.num_classes}")
 
 
-def make_optimizer(model: TarFlow, tc: TrainConfig) -> torch.optim.AdamW:
-    """AdamW(0.9, 0.95); weight decay on matrices only, not on biases, norms or embeddings' offsets."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95))
 
 
-def lr_factor(step: int, tc: TrainConfig) -> float:
-    """Linear warmup over warmup_steps, then cosine decay to zero at the last step."""
-    if step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
-    progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """One step of the schedule, also after a skipped step (torch warns when the first steps are skipped)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
-        scheduler.step()
 
 
-@torch.no_grad()
-def update_ema(ema: TarFlow, model: TarFlow, decay: float, step: int) -> None:
-    """ema <- d ema + (1 - d) model, with d warmed up as min(decay, (1 + step) / (10 + step))."""
-    d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - d)
-    for e, b in zip(ema.buffers(), model.buffers()):  # sigma-Reparam's u, v: the EMA has no power iteration
-        e.copy_(b)
 
 
-def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: torch.device,
+def batch(data: ImageData, step: int, train_config: TrainConfig, model_config: FlowConfig, device: torch.device,
           part: slice = slice(None)):
     """The images and labels of ``step``: a function of (seed, step) only, so a resumed run sees the same batches.
 
@@ -348,26 +307,27 @@ def batch(data: ImageData, step: int, tc: TrainConfig, mc: FlowConfig, device: t
     so the data seen does not depend on the number of processes.
     """
     n = len(data)
-    per_epoch = max(1, n // tc.batch_size)
+    per_epoch = max(1, n // train_config.batch_size)
     epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch))
-    idx = order[i * tc.batch_size:(i + 1) * tc.batch_size]
-    g = torch.Generator().manual_seed(tc.seed * 1_000_003 + 7_919 * (step + 1))
-    images = flip_batch(data.images[idx], g) if tc.flip else data.images[idx]
-    x = dequantize(images, data.levels, tc.noise, tc.noise_std, generator=g)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(train_config.seed * 1_000_003 + epoch))
+    idx = order[i * train_config.batch_size:(i + 1) * train_config.batch_size]
+    g = torch.Generator().manual_seed(train_config.seed * 1_000_003 + 7_919 * (step + 1))
+    images = flip_batch(data.images[idx], g) if train_config.flip else data.images[idx]
+    x = dequantize(images, data.levels, train_config.noise, train_config.noise_std, generator=g)
     y = None
-    if mc.num_classes:
-        y = ClassConditioning(mc.num_classes).drop(data.labels[idx].clone(), tc.label_dropout, g)
+    if model_config.num_classes:
+        y = ClassConditioning(model_config.num_classes).drop(data.labels[idx].clone(), train_config.label_dropout, g)
         y = y[part].to(device)
     return x[part].to(device), y
 
 
-def entropy_batch(data: ImageData, tc: TrainConfig, mc: FlowConfig, device: torch.device, size: int = 16):
+def entropy_batch(data: ImageData, train_config: TrainConfig, model_config: FlowConfig, device: torch.device,
+                  size: int = 16):
     """The fixed images (and labels, no dropout) on which attention entropy is measured during training."""
-    g = torch.Generator().manual_seed(tc.seed + 12_345)
+    g = torch.Generator().manual_seed(train_config.seed + 12_345)
     idx = torch.randperm(len(data), generator=g)[:size]
-    x = dequantize(data.images[idx], data.levels, tc.noise, tc.noise_std, generator=g).to(device)
-    return x, data.labels[idx].to(device) if mc.num_classes else None
+    x = dequantize(data.images[idx], data.levels, train_config.noise, train_config.noise_std, generator=g).to(device)
+    return x, data.labels[idx].to(device) if model_config.num_classes else None
 
 
 def entropy_record(model: TarFlow, probe, threshold: float, warned: set, say) -> dict[str, Any]:
@@ -385,27 +345,28 @@ def entropy_record(model: TarFlow, probe, threshold: float, warned: set, say) ->
     return record
 
 
-def labels_for(data: ImageData, mc: FlowConfig):
-    return data.labels if mc.num_classes else None
+def labels_for(data: ImageData, model_config: FlowConfig):
+    return data.labels if model_config.num_classes else None
 
 
-def noise_std(tc: TrainConfig, data: ImageData) -> float:
+def noise_std(train_config: TrainConfig, data: ImageData) -> float:
     """The std of the training noise in model units: sigma, or bin/sqrt(12) for uniform dequantization."""
-    return tc.noise_std if tc.noise == "gaussian" else bin_width(data.levels) / math.sqrt(12)
+    return train_config.noise_std if train_config.noise == "gaussian" else bin_width(data.levels) / math.sqrt(12)
 
 
 def every(step: int, interval: int, last: int) -> bool:
     return step == last or (interval > 0 and step % interval == 0)
 
 
-def sample_grid(model: TarFlow, tc: TrainConfig, mc: FlowConfig, levels: int, path: Path) -> Path:
+def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowConfig, levels: int, path: Path) -> Path:
     """A grid of ``num_samples`` samples; for a class-conditional model, one class per column."""
-    n = tc.num_samples
-    y = torch.arange(n) % mc.num_classes if mc.num_classes else None
-    guidance = Guidance(tc.sample_guidance) if tc.sample_guidance and mc.num_classes else None
-    x = SequentialSampler(model).sample(n, y, tc.sample_temperature, guidance,
-                                        generator=torch.Generator().manual_seed(tc.seed))
-    return save_grid(to_uint8(x, levels), path, nrow=mc.num_classes or 10)
+    n = train_config.num_samples
+    y = torch.arange(n) % model_config.num_classes if model_config.num_classes else None
+    guided = train_config.sample_guidance and model_config.num_classes
+    guidance = Guidance(train_config.sample_guidance) if guided else None
+    x = SequentialSampler(model).sample(n, y, train_config.sample_temperature, guidance,
+                                        generator=torch.Generator().manual_seed(train_config.seed))
+    return save_grid(to_uint8(x, levels), path, nrow=model_config.num_classes or 10)
 
 
 def trim_metrics(run_dir: Path, step: int) -> None:

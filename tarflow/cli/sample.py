@@ -1,0 +1,139 @@
+"""`tarflow sample`: a grid of samples, and the choice of sampler that every sampling command shares."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from .options import (DEVICE_HELP, GUIDANCE_HELP, TEMPERATURE_HELP, add_sampler_options, check_output_file, number,
+                      parse_label)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..runs import load_model
+    from ..sampling import Guidance
+    from ..viz import save_grid, to_uint8
+
+    out = check_output_file(args.out or Path(args.path) / "sample.png", "--out")
+    model, model_dir = load_model(args.path, args.device)
+    metadata, config = model.metadata, model.config
+    levels = int(metadata.get("levels", 256))
+    y = sample_labels(config.num_classes, args.label, args.count)
+    guidance = None
+    if args.guidance or args.attn_temp != 1.0:
+        guidance = Guidance(args.guidance, args.guidance_rule, args.annealed, args.attn_temp)
+    denoise = args.denoise if args.denoise is not None else metadata.get("noise") == "gaussian"
+    sigma = float(metadata.get("noise_std", 0.0)) if denoise else None
+    if denoise and not sigma:
+        raise ConfigError("--denoise needs the training noise std, which this model's metadata lacks")
+    sampler, why = choose_sampler(model, model_dir, args.sampler, args.count, guidance, args.calibration, args.tol,
+                                  args.modules)
+    started = time.perf_counter()
+    x = sampler.sample(args.count, y, args.temperature, guidance, sigma,
+                       generator=torch.Generator().manual_seed(args.seed))
+    seconds = time.perf_counter() - started
+    save_grid(to_uint8(x, levels), out, nrow=config.num_classes or 10)
+    how = f"guidance w={args.guidance} ({args.guidance_rule})" if guidance else "no guidance"
+    denoised = f"on (sigma={sigma:.4g})" if denoise else "off"
+    print(f"{args.count} samples in {seconds:.2f} s with the {why}, "
+          f"temperature {args.temperature}, {how}, denoise {denoised} -> {out}")
+    return 0
+
+
+def sample_labels(num_classes: int, label: int | str | None, count: int):
+    """The labels of ``count`` samples: ``label`` for all, classes in turn (None), or none (unconditional).
+
+    ``label`` ``null`` or ``num_classes`` is the null class: unconditional samples of a conditional model.
+    """
+    import torch
+
+    if not num_classes:
+        if label is not None:
+            raise ConfigError("--label needs a class-conditional model; this one is unconditional")
+        return None
+    label = num_classes if label == "null" else label
+    if label is None:
+        return torch.arange(count) % num_classes
+    if not 0 <= label <= num_classes:
+        raise ConfigError(f"--label must be in 0..{num_classes - 1}, or {num_classes} or null for the null class "
+                          f"(unconditional samples), got {label}")
+    return torch.full((count,), label)
+
+
+def choose_sampler(model, model_dir: Path, name: str, batch: int, guidance, calibration: str | None = None,
+                   tol: float = 1e-5, modules: int | None = None) -> tuple[object, str]:
+    """The sampler ``--sampler name`` asks for, and a phrase saying which it is and why.
+
+    ``auto`` reads the calibration of this device, ``batch`` and guidance setting (from ``calibration``, or the
+    model directory's sampling.json) and never writes; without one it is the exact sequential sampler, and a
+    line on stderr says how to calibrate.
+    """
+    from ..sampling import GSJacobiSampler, JacobiSampler, SequentialSampler
+    from ..sampling.calibrate import auto_sampler, calibration_file, device_key
+
+    if calibration is not None and name != "auto":
+        raise ConfigError("--calibration applies to --sampler auto only")
+    if name == "sequential":
+        return SequentialSampler(model), "sequential sampler (exact, KV cache; --sampler sequential)"
+    if name == "jacobi":
+        sampler = JacobiSampler(model, tol=tol)
+        return sampler, f"{sampler.describe()} sampler (--sampler jacobi)"
+    if name == "gs-jacobi":
+        sampler = GSJacobiSampler(model, tol=tol, modules=modules)
+        return sampler, f"{sampler.describe()} sampler (--sampler gs-jacobi)"
+    if modules is not None:
+        raise ConfigError("--modules applies to --sampler gs-jacobi only")
+    file = calibration_file(model_dir if calibration is None else calibration)
+    if calibration is not None and not file.is_file():
+        raise ConfigError(f"--calibration {calibration}: no calibration file there; write one with "
+                          f"`tarflow calibrate RUN_OR_MODEL_DIR --out FILE`")
+    sampler, entry = auto_sampler(model, file, batch, guidance)
+    if entry is None:
+        setting = "guided" if guidance else "unguided"
+        print(f"tarflow: no sampler calibration for {device_key(model.device)}, batch {batch}, {setting} in {file}: "
+              f"using the exact sequential sampler; `{calibrate_command(model_dir, batch, guidance)}` measures a "
+              f"faster one", file=sys.stderr)
+        return sampler, "sequential sampler (exact, KV cache), chosen automatically (no calibration for this " \
+                        "device and batch size)"
+    described = sampler.describe() if hasattr(sampler, "describe") else "sequential (exact, KV cache)"
+    return sampler, f"{described} sampler, chosen automatically (from {file}: {entry['reason']})"
+
+
+def calibrate_command(model_dir: Path, batch: int, guidance) -> str:
+    """The `tarflow calibrate` command line that measures the entry ``choose_sampler`` looked for."""
+    command = f"tarflow calibrate {model_dir} --count {batch}"
+    if guidance is not None:
+        command += f" --guidance {guidance.weight:g}" if guidance.weight else ""
+        command += f" --attn-temp {guidance.attn_temp:g}" if guidance.attn_temp != 1.0 else ""
+    return command
+
+
+def add_sample_parser(sub) -> None:
+    parser = sub.add_parser("sample", help="draw a grid of samples from a trained model")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--out", default=None, help="PNG path (default RUN_OR_MODEL_DIR/sample.png)")
+    parser.add_argument("--count", type=number(int, minimum=1), default=100, help="number of samples (default 100)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="noise seed (default 0)")
+    parser.add_argument("--label", type=parse_label, default=None, metavar="{K,null}",
+                        help="class of every sample (default: cycle through the classes); null, or the class count, "
+                        "is the null class: unconditional samples of a class-conditional model")
+    parser.add_argument("--temperature", type=number(float, above=0), default=1.0, help=TEMPERATURE_HELP)
+    parser.add_argument("--guidance", type=number(float, minimum=0), default=0.0, help=GUIDANCE_HELP)
+    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
+    parser.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
+    parser.add_argument("--attn-temp", type=number(float, above=0), default=1.0,
+                        help="attention temperature of the unconditional branch (guides unconditional models too)")
+    parser.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                        help="one Tweedie denoising step (default: on for models trained with gaussian noise)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_sampler_options(parser)
+    parser.add_argument("--tol", type=number(float, minimum=0), default=1e-5,
+                        help="relative-change tolerance of a forced jacobi / gs-jacobi sampler (default 1e-5)")
+    parser.add_argument("--modules", type=number(int, minimum=1), default=None,
+                        help="modules per block of a forced gs-jacobi sampler (default about sqrt(tokens))")
+    parser.set_defaults(func=cmd_sample)
