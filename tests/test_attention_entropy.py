@@ -52,7 +52,7 @@ def test_explicit_path_matches_fused_and_entropy_is_correct(exclusive, temp):
     assert attn.entropy.shape == (attn.heads,)
     assert (attn.entropy - reference_entropy(attn, h, tau)).abs().max() <= 1e-12
     # ... also against the cache, in chunks
-    cache = KVCache(1, B, attn.heads, T, HD, torch.float64, h.device)
+    cache = KVCache(1, B, attn.heads, T, HD, torch.float64, h.device, tau)  # the cache carries the temperatures
     outs = [attn(h[:, :3], tau, cache.layer(0), 0), attn(h[:, 3:], tau, cache.layer(0), 3)]
     assert (torch.cat(outs, 1) - fused).abs().max() <= 1e-12
 

@@ -136,7 +136,7 @@ def test_attention_chunked_cache_matches_uncached(sizes, temp):
     h = torch.randn(B, T, W, dtype=torch.float64)
     tau = None if temp is None else torch.tensor([1.0, temp], dtype=torch.float64)
     full = attn(h, tau)
-    cache = KVCache(1, B, attn.heads, T, hd, torch.float64, h.device)
+    cache = KVCache(1, B, attn.heads, T, hd, torch.float64, h.device, tau)  # the cache carries the temperatures
     outs = chunked(lambda pos, L: attn(h[:, pos:pos + L], tau, cache.layer(0), pos), sizes, T)
     assert (torch.cat(outs, 1) - full).abs().max() <= 1e-12
     # Causality: an output does not depend on later tokens.

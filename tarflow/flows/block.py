@@ -75,11 +75,13 @@ class ARFlowBlock(nn.Module):
         h = linear(self.proj_in, x)
         if self.start is not None and pos == 0:  # position 0 reads the learned start embedding
             h = torch.cat([self.start.to(h.dtype).expand(rows, 1, -1), h[:, 1:]], dim=1)
-        if self.pos_embed is not None:
-            h = h + self.pos_embed[pos:pos + x.shape[1]]
-        context = self.embed(condition) if cache is None else cache.context
-        if context is not None:
-            h = h + context
+        if cache is None:  # position embedding, then class embedding (the order the released figures used)
+            if self.pos_embed is not None:
+                h = h + self.pos_embed[pos:pos + x.shape[1]]
+            if self.class_embed is not None:
+                h = h + self.class_embed(condition.labels)[:, None]
+        elif cache.input_bias is not None:  # both at once, summed when the cache was made
+            h = h + cache.input_bias[:, pos:pos + x.shape[1]]
         for index, layer in enumerate(self.layers):
             h = layer(h, condition.attn_temp, None if cache is None else cache.layer(index), pos)
         return linear(self.proj_out, h if self.norm is None else layer_norm(self.norm, h))
@@ -106,18 +108,24 @@ class ARFlowBlock(nn.Module):
         z = torch.cat([x[:, :first], z_rest], dim=1)
         return self.order.undo(z), logdet
 
-    def embed(self, condition: Condition) -> Tensor | None:
-        """What the condition adds to every token's input: the class embedding (R, 1, W), or None."""
-        return None if self.class_embed is None else self.class_embed(condition.labels)[:, None]
+    def input_bias(self, condition: Condition) -> Tensor | None:
+        """What the Transformer's input gets added at every position: the position embedding (1, T, W) and the
+        class embedding (R, 1, W), summed to (R or 1, T, W); None when the block has neither."""
+        bias = None if self.pos_embed is None else self.pos_embed[None]
+        if self.class_embed is not None:
+            embedding = self.class_embed(condition.labels)[:, None]
+            bias = embedding.expand(-1, self.num_tokens, -1) if bias is None else bias + embedding
+        return bias
 
     def new_cache(self, condition: Condition, batch: int) -> KVCache:
         """A KV cache for the rows of ``condition`` (``batch`` when it holds none) over the block's T positions, in
-        the weights' dtype; it keeps the condition's embedding, computed once for every step."""
+        the weights' dtype; it also holds what every step would otherwise recompute: the input bias and the
+        query scale with the rows' attention temperatures."""
         mixer = self.layers[0].attn
         weight = self.proj_in.weight
         cache = KVCache(len(self.layers), condition.rows(batch), mixer.heads, self.num_tokens, mixer.head_dim,
-                        weight.dtype, weight.device)
-        cache.context = self.embed(condition)
+                        weight.dtype, weight.device, condition.attn_temp)
+        cache.input_bias = self.input_bias(condition)
         return cache
 
     @torch.no_grad()
@@ -130,13 +138,13 @@ class ARFlowBlock(nn.Module):
         z = self.order.apply(z)
         batch, num_tokens, _ = z.shape
         cache = self.new_cache(condition, batch)
-        z_by_token = z.transpose(0, 1).contiguous()  # (T, B, D): each step reads and writes contiguous rows
+        z_by_token = z.transpose(0, 1).unsqueeze(2).contiguous()  # (T, B, 1, D): each step's rows are contiguous
         x = torch.empty_like(z_by_token)
         x[:self.first] = z_by_token[:self.first]
         for token in range(self.first, num_tokens):
             previous = x[token - 1] if token else torch.zeros_like(x[0])  # the start embedding's placeholder
-            params = self.params(previous.unsqueeze(1), condition, cache, token - self.first)
+            params = self.params(previous, condition, cache, token - self.first)
             if guidance is not None:
                 params = self.transform.guide(params, guidance, token, num_tokens)
-            x[token] = self.transform.inverse(z_by_token[token].unsqueeze(1), params)[:, 0]
-        return self.order.undo(x.transpose(0, 1))
+            x[token] = self.transform.inverse(z_by_token[token], params)
+        return self.order.undo(x.squeeze(2).transpose(0, 1))

@@ -12,19 +12,25 @@ from .sigma_reparam import linear
 
 
 class KVCache:
-    """Keys and values of every layer of one Transformer, preallocated once.
+    """Keys and values of every layer of one Transformer, preallocated once, and what a sampling call computes
+    once instead of at every step.
 
-    Shape (layers, batch, heads, length, head_dim); a step at position ``pos``
-    writes its keys/values in place, so sampling never concatenates.
+    Shape (layers, batch, heads, length, head_dim); a step at position ``pos`` writes its keys/values in
+    place, so sampling never concatenates. ``query_scale`` is 1 / sqrt(head_dim), divided by each row's
+    attention temperature ``attn_temp`` (batch,) when given. ``input_bias`` is for the cache's owner: what
+    it adds to the input at every position (rows or 1, length, width), or None.
     """
 
     def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, attn_temp: Tensor | None = None):
         shape = (layers, batch, heads, length, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.masks: dict[tuple[int, int], Tensor] = {}
-        self.context: Tensor | None = None  # what the owner adds to every step's input (a condition's embedding)
+        self.query_scale: Tensor | float = head_dim ** -0.5
+        if attn_temp is not None:
+            self.query_scale = (head_dim ** -0.5 / attn_temp.to(dtype)).view(batch, 1, 1, 1)
+        self.input_bias: Tensor | None = None
         self.layers = [LayerCache(self, index) for index in range(layers)]
 
     def mask(self, pos: int, length: int) -> Tensor:
@@ -39,10 +45,12 @@ class KVCache:
 
 
 class LayerCache:
-    """One layer's slice of a `KVCache`: ``keys``, ``values`` (batch, heads, length, head_dim) and the masks."""
+    """One layer's slice of a `KVCache`: ``keys``, ``values`` (batch, heads, length, head_dim), the query scale
+    and the masks."""
 
     def __init__(self, cache: KVCache, index: int):
         self.keys, self.values, self.mask = cache.k[index], cache.v[index], cache.mask
+        self.query_scale = cache.query_scale
 
 
 def exclude_self(y: Tensor, v: Tensor) -> Tensor:
@@ -55,6 +63,8 @@ class Attention(nn.Module):
     """softmax(q k^T / (sqrt(d) tau)) v over earlier-or-same positions, then an output projection.
 
     ``attn_temp`` (tau, one value per sample, shape (B,)) divides the logits; tau > 1 flattens attention.
+    With a cache, the cache's ``query_scale`` (made from the same temperatures, once per sampling call)
+    takes its place.
 
     ``exclusive=True`` is Exclusive Self Attention: each head's output y_i loses its component along
     v_i, the value of the query's own position, before the output projection. In a flow block the
@@ -88,29 +98,31 @@ class Attention(nn.Module):
         own_v = v  # this chunk's values: the XSA direction of each query
         if self.rotary is not None:
             q, k = self.rotary(q, pos), self.rotary(k, pos)
-        if attn_temp is not None:
-            q = q / attn_temp.view(B, 1, 1, 1).to(q.dtype)
-        if cache is not None:
+        if cache is None:
+            if attn_temp is not None:
+                q = q / attn_temp.view(B, 1, 1, 1).to(q.dtype)
+            if self.record_entropy:
+                y = self.explicit(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # sampling: the cache holds the earlier keys and values, and the query scale (with attn_temp)
+            q = q * cache.query_scale
             cache.keys[:, :, pos:pos + L] = k
             cache.values[:, :, pos:pos + L] = v
             k, v = cache.keys[:, :, :pos + L], cache.values[:, :, :pos + L]
-        if self.record_entropy:
-            y = self.explicit(q, k, v, pos)
-        elif cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif L == 1:  # one query (sequential sampling): two small matmuls beat the fused kernel on CPU
-            y = torch.softmax((q * self.head_dim ** -0.5) @ k.transpose(-1, -2), dim=-1) @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(pos, L))
+            if L == 1:  # one query (sequential sampling): two small matmuls beat the fused kernel on CPU
+                y = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(pos, L), scale=1.0)
         if self.exclusive:
             y = exclude_self(y, own_v)
         return linear(self.proj, y.transpose(1, 2).reshape(B, L, W))
 
-    def explicit(self, q: Tensor, k: Tensor, v: Tensor, pos: int) -> Tensor:
-        """Attention with the weights A materialised; stores their entropy per head in ``entropy``."""
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention with the weights A materialised; stores their entropy per head in ``entropy``."""
         L, S = q.shape[2], k.shape[2]
         s = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
-        visible = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(pos)
+        visible = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
         a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
         self.entropy = -torch.special.xlogy(a, a).detach().sum(-1).mean(dim=(0, 2))
         return a @ v

@@ -34,7 +34,8 @@ class Transform:
 
     def split(self, raw: Tensor) -> Params:
         """Raw outputs -> the transform's parameters, in at least float32."""
-        raw = raw.to(torch.promote_types(raw.dtype, torch.float32))
+        if raw.dtype in (torch.float16, torch.bfloat16):
+            raw = raw.float()
         return tuple(raw.chunk(self.params_per_dim, dim=-1))
 
     def forward(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor]:
