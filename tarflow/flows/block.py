@@ -69,22 +69,25 @@ class ARFlowBlock(nn.Module):
         positions pos .. pos+L-1 (see `inputs`; at position 0 of a learned start the row of x is ignored). With
         ``cache``, earlier positions come from it and this chunk's keys and values go into it. ``condition``
         holds R rows; x may hold R / n of them, then every branch reads the same x."""
-        rows = condition.rows(x.shape[0])
-        if rows != x.shape[0]:
-            x = x.repeat(rows // x.shape[0], 1, 1)
+        batch = condition.rows(x.shape[0])
+        if batch != x.shape[0]:
+            x = x.repeat(batch // x.shape[0], 1, 1)
+        length = x.shape[1]
         h = linear(self.proj_in, x)
         if self.start is not None and pos == 0:  # position 0 reads the learned start embedding
-            h = torch.cat([self.start.to(h.dtype).expand(rows, 1, -1), h[:, 1:]], dim=1)
+            h = torch.cat([self.start.to(h.dtype).expand(batch, 1, -1), h[:, 1:]], dim=1)
         if cache is None:  # position embedding, then class embedding (the order the released figures used)
             if self.pos_embed is not None:
-                h = h + self.pos_embed[pos:pos + x.shape[1]]
+                h = h + self.pos_embed[pos:pos + length]
             if self.class_embed is not None:
                 h = h + self.class_embed(condition.labels)[:, None]
         elif cache.input_bias is not None:  # both at once, summed when the cache was made
-            h = h + cache.input_bias[:, pos:pos + x.shape[1]]
+            h = h + cache.input_bias[:, pos:pos + length]
+        rows = h.reshape(batch * length, h.shape[-1])  # the layers work on rows (R L, W): one addmm per linear
         for index, layer in enumerate(self.layers):
-            h = layer(h, condition.attn_temp, None if cache is None else cache.layer(index), pos)
-        return linear(self.proj_out, h if self.norm is None else layer_norm(self.norm, h))
+            rows = layer(rows, condition.attn_temp, None if cache is None else cache.layer(index), pos, (batch, length))
+        out = linear(self.proj_out, rows if self.norm is None else layer_norm(self.norm, rows))
+        return out.view(batch, length, -1)
 
     def params(self, x: Tensor, condition: Condition, cache: KVCache | None = None, pos: int = 0) -> Params:
         """`step`, split into the transform's parameters."""

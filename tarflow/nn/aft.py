@@ -57,7 +57,10 @@ class CausalAFT(nn.Module):
         return w.masked_fill(lag < 0, float("-inf"))
 
     def forward(self, h: Tensor, attn_temp: Tensor | None = None,
-                cache: LayerCache | None = None, pos: int = 0) -> Tensor:
+                cache: LayerCache | None = None, pos: int = 0, shape: tuple[int, int] | None = None) -> Tensor:
+        """h (B, L, W) -> (B, L, W); or, with ``shape`` = (B, L), its rows (B L, W) -> rows."""
+        if shape is not None:
+            return self.forward(h.view(*shape, h.shape[-1]), attn_temp, cache, pos).view(h.shape)
         B, L, W = h.shape
         q, k, v = linear(self.qkv, h).chunk(3, dim=-1)
         if cache is not None:

@@ -91,10 +91,13 @@ class Attention(nn.Module):
         self.record_entropy = False
         self.entropy: Tensor | None = None
 
-    def forward(self, h: Tensor, attn_temp: Tensor | None = None,
-                cache: "LayerCache | None" = None, pos: int = 0) -> Tensor:
-        B, L, W = h.shape
-        q, k, v = linear(self.qkv, h).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    def forward(self, h: Tensor, attn_temp: Tensor | None = None, cache: "LayerCache | None" = None, pos: int = 0,
+                shape: tuple[int, int] | None = None) -> Tensor:
+        """h (B, L, W) -> (B, L, W); or, with ``shape`` = (B, L), its rows (B L, W) -> rows."""
+        B, L = h.shape[:2] if shape is None else shape
+        W = h.shape[-1]
+        rows = h.reshape(B * L, W)
+        q, k, v = linear(self.qkv, rows).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         own_v = v  # this chunk's values: the XSA direction of each query
         if self.rotary is not None:
             q, k = self.rotary(q, pos), self.rotary(k, pos)
@@ -116,7 +119,8 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(pos, L), scale=1.0)
         if self.exclusive:
             y = exclude_self(y, own_v)
-        return linear(self.proj, y.transpose(1, 2).reshape(B, L, W))
+        out = linear(self.proj, y.transpose(1, 2).reshape(B * L, W))
+        return out if shape is not None else out.view(B, L, W)
 
     def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal attention with the weights A materialised; stores their entropy per head in ``entropy``."""

@@ -50,7 +50,12 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, mlp_ratio, linear_type)
 
-    def forward(self, h: Tensor, attn_temp: Tensor | None = None,
-                cache: LayerCache | None = None, pos: int = 0) -> Tensor:
-        h = h + self.attn(layer_norm(self.norm1, h), attn_temp, cache, pos)
-        return h + self.mlp(layer_norm(self.norm2, h))
+    def forward(self, h: Tensor, attn_temp: Tensor | None = None, cache: LayerCache | None = None, pos: int = 0,
+                shape: tuple[int, int] | None = None) -> Tensor:
+        """h (B, L, W) -> (B, L, W); or, with ``shape`` = (B, L), its rows (B L, W) -> rows, as a block's stack of
+        layers passes them (every linear layer is then one addmm, without reshapes)."""
+        rows = h if shape is not None else h.reshape(-1, h.shape[-1])
+        mixer_shape = shape if shape is not None else h.shape[:2]
+        rows = rows + self.attn(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape)
+        rows = rows + self.mlp(layer_norm(self.norm2, rows))
+        return rows if shape is not None else rows.view(h.shape)
