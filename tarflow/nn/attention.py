@@ -96,7 +96,7 @@ class Attention(nn.Module):
         """h (B, L, W) -> (B, L, W); or, with ``shape`` = (B, L), its rows (B L, W) -> rows."""
         B, L = h.shape[:2] if shape is None else shape
         W = h.shape[-1]
-        rows = h.reshape(B * L, W)
+        rows = h if shape is not None else h.reshape(B * L, W)
         q, k, v = linear(self.qkv, rows).view(B, L, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         own_v = v  # this chunk's values: the XSA direction of each query
         if self.rotary is not None:

@@ -76,11 +76,13 @@ def linear_weight(layer: nn.Linear) -> Tensor:
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     """``layer(x)`` as one functional call (no module dispatch: sampling makes thousands of small calls); rows
     (N, in) go straight to one addmm, which is what F.linear runs for them and for contiguous 3D input. As in
-    `torch.nn.MultiheadAttention`, hooks registered on such a leaf layer do not fire; hooks on the Transformer
-    layer, its mixer and its MLP do."""
-    if x.dim() == 2 and layer.bias is not None:
-        return torch.addmm(layer.bias, x, linear_weight(layer).t())
-    return F.linear(x, linear_weight(layer), layer.bias)
+    `torch.nn.MultiheadAttention`, hooks registered on such a leaf layer do not fire; hooks on a Transformer
+    layer do."""
+    weight = layer.weight_hat() if type(layer) is SigmaReparamLinear else layer.weight
+    bias = layer.bias
+    if x.dim() == 2 and bias is not None:
+        return torch.addmm(bias, x, weight.t())
+    return F.linear(x, weight, bias)
 
 
 def layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:

@@ -56,6 +56,7 @@ class TransformerLayer(nn.Module):
         layers passes them (every linear layer is then one addmm, without reshapes)."""
         rows = h if shape is not None else h.reshape(-1, h.shape[-1])
         mixer_shape = shape if shape is not None else h.shape[:2]
-        rows = rows + self.attn(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape)
-        rows = rows + self.mlp(layer_norm(self.norm2, rows))
+        # .forward: no module dispatch for the mixer and the MLP (thousands of calls when sampling); hooks go on the layer
+        rows = rows + self.attn.forward(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape)
+        rows = rows + self.mlp.forward(layer_norm(self.norm2, rows))
         return rows if shape is not None else rows.view(h.shape)
