@@ -1,68 +1,82 @@
-"""The sequential sampler of two source trees side by side, in one run: is a change slower?
+"""The sequential sampler of two source trees side by side, in one process: is a change slower?
 
-    python benchmarks/compare_trees.py --before ../tarflow-old --after . --model runs/bench-mnist/model
+    python benchmarks/compare_trees.py --before ../tarflow-old --model runs/bench-mnist/model
 
-Each tree (a checkout of tarflow, e.g. a `git worktree` of the commit before a change) samples the same saved
-model at the same batch sizes in its own subprocess; the subprocesses alternate (before, after, before, ...)
-``--rounds`` times so that a busy machine slows both alike. Prints the best time of each tree per batch and the
-ratio after / before (below 1: the change is faster). The model must be in a format both trees read.
+``--before`` is a checkout of tarflow from before a change (e.g. a `git worktree` of that commit); its package is
+copied to a temporary folder as ``tarflow_before`` so that both versions load in this one process, and
+``--after`` (default: this tree) is imported as ``tarflow``. Both sample the same saved model from the same noise,
+alternating ``--rounds`` times (before, after, after, before, ...) so that a busy machine slows both alike. Prints
+the min and median time of each per batch size and the ratios after / before (below 1: the change is faster).
+The model must be in a format both versions read (tarflow 0.1.0 reads format 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import importlib
+import shutil
+import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-# Run inside each tree's subprocess: the best of ``reps`` timings of sampling ``batch`` images, seconds.
-PROBE = """
-import json, sys, time, torch
-sys.path.insert(0, sys.argv[1])
-from tarflow import SequentialSampler, TarFlow, Guidance
-model = TarFlow.from_pretrained(sys.argv[2]).eval()
-guidance = Guidance(float(sys.argv[5])) if float(sys.argv[5]) else None
-sampler, batch, reps = SequentialSampler(model), int(sys.argv[3]), int(sys.argv[4])
-classes = model.config.num_classes
-y = torch.arange(batch) % classes if classes else None
-z = sampler.noise(batch, 1.0, torch.Generator().manual_seed(0))
-best = float("inf")
-for _ in range(reps):
-    start = time.perf_counter()
-    x = sampler.sample(batch, y, guidance=guidance, z=z)
-    best = min(best, time.perf_counter() - start)
-print(json.dumps({"seconds": best, "checksum": float(x.double().abs().sum())}))
-"""
+import torch
 
 
-def measure(tree: Path, model: Path, batch: int, reps: int, guidance: float) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tree), str(model), str(batch), str(reps), str(guidance)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def load_versions(before: Path, after: Path):
+    """(tarflow of ``before`` as tarflow_before, tarflow of ``after``): its relative imports keep it self-contained."""
+    folder = Path(tempfile.mkdtemp(prefix="tarflow-before-"))
+    shutil.copytree(before / "tarflow", folder / "tarflow_before")
+    sys.path.insert(0, str(folder))
+    sys.path.insert(0, str(after))
+    return importlib.import_module("tarflow_before"), importlib.import_module("tarflow")
+
+
+def timings(versions: dict, model_dir: Path, batch: int, guidance: float, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each sampling call per version, the versions alternating."""
+    samplers, guides = {}, {}
+    for name, package in versions.items():
+        samplers[name] = package.SequentialSampler(package.TarFlow.from_pretrained(model_dir).eval())
+        guides[name] = package.Guidance(guidance) if guidance else None
+    classes = samplers["after"].model.config.num_classes
+    labels = torch.arange(batch) % classes if classes else None
+    noise = samplers["after"].noise(batch, 1.0, torch.Generator().manual_seed(0))
+    seconds = {name: [] for name in versions}
+    outputs = {}
+    for name in versions:  # warm-up
+        outputs[name] = samplers[name].sample(batch, labels, guidance=guides[name], z=noise)
+    for round_index in range(rounds):
+        order = ("before", "after") if round_index % 2 == 0 else ("after", "before")
+        for name in order:
+            start = time.perf_counter()
+            samplers[name].sample(batch, labels, guidance=guides[name], z=noise)
+            seconds[name].append(time.perf_counter() - start)
+    difference = float((outputs["after"] - outputs["before"]).abs().max())
+    print(f"batch {batch:>4}{' guided' if guidance else ''}: max abs difference of the samples {difference:.1e}")
+    return seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="source tree of the baseline")
-    parser.add_argument("--after", type=Path, default=Path("."), help="source tree of the change (default .)")
-    parser.add_argument("--model", type=Path, required=True, help="saved model directory both trees can read")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 100])
+    parser.add_argument("--after", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="source tree of the change (default: this one)")
+    parser.add_argument("--model", type=Path, required=True, help="saved model directory both versions read")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 100])
     parser.add_argument("--guidance", type=float, default=0.0, help="guidance weight (0: unguided)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of before/after (default 3)")
-    parser.add_argument("--reps", type=int, default=2, help="timings per subprocess, best kept (default 2)")
+    parser.add_argument("--rounds", type=int, default=12, help="sampling calls per version and batch (default 12)")
     args = parser.parse_args()
-    for batch in args.batches:
-        best = {"before": float("inf"), "after": float("inf")}
-        checksums = {}
-        for _ in range(args.rounds):
-            for name in ("before", "after"):
-                result = measure(getattr(args, name).resolve(), args.model, batch, args.reps, args.guidance)
-                best[name] = min(best[name], result["seconds"])
-                checksums[name] = result["checksum"]
-        agree = abs(checksums["before"] - checksums["after"]) <= 1e-3 * abs(checksums["before"])
-        print(f"batch {batch:>4}: before {best['before']:.3f} s, after {best['after']:.3f} s, "
-              f"after/before {best['after'] / best['before']:.3f} (samples agree: {agree})", flush=True)
+    before, after = load_versions(args.before.resolve(), args.after.resolve())
+    versions = {"before": before, "after": after}
+    with torch.no_grad():
+        for batch in args.batches:
+            seconds = timings(versions, args.model, batch, args.guidance, args.rounds)
+            low = {name: min(values) for name, values in seconds.items()}
+            middle = {name: statistics.median(values) for name, values in seconds.items()}
+            print(f"  before min {low['before']:.4f} s, median {middle['before']:.4f} s; after min {low['after']:.4f} s, "
+                  f"median {middle['after']:.4f} s; after/before: min {low['after'] / low['before']:.3f}, "
+                  f"median {middle['after'] / middle['before']:.3f}", flush=True)
     return 0
 
 
