@@ -527,11 +527,45 @@ def test_a_second_trainer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tm
     train(config(steps=3), run, progress=False)  # the lock died with it
 
 
-def test_the_lock_is_per_directory_and_released_after_training(tmp_path):
-    with dir_lock(tmp_path / "other"):
+def lock_is_free(directory: Path) -> bool:
+    """Whether a new `dir_lock` on ``directory`` can be taken now (a new open file, so flock conflicts with
+    any holder, in this process or another)."""
+    try:
+        with dir_lock(directory):
+            return True
+    except TarflowError:
+        return False
+
+
+def test_dir_lock_refuses_a_second_holder_and_is_released_on_exit(tmp_path):
+    run = tmp_path / "run"
+    with dir_lock(run, "training process"):
+        with pytest.raises(TarflowError, match=rf"in use by another training process \(pid {os.getpid()}\)"):
+            with dir_lock(run, "training process"):
+                pass
+        assert not lock_is_free(run)
+    assert lock_is_free(run)  # released when the block ended
+    with pytest.raises(RuntimeError, match="boom"):
+        with dir_lock(run):
+            assert not lock_is_free(run)
+            raise RuntimeError("boom")
+    assert lock_is_free(run)  # and when it ended by an exception
+
+
+def test_the_lock_is_per_directory_and_held_during_and_released_after_training(tmp_path, monkeypatch):
+    held = []
+    save = trainer.save_checkpoint
+
+    def save_and_probe(run_dir, *args, **kwargs):
+        held.append(not lock_is_free(run_dir))
+        return save(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_and_probe)
+    with dir_lock(tmp_path / "other"):  # another directory's lock does not stop this run
         train(config(steps=3), tmp_path / "run", progress=False)
-    with dir_lock(tmp_path / "run"):  # released when train returned
-        pass
+        assert not lock_is_free(tmp_path / "other")
+    assert held and all(held)  # the run directory was locked while training saved
+    assert lock_is_free(tmp_path / "run")  # released when train returned
 
 
 def test_torchrun_ranks_other_than_zero_do_not_take_the_lock(tmp_path, monkeypatch):

@@ -102,7 +102,35 @@ def test_sigma_reparam_eval_uses_the_stored_estimate():
     assert not torch.equal(layer.u, u)
 
 
-def test_sigma_reparam_gradient_reaches_weight_and_gamma():
-    layer = SigmaReparamLinear(8, 5)
-    layer(torch.randn(3, 8)).pow(2).sum().backward()
-    assert layer.weight.grad.abs().sum() > 0 and layer.gamma.grad.abs() > 0
+def test_sigma_reparam_gradient_matches_finite_differences():
+    """d loss / d (W, gamma, b) by autograd equals central differences, in float64. Eval mode keeps u, v fixed,
+    so the loss is one smooth function of the parameters; in training the power-iteration step runs under
+    no_grad before sigma = u^T W v, so the gradient there is this one at the updated u, v. The gradient through
+    sigma(W) matters: without it (sigma detached) W's gradient is off by far more than the tolerance."""
+    torch.manual_seed(0)
+    layer = SigmaReparamLinear(8, 5).double()
+    with torch.no_grad():
+        layer.weight.add_(0.3 * torch.randn(5, 8, dtype=torch.float64))  # W no longer matches u, v exactly
+        layer.gamma.fill_(1.7)
+    layer.eval()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    c = torch.randn(3, 5, dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        return (layer(x).tanh() * c).sum()
+
+    params = {"weight": layer.weight, "gamma": layer.gamma, "bias": layer.bias}
+    grads = torch.autograd.grad(loss(), list(params.values()))
+    h = 1e-6
+    for (name, p), g in zip(params.items(), grads):
+        fd = torch.zeros_like(p).reshape(-1)
+        for i in range(p.numel()):
+            values = []
+            for step in (h, -2 * h, h):  # up, down, back
+                with torch.no_grad():
+                    p.view(-1)[i] += step  # in place on the parameter: its version moves, no stale weight_hat
+                values.append(loss().item())
+            fd[i] = (values[0] - values[1]) / (2 * h)
+        fd = fd.reshape(p.shape)
+        assert (g - fd).abs().max().item() <= 1e-6 * max(fd.abs().max().item(), 1.0), name
+        assert fd.abs().max().item() > 1e-2, name  # a gradient worth comparing
