@@ -227,7 +227,8 @@ def write_report(args, runs: list[dict], pairs: dict[float, list[dict]], speed: 
         f"for every run.",
         "",
         f"- **test bits/dim**: EMA weights, the first {args.test_images} MNIST test images, one uniform "
-        f"dequantization draw (± standard error over images).",
+        f"dequantization draw (± standard error over images). Every run is one seed (seed 0), so the ± says "
+        f"nothing about seed-to-seed spread.",
         f"- **train bits/dim**: mean of the last {args.tail} training steps.",
         "- **images/s**: training throughput (forward + backward + optimizer step), float32 on the CPU, "
         f"measured apart from the runs: every option in turn, {args.speed_rounds} rounds of 5 steps at batch "
