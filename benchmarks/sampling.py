@@ -12,14 +12,18 @@ steps (a few minutes on 2 CPU cores; the IDX files are read from ``--data-dir``)
 ``--out`` for the next run.
 
 Everything is measured in one process: the float32 matmul peak (`tarflow.metrics.flops.matmul_peak`, with
-the same thread count; measured again at the end, with a warning when the two differ), then for each sampler
-and batch size the time per image, the fraction of that peak achieved (useful FLOPs: the matmuls of one
-exact sequential inverse, counted below, divided by time; a parallel sampler that does more arithmetic
-gets no credit for it), the speed-up over our sequential sampler, the max abs difference to the
+the same thread count; measured again at the end, with a warning when the two differ, and every fraction of
+peak divided by the better (higher) of the two, as benchmarks/train_throughput.py does, so a peak taken while
+other work ran cannot flatter it; the fractions are printed at the end, once both peaks are known), then for
+each sampler and batch size the time per image, the fraction of that peak achieved (useful FLOPs: the
+matmuls of one exact sequential inverse, counted below, divided by time; a parallel sampler that does more
+arithmetic gets no credit for it), the speed-up over our sequential sampler, the max abs difference to the
 sequential output on the same noise, and the fraction of 8-bit pixels that differ. A "straightforward"
 sequential sampler (a KV cache grown by torch.cat, each guidance branch in its own pass, module calls per
-token) is measured at batch 100 for comparison, and the cost of classifier-free guidance (both branches
-in one batched pass) at every batch size. ``--compile`` also times torch.compile of the per-token step.
+token) is measured at batch 100 for comparison, timed as the lean sampler is (the best of ``--baseline-reps``
+runs of each), and the cost of classifier-free guidance (both branches
+in one batched pass) at every batch size. The "auto" row is the sampler that `tarflow calibrate` picks
+for that batch size; its time excludes the calibration, which is printed beside it. ``--compile`` also times torch.compile of the per-token step.
 
 FLOPs of one exact inverse per image (2 per multiply-add; W width, D token dim, T tokens, r MLP ratio,
 L layers per block, N blocks, n branches: 2 with guidance): for each block and each of the T-1 steps
@@ -194,7 +198,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the per-token step")
+    p.add_argument("--baseline-reps", type=int, default=2,
+                   help="runs of the straightforward and the lean sampler at batch 100; the best of each (default 2)")
     args = p.parse_args()
+    if args.baseline_reps < 1:
+        p.error("--baseline-reps must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [1, 8] if args.quick else args.batches
@@ -213,7 +221,9 @@ def main() -> int:
     c = model.config
     peak = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s (best of 512^3 to 2048^3 matmuls)")
+          f"{peak / 1e9:.1f} GFLOP/s (best of 512^3 to 2048^3 matmuls; measured again at the end, fractions of "
+          f"peak are printed then)")
+    fractions = []  # (label, useful FLOPs, seconds): divided by the better peak once both are measured
     print(f"model: {c.image_size}x{c.image_size}x{c.channels}, patch {c.patch_size}, T={c.num_tokens}, width {c.width}, "
           f"{c.num_blocks} blocks x {c.layers_per_block} layers; {sampling_flops(c) / 1e6:.1f} MFLOP per image "
           f"(exact inverse, unguided)")
@@ -228,19 +238,21 @@ def main() -> int:
     z = seq.noise(100, 1.0, gen)
     y = labels(100)
     for g in (None, Guidance(1.0)):
-        t_lean, x_lean = timed(lambda: seq.sample(100, y, guidance=g, z=z), 2)
-        t_base, x_base = timed(lambda: straightforward_sample(model, z, y, g), 1)
+        t_lean, x_lean = timed(lambda: seq.sample(100, y, guidance=g, z=z), args.baseline_reps)
+        t_base, x_base = timed(lambda: straightforward_sample(model, z, y, g), args.baseline_reps)
         flops = 100 * sampling_flops(c, 1 if g is None else 2)
-        print(f"{'guided w=1' if g else 'unguided  '}: straightforward {t_base:.3f} s "
-              f"({flops / t_base / peak:.2f} of peak), lean {t_lean:.3f} s ({flops / t_lean / peak:.2f} of peak): "
+        kind = 'guided w=1' if g else 'unguided  '
+        fractions += [(f"batch 100 {kind.strip()}, straightforward", flops, t_base),
+                      (f"batch 100 {kind.strip()}, lean sequential", flops, t_lean)]
+        print(f"{kind}: straightforward {t_base:.3f} s, lean {t_lean:.3f} s (best of {args.baseline_reps} each): "
               f"{t_base / t_lean:.2f}x; max abs diff {(x_lean - x_base).abs().max():.1e}")
         if g is None:
             t_unguided = t_lean
     print(f"guidance costs {t_lean / t_unguided:.2f}x an unguided lean pass (2x the rows)")
 
     print(f"\n== samplers (tol {args.tol:g}; GS-Jacobi {args.modules} modules/block; auto = calibrated for "
-          f"this batch) ==")
-    header = (f"{'batch':>5} {'sampler':<11} {'ms/image':>9} {'of peak':>8} {'speed-up':>8} {'max|dx|':>8} "
+          f"this batch; its time excludes the calibration, shown separately) ==")
+    header = (f"{'batch':>5} {'sampler':<11} {'ms/image':>9} {'speed-up':>8} {'max|dx|':>8} "
               f"{'px differ':>9}  iterations per block (last block first)")
     print(header)
     rows = []
@@ -269,7 +281,8 @@ def main() -> int:
                 it = f"[{entry['sampler']}; calibration {t_cal:.1f} s] " + it
             diff = float((x - x_seq).abs().max())
             px = float((to_uint8(x) != to_uint8(x_seq)).float().mean())
-            print(f"{B:>5} {name:<11} {1e3 * t / B:>9.2f} {flops / t / peak:>8.3f} {t_seq / t:>7.2f}x {diff:>8.1e} "
+            fractions.append((f"batch {B} {name}", flops, t))
+            print(f"{B:>5} {name:<11} {1e3 * t / B:>9.2f} {t_seq / t:>7.2f}x {diff:>8.1e} "
                   f"{px:>9.2e}  {it}", flush=True)
             rows.append((B, name, t / B, t_seq / t, diff, px))
     print("\n== guidance cost per batch size (lean sequential, both branches in one pass) ==")
@@ -286,6 +299,10 @@ def main() -> int:
     print(f"\nmatmul peak measured again at the end: {peak_end / 1e9:.1f} GFLOP/s (start: {peak / 1e9:.1f})")
     if warning := peak_warning(peak, peak_end):
         print(warning)
+    best_peak = max(peak, peak_end)
+    print(f"\n== fraction of the better peak ({best_peak / 1e9:.1f} GFLOP/s), useful FLOPs of the exact inverse ==")
+    for label, flops, t in fractions:
+        print(f"{label:<40} {flops / t / best_peak:.3f}")
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
     return 0
 
