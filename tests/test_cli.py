@@ -19,8 +19,26 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_prints_test_bits_per_dim(run_dir, capsys):
+    """The printed test bits/dim (4 decimals) and eval.json are evaluate_bpd of the saved model on the digits
+    test split, with the draws printed and seed 0."""
+    import re
+
+    from tarflow.data import load_dataset
+    from tarflow.metrics import evaluate_bpd
+    from tarflow.runs import load_model
+
     assert main(["train", "--out", str(run_dir), *TINY]) == 0  # a finished run: re-evaluated, not retrained
-    assert "test bits/dim:" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    m = re.search(r"test bits/dim: ([0-9.]+) ± ([0-9.]+) \((\d+) digits test images, (\d+) dequantization", said)
+    assert m, said
+    bpd, images, draws = float(m[1]), int(m[3]), int(m[4])
+    model, _ = load_model(run_dir / "model", "cpu")
+    data = load_dataset("digits", "test", image_size=model.config.image_size, channels=model.config.channels)
+    api = evaluate_bpd(model, data.images, data.labels if model.config.num_classes else None, data.levels,
+                       draws=draws, seed=0)
+    assert images == 360 and bpd == pytest.approx(api["bits_per_dim"], abs=5.1e-5)
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["bits_per_dim"] == pytest.approx(api["bits_per_dim"], rel=1e-9) and saved["draws"] == draws
 
 
 def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
