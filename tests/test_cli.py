@@ -19,23 +19,79 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_prints_test_bits_per_dim(run_dir, capsys):
+    """The printed test bits/dim (4 decimals) and eval.json are evaluate_bpd of the saved model on the digits
+    test split, with the draws printed and seed 0."""
+    import re
+
+    from tarflow.data import load_dataset
+    from tarflow.metrics import evaluate_bpd
+    from tarflow.runs import load_model
+
     assert main(["train", "--out", str(run_dir), *TINY]) == 0  # a finished run: re-evaluated, not retrained
-    assert "test bits/dim:" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    m = re.search(r"test bits/dim: ([0-9.]+) ± ([0-9.]+) \((\d+) digits test images, (\d+) dequantization", said)
+    assert m, said
+    bpd, images, draws = float(m[1]), int(m[3]), int(m[4])
+    model, _ = load_model(run_dir / "model", "cpu")
+    data = load_dataset("digits", "test", image_size=model.config.image_size, channels=model.config.channels)
+    api = evaluate_bpd(model, data.images, data.labels if model.config.num_classes else None, data.levels,
+                       draws=draws, seed=0)
+    assert images == 360 and bpd == pytest.approx(api["bits_per_dim"], abs=5.1e-5)
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["bits_per_dim"] == pytest.approx(api["bits_per_dim"], rel=1e-9) and saved["draws"] == draws
 
 
 def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
+    """The CLI's grid is, pixel for pixel, the sequential sampler's samples under the same seed, guidance,
+    temperature and denoising, quantized with the CLI's function (viz.to_uint8)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tarflow import SequentialSampler
+    from tarflow.runs import load_model
+    from tarflow.sampling import Guidance
+    from tarflow.viz import save_grid, to_uint8
+
     out = tmp_path / "grid.png"
     assert main(["sample", str(run_dir), "--out", str(out), "--count", "20", "--guidance", "1.5",
-                 "--temperature", "0.9", "--denoise"]) == 0
+                 "--temperature", "0.9", "--denoise", "--seed", "3", "--sampler", "sequential"]) == 0
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
     said = capsys.readouterr().out
     assert "20 samples" in said and "guidance w=1.5" in said and "denoise on" in said
+    model, _ = load_model(run_dir, "cpu")
+    levels, sigma = int(model.metadata["levels"]), float(model.metadata["noise_std"])
+
+    def grid(seed):
+        with torch.no_grad():
+            x = SequentialSampler(model).sample(20, torch.arange(20) % 10, 0.9, Guidance(1.5), sigma,
+                                                generator=torch.Generator().manual_seed(seed))
+        path = save_grid(to_uint8(x, levels), tmp_path / f"api{seed}.png", nrow=10)
+        return np.asarray(Image.open(path))
+
+    cli = np.asarray(Image.open(out))
+    assert np.array_equal(cli, grid(3))
+    assert not np.array_equal(cli, grid(0))  # so a CLI ignoring --seed (drawing with 0) fails the line above
 
 
 def test_eval_prints_json(run_dir, capsys):
-    assert main(["eval", str(run_dir / "model"), "--no-progress", "--draws", "2"]) == 0
+    """`tarflow eval --seed 5` reports what evaluate_bpd gives on the same model, test split and seed."""
+    from tarflow.data import load_dataset
+    from tarflow.metrics import evaluate_bpd
+    from tarflow.runs import load_model
+
+    assert main(["eval", str(run_dir / "model"), "--no-progress", "--draws", "2", "--seed", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 360 and result["draws"] == 2 and 0 < result["bits_per_dim"] < 10
+    assert result["images"] == 360 and result["draws"] == 2
+    model, _ = load_model(run_dir / "model", "cpu")
+    data = load_dataset("digits", "test", image_size=model.config.image_size, channels=model.config.channels)
+    labels = data.labels if model.config.num_classes else None
+    api = evaluate_bpd(model, data.images, labels, data.levels, draws=2, seed=5,
+                       mixture=bool(model.config.num_classes))
+    for key, value in api.items():
+        assert result[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    other = evaluate_bpd(model, data.images, labels, data.levels, draws=2, seed=0)["bits_per_dim"]
+    assert other != pytest.approx(api["bits_per_dim"], rel=1e-9)  # the seed matters, so --seed is checked
 
 
 @pytest.mark.parametrize("argv, words", [
