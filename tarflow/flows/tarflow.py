@@ -73,10 +73,9 @@ class TarFlow(nn.Module):
         return self.modality.from_tokens(tokens)
 
     # ----- density -----------------------------------------------------------------------------
-    def flow(self, tokens: Tensor, y: Tensor | None = None, attn_temp: Tensor | None = None
-             ) -> tuple[Tensor, Tensor]:
+    def flow(self, tokens: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Tokens (B, T, D) through every block: (z tokens, logdet (B,) in nats). No input checks."""
-        condition = Condition(y, attn_temp)
+        condition = Condition(y)
         logdet = tokens.new_zeros(tokens.shape[0], dtype=torch.promote_types(tokens.dtype, torch.float32))
         for block in self.blocks:
             tokens, block_logdet = block(tokens, condition)

@@ -133,7 +133,7 @@ class JacobiSampler(SequentialSampler):
             strategy = self.strategies[index]
             if self.is_sequential(strategy):  # one token per module: the sequential inverse
                 tokens = blocks[index].inverse(tokens, condition, guidance)
-                self.last_iterations[index] = [1] * (tokens.shape[1] - 1)
+                self.last_iterations[index] = [1] * (tokens.shape[1] - blocks[index].first)
                 continue
             tokens, self.last_iterations[index] = solve_block(blocks[index], tokens, condition, guidance, strategy,
                                                               self.tol)
