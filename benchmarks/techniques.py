@@ -89,7 +89,7 @@ def train_run(name: str, model_fields: dict, lr: float, steps: int, args, data, 
             break
     t0 = time.perf_counter()
     result = evaluate_bpd(run.ema, test.images[:args.test_images], test.labels[:args.test_images], test.levels,
-                          batch_size=250)
+                          batch_size=250, noise_block=250)  # the noise its released figures were measured with
     last = [b for _, b, _ in curve[-args.tail:] if math.isfinite(b)]
     return {"name": name, "model": model_fields, "lr": lr, "steps": steps, "batch": args.batch,
             "warmup_steps": train_config.warmup_steps, "parameters": sum(p.numel() for p in model.parameters()),

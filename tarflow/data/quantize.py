@@ -12,11 +12,16 @@ def dequantize(k: Tensor, levels: int, noise: str = "uniform", noise_std: float 
     k = k.float()
     if noise == "uniform":
         u = torch.rand(k.shape, generator=generator, device=k.device if generator is None else "cpu").to(k.device)
-        return 2 * (k + u) / levels - 1
+        return place_in_bins(k, u, levels)
     if noise == "gaussian":
         eps = torch.randn(k.shape, generator=generator, device=k.device if generator is None else "cpu")
         return 2 * (k + 0.5) / levels - 1 + noise_std * eps.to(k.device)
     raise ValueError(f"noise must be 'uniform' or 'gaussian', got {noise!r}")
+
+
+def place_in_bins(k: Tensor, u: Tensor, levels: int) -> Tensor:
+    """x = 2 (k + u) / L - 1: the point at fraction u in [0, 1) of level k's bin."""
+    return 2 * (k.float() + u) / levels - 1
 
 
 def quantize(x: Tensor, levels: int) -> Tensor:

@@ -8,7 +8,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..data.quantize import bin_width, dequantize
+from ..data.quantize import bin_width, place_in_bins
+
+NOISE_BLOCK = 256  # images that share one noise generator (the evaluation batch of every released figure)
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
@@ -20,6 +22,24 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
     return (-log_prob - num_dims * math.log(bin_width)) / (num_dims * math.log(2))
 
 
+def dequantize_for_evaluation(images: Tensor, levels: int, start: int, end: int, seed: int, draw: int,
+                              noise_block: int = NOISE_BLOCK) -> Tensor:
+    """Images start..end-1 uniformly dequantized, with noise that depends on each image's index alone.
+
+    Image i's noise u is row i mod B of U[0, 1) drawn for the B images of its block (B = ``noise_block``) by a
+    generator seeded with (seed, draw, block start), so a figure does not depend on the batch size or the
+    number of processes; a batch of exactly one block draws what the evaluation drew before per-image seeding.
+    """
+    count, image_shape = images.shape[0], images.shape[1:]
+    rows = []
+    for block_start in range(start - start % noise_block, end, noise_block):
+        block_end = min(block_start + noise_block, count)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + block_start)
+        noise = torch.rand((block_end - block_start, *image_shape), generator=generator)
+        rows.append(noise[max(start, block_start) - block_start:min(end, block_end) - block_start])
+    return place_in_bins(images[start:end], torch.cat(rows).to(images.device), levels)
+
+
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:
     n = values.numel()
     return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else float("nan")
@@ -28,13 +48,13 @@ def mean_and_stderr(values: Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draws: int = 1,
                  batch_size: int = 256, seed: int = 0, mixture: bool = False, progress: bool = False,
-                 rank: int = 0, world_size: int = 1) -> dict[str, float]:
+                 rank: int = 0, world_size: int = 1, noise_block: int = NOISE_BLOCK) -> dict[str, float]:
     """Test bits/dim with uniform dequantization, averaged over every image and ``draws`` noise draws.
 
     ``images`` are integer levels (N, C, H, W) in 0..levels-1. The standard error is over images (each
-    image's bits/dim averaged over its draws first). The noise of each batch depends only on (seed, draw,
-    batch), so the result is the same whatever ``world_size``: rank r evaluates batches r, r + W, ... and
-    the per-image figures are summed across ranks.
+    image's bits/dim averaged over its draws first). The noise of each image depends only on (seed, draw,
+    its index) (see `dequantize_for_evaluation`), so the result is the same whatever ``batch_size`` and
+    ``world_size``: rank r evaluates batches r, r + W, ... and the per-image figures are summed across ranks.
 
     For a class-conditional model, ``mixture=True`` also evaluates p(x) = (1/K) sum_y p(x | y) (log-sum-exp
     over the K labels, comparable with unconditional models) and the Bayes-classifier accuracy of
@@ -52,8 +72,7 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)][rank::world_size]
     for draw in range(draws):
         for lo, hi in tqdm(batches, desc="eval bits/dim", disable=not progress, leave=False):
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + lo)
-            x = dequantize(images[lo:hi], levels, generator=generator).to(model.device, dtype)
+            x = dequantize_for_evaluation(images, levels, lo, hi, seed, draw, noise_block).to(model.device, dtype)
             y = None if labels is None else labels[lo:hi].to(model.device)
             per_image[lo:hi] += bits_per_dim(model.log_prob(x, y), dims, bin_size).double().cpu() / draws
             if num_classes:

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.quantize import bin_width, dequantize
+from ..data.quantize import bin_width
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from .likelihood import bits_per_dim
+from .likelihood import bits_per_dim, dequantize_for_evaluation
 
 
 @torch.no_grad()
@@ -30,8 +30,8 @@ def score_bpd(model, images: Tensor, levels: int, draws: int = 1, batch_size: in
               progress: bool = False) -> Tensor:
     """Per-image bits/dim (N,) float64 of integer-level images (N, C, H, W), averaged over ``draws`` uniform
     dequantization draws: -log p(x) with p the model's density (unconditional) or the uniform class mixture
-    (class-conditional; log-sum-exp over the K labels minus log K). The noise of each batch depends only on
-    (seed, draw, batch start), as in `evaluate_bpd`."""
+    (class-conditional; log-sum-exp over the K labels minus log K). The noise of each image depends only on
+    (seed, draw, its index), as in `evaluate_bpd`."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -43,8 +43,7 @@ def score_bpd(model, images: Tensor, levels: int, draws: int = 1, batch_size: in
     for draw in range(draws):
         for lo in tqdm(starts, desc="scoring", disable=not progress, leave=False):
             hi = min(lo + batch_size, n)
-            generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + lo)
-            x = dequantize(images[lo:hi], levels, generator=generator).to(model.device, dtype)
+            x = dequantize_for_evaluation(images, levels, lo, hi, seed, draw).to(model.device, dtype)
             if num_classes:
                 log_p_each_class = torch.stack([model.log_prob(x, torch.full((hi - lo,), k, device=model.device))
                                   for k in range(num_classes)], dim=1)
