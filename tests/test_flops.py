@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tarflow import FlowConfig, TarFlow
-from tarflow.metrics.flops import forward_flops, training_flops
+from tarflow.metrics.flops import forward_flops, training_attention_flops, training_flops
 
 
 @pytest.mark.parametrize("transform", ["affine", "additive"])
@@ -23,6 +23,8 @@ def test_flops_match_torch_counter(transform):
         model.log_prob(x, y).sum().backward()
     assert fwd.get_total_flops() + attention == B * forward_flops(c)
     assert step.get_total_flops() + 3 * attention == training_flops(c, B)
+    # what benchmarks/profile_step.py takes out to rate the linear layers alone: exactly what torch counts
+    assert training_flops(c, B) - training_attention_flops(c, B) == step.get_total_flops()
 
 
 def test_forward_flops_counts_dense_attention_by_hand():

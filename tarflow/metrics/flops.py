@@ -29,8 +29,14 @@ def block_forward_flops(c: FlowConfig, layers: int) -> tuple[int, int]:
     T, D, W, r = c.num_tokens - 1, c.token_dim, c.width, c.mlp_ratio
     out = build_transform(c).num_params(D)
     proj_in = 2 * T * D * W
-    layer = 2 * T * W * 3 * W + 2 * 2 * T * T * W + 2 * T * W * W + 2 * 2 * T * W * r * W
-    return proj_in + layers * layer + 2 * T * W * out, proj_in
+    layer = 2 * T * W * 3 * W + 2 * T * W * W + 2 * 2 * T * W * r * W
+    return proj_in + layers * layer + attention_forward_flops(c, layers) + 2 * T * W * out, proj_in
+
+
+def attention_forward_flops(c: FlowConfig, layers: int) -> int:
+    """FLOPs of q k^T and A v in the forward of one block of ``layers`` layers, per image: 4 T'^2 W a layer."""
+    positions = c.num_tokens - 1
+    return layers * 2 * 2 * positions * positions * c.width
 
 
 def forward_flops(c: FlowConfig) -> int:
@@ -42,6 +48,11 @@ def training_flops(c: FlowConfig, batch: int) -> int:
     """Matmul FLOPs of one training step (forward + backward) on ``batch`` images."""
     first_proj_in = block_forward_flops(c, c.block_layers[0])[1]
     return batch * (3 * forward_flops(c) - first_proj_in)
+
+
+def training_attention_flops(c: FlowConfig, batch: int) -> int:
+    """The part of `training_flops` inside the fused attention kernels (q k^T and A v, forward + backward)."""
+    return batch * 3 * sum(attention_forward_flops(c, layers) for layers in c.block_layers)
 
 
 def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seconds: float = 3.0) -> float:
