@@ -322,23 +322,26 @@ def digits_model(tmp_path):
     return tmp_path / "model"
 
 
-def fid_by_hand(model_dir, weights, count, guidance):
-    """The FID of `tarflow fid --split test --count <count> --guidance <w>` recomputed independently: one batch of
-    sequential samples (classes in turn, noise seed 0), quantized to the model's 17 levels, featurised with the
-    same extractor file, against every digits test image; mean, covariance and the closed-form Frechet distance
-    ||mu_s - mu_d||^2 + tr S_s + tr S_d - 2 tr (S_d^1/2 S_s S_d^1/2)^1/2 in numpy."""
+def fid_by_hand(model_dir, weights, count, guidance, reference=None):
+    """The FID of `tarflow fid --count <count> --guidance <w>` recomputed independently: one batch of sequential
+    samples (classes in turn for a conditional model, noise seed 0), quantized to the model's levels, featurised
+    with the same extractor file, against every image of ``reference`` (default: the digits test split); mean,
+    covariance and the closed-form Frechet distance ||mu_s - mu_d||^2 + tr S_s + tr S_d - 2 tr (S_d^1/2 S_s
+    S_d^1/2)^1/2 in numpy."""
     from tarflow import SequentialSampler
     from tarflow.data import load_dataset
     from tarflow.data.quantize import quantize
     from tarflow.sampling import Guidance
 
     model = TarFlow.from_pretrained(model_dir)
+    levels = model.metadata["levels"]
+    labels = torch.arange(count) % 10 if model.config.num_classes else None
     with torch.no_grad():
-        x = SequentialSampler(model).sample(count, torch.arange(count) % 10, 1.0, Guidance(guidance), None,
+        x = SequentialSampler(model).sample(count, labels, 1.0, Guidance(guidance) if guidance else None, None,
                                             generator=torch.Generator().manual_seed(0))
     fx = FeatureExtractor(weights)
-    data = load_dataset("digits", "test")
-    feats = [fx(to_rgb_uint8(quantize(x.float(), 17), 17)), fx(to_rgb_uint8(data.images, data.levels))]
+    data = reference if reference is not None else load_dataset("digits", "test")
+    feats = [fx(to_rgb_uint8(quantize(x.float(), levels), levels)), fx(to_rgb_uint8(data.images, data.levels))]
     (mu_s, s_s), (mu_d, s_d) = [(f.mean(0), np.cov(f, rowvar=False)) for f in feats]
     w, v = np.linalg.eigh(s_d)
     root_d = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
@@ -367,18 +370,25 @@ def test_cli_fid_missing_weights_is_a_message(digits_model, tmp_path, capsys):
 
 
 def test_cli_fid_against_an_image_folder(pool_weights, tmp_path, monkeypatch, capsys):
+    """An unconditional RGB model against a folder of 12 images (its train split, resized to 8 x 8): the FID
+    recomputed by hand from the same samples and the folder's images."""
+    from conftest import randomise
     from data_helpers import make_image_folder
+    from tarflow.data import load_dataset
 
     monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
     make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=(6, 3), size=12)
     torch.manual_seed(0)
     model = TarFlow(FlowConfig(image_size=8, channels=3, patch_size=4, width=16, num_blocks=1, layers_per_block=1,
                                head_dim=8))
+    randomise(model, seed=5, std=0.8)
     model.save_pretrained(tmp_path / "m", metadata={"dataset": "folder", "levels": 256})
     assert main(["fid", str(tmp_path / "m"), "--weights", str(pool_weights), "--count", "10", "--dataset", "folder",
                  "--data-dir", str(tmp_path / "imgs"), "--device", "cpu", "--no-progress"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["reference"]["images"] == 12 and math.isfinite(r["fid"])  # the train folder, resized to 8 x 8
+    folder = load_dataset("folder", "train", data_dir=tmp_path / "imgs", image_size=8, channels=3)
+    assert r["reference"]["images"] == 12 == len(folder.images)
+    assert r["fid"] == pytest.approx(fid_by_hand(tmp_path / "m", pool_weights, 10, None, folder), rel=1e-6)
 
 
 def test_fid_of_model_from_python_matches_the_cli(digits_model, pool_weights, tmp_path, monkeypatch, capsys):
