@@ -4,6 +4,7 @@ the decoded cache, bad images and image modes, the flip augmentation; and one te
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from tarflow.data.formats import read_idx
 from tarflow.errors import ConfigError, DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+SHARED_FASHION = SHARED_MNIST.parent / "fashion-mnist"
 
 
 def load(name, split, tmp_path, **kw):
@@ -136,6 +138,44 @@ def test_real_mnist_loads(tmp_path):
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]  # the well-known first training labels
     assert np.bincount(test.labels.numpy()).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_real_fashion_mnist_recompressed_copy_loads_by_its_content(tmp_path, capsys):
+    """Debian's dataset-fashion-mnist re-compresses the official .gz files: their md5s differ, their decompressed
+    content is the official one, which is what is checked, and the user is told so."""
+    if not SHARED_FASHION.is_dir():
+        pytest.skip(f"the Fashion-MNIST copy {SHARED_FASHION} is absent (it is only on the development machine)")
+    test = load("fashion-mnist", "test", tmp_path, data_dir=SHARED_FASHION)
+    err = capsys.readouterr().err
+    assert test.images.shape == (10000, 1, 28, 28) and np.bincount(test.labels.numpy()).tolist() == [1000] * 10
+    assert "t10k-images-idx3-ubyte.gz by decompressed-content md5" in err
+    assert md5sum(SHARED_FASHION / "t10k-images-idx3-ubyte.gz") != "bef4ecab320f06d8554ea6380940ec79"  # re-compressed
+
+
+def test_a_recompressed_copy_is_accepted_only_with_the_official_content(tmp_path, monkeypatch, capsys):
+    from tarflow.data import SOURCES
+    from tarflow.data.download import RemoteFile
+
+    official, copy = tmp_path / "official", tmp_path / "copy"
+    make_idx_dataset(official)
+    trust_files(monkeypatch, "mnist", official)
+    contents = {f.name: gzip.decompress((official / f.name).read_bytes()) for f in SOURCES["mnist"]}
+    monkeypatch.setitem(SOURCES, "mnist", [RemoteFile(f.name, f.md5, f.urls, hashlib.md5(contents[f.name]).hexdigest())
+                                           for f in SOURCES["mnist"]])
+    copy.mkdir()
+    for name, content in contents.items():  # another compression level and timestamp: other .gz bytes
+        (copy / name).write_bytes(gzip.compress(content, compresslevel=1, mtime=12345))
+    assert md5sum(copy / "t10k-images-idx3-ubyte.gz") != md5sum(official / "t10k-images-idx3-ubyte.gz")
+    from_copy = load("mnist", "test", tmp_path, data_dir=copy, cache_dir=tmp_path / "cache1")
+    assert "t10k-images-idx3-ubyte.gz by decompressed-content md5" in capsys.readouterr().err
+    from_official = load("mnist", "test", tmp_path, data_dir=official, cache_dir=tmp_path / "cache2")
+    assert "t10k-images-idx3-ubyte.gz by file md5" in capsys.readouterr().err
+    assert torch.equal(from_copy.images, from_official.images)
+    damaged = bytearray(contents["t10k-images-idx3-ubyte.gz"])
+    damaged[-1] ^= 1
+    (copy / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(damaged)))
+    with pytest.raises(DataError, match="decompressed content is not the official one"):
+        load("mnist", "test", tmp_path, data_dir=copy, cache_dir=tmp_path / "cache3")
 
 
 # ---------------------------------------------------------------- CIFAR-10, python archive

@@ -9,9 +9,11 @@ md5), then renamed, so a file under its final name is always whole. The cache is
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -30,11 +32,13 @@ TIMEOUT_S = 60.0  # per network read, seconds
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One raw file of a dataset: its name, md5, and the URLs to try in order."""
+    """One raw file of a dataset: its name, md5, and the URLs to try in order. ``content_md5``: for a .gz file,
+    the md5 of its decompressed content, which also accepts a local copy re-compressed by a packager."""
 
     name: str
     md5: str
     urls: tuple[str, ...]
+    content_md5: str | None = None
 
 
 def default_cache_dir() -> Path:
@@ -49,6 +53,31 @@ def md5sum(path: str | os.PathLike) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def gunzipped_md5sum(path: str | os.PathLike) -> str | None:
+    """Hex md5 of a gzip file's decompressed content, or None if it is not a readable gzip file."""
+    h = hashlib.md5(usedforsecurity=False)
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except (OSError, EOFError):
+        return None
+    return h.hexdigest()
+
+
+def check_local_file(f: RemoteFile, path: Path) -> tuple[str | None, str | None]:
+    """(which check passed, problem): the file's own md5, else the md5 of its decompressed content."""
+    if not path.is_file():
+        return None, f"{f.name} is missing"
+    got = md5sum(path)
+    if got == f.md5:
+        return "file md5", None
+    if f.content_md5 is not None and gunzipped_md5sum(path) == f.content_md5:
+        return "decompressed-content md5 (a re-compressed copy)", None
+    also = f" and its decompressed content is not the official one (md5 {f.content_md5})" if f.content_md5 else ""
+    return None, f"{f.name} has md5 {got}, expected {f.md5}{also}"
 
 
 def download(url: str, dest: str | os.PathLike, md5: str, progress: bool = True) -> Path:
@@ -109,22 +138,20 @@ def fetch_files(dataset: str, files: list[RemoteFile], data_dir: str | os.PathLi
                 progress: bool = True) -> dict[str, Path]:
     """The local path of each of ``files``, checked against its md5.
 
-    With ``data_dir`` the files must be there (no network). Otherwise they are looked for in
+    With ``data_dir`` the files must be there (no network), each matching its md5 or, for a re-compressed .gz,
+    the md5 of its decompressed content (which check passed is printed to standard error). Otherwise they are looked for in
     ``<cache_dir>/<dataset>/`` and, if missing or damaged there and ``download_missing``, downloaded.
     """
     if data_dir is not None:
         folder = Path(data_dir)
-        problems = []
-        for f in files:
-            p = folder / f.name
-            if not p.is_file():
-                problems.append(f"{f.name} is missing")
-            elif (got := md5sum(p)) != f.md5:
-                problems.append(f"{f.name} has md5 {got}, expected {f.md5}")
+        checks = [check_local_file(f, folder / f.name) for f in files]
+        problems = [problem for _, problem in checks if problem]
         if problems:
             raise DataError(f"{dataset}: {'; '.join(problems)} in {folder}. Expected there: {listing(files)}. "
                             f"Put the original files in that folder, or leave data_dir unset to download them "
                             f"into the cache.")
+        passed = ", ".join(f"{f.name} by {check}" for f, (check, _) in zip(files, checks))
+        print(f"{dataset}: local files in {folder} checked: {passed}", file=sys.stderr)
         return {f.name: folder / f.name for f in files}
 
     folder = Path(cache_dir or default_cache_dir()) / dataset
