@@ -20,10 +20,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..errors import DataError
 from ..io import fsync_dir, umask_mode
+from ..progress import progress_bar
 
 CACHE_ENV = "TARFLOW_CACHE"
 MIRROR_ENV = "TARFLOW_DATA_MIRROR"
@@ -93,8 +92,8 @@ def download(url: str, dest: str | os.PathLike, md5: str, progress: bool = True)
                     length = r.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
                     h, n = hashlib.md5(usedforsecurity=False), 0
-                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                              disable=not progress, leave=False) as bar:
+                    with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                                      enabled=progress, leave=False) as bar:
                         while chunk := r.read(1 << 20):
                             f.write(chunk)
                             h.update(chunk)

@@ -29,9 +29,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..progress import progress_bar
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 SPLITS = ("train", "test")
@@ -122,7 +122,7 @@ def decode_many(items: Iterable[tuple[str, str | bytes]], size: int, channels: i
                 progress: bool, desc: str) -> list[np.ndarray | str]:
     """`decode_chunk` over all items, in order; worker processes when there are many and more than one CPU."""
     chunks = iter(lambda it=iter(items): list(islice(it, CHUNK)), [])
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc=desc, unit="img", enabled=progress, leave=False)
     out: list[np.ndarray | str] = []
     workers = pool_size()
     if workers <= 1 or (total is not None and total < MIN_POOL):

@@ -83,7 +83,7 @@ class SmallCNN(nn.Module):
 def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig, budget: TrainBudget = TrainBudget(),
                      progress: bool = True) -> SmallCNN:
     """Train a SmallCNN with AdamW (cosine schedule) and random 1-pixel shifts, on the CPU."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if len(images) == 0:
         raise TarflowError("cannot train a classifier on an empty dataset")
@@ -94,7 +94,7 @@ def train_classifier(images: Tensor, labels: Tensor, config: ClassifierConfig, b
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=budget.steps, pct_start=0.1)
     model.train()
     n = len(images)
-    for _ in tqdm(range(budget.steps), desc="training classifier", disable=not progress, leave=False):
+    for _ in progress_bar(range(budget.steps), desc="training classifier", enabled=progress, leave=False):
         idx = torch.randint(0, n, (min(budget.batch_size, n),), generator=gen)
         x = model.to_input(images[idx])
         dy, dx = torch.randint(-1, 2, (2,), generator=gen).tolist()

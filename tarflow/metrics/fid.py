@@ -266,11 +266,11 @@ class FeatureExtractor:
         every ``save_every_s`` seconds) and a later call on the same images continues from them, so an
         interrupted hours-long pass on a CPU loses at most a minute; the caller deletes it when done.
         """
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         stats = RunningStats.load(resume_file, images.shape[0]) if resume_file else RunningStats()
         n, start, saved_at = images.shape[0], stats.n, time.monotonic()
-        for lo in tqdm(range(start, n, self.batch_size), desc=desc, disable=not progress, leave=False,
+        for lo in progress_bar(range(start, n, self.batch_size), desc=desc, enabled=progress, leave=False,
                        initial=-(-start // self.batch_size), total=-(-n // self.batch_size), unit="batch"):
             stats.update(self(to_rgb_uint8(images[lo:lo + self.batch_size], levels)))
             if resume_file and time.monotonic() - saved_at > save_every_s and stats.n < n:

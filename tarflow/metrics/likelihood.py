@@ -60,7 +60,7 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     over the K labels, comparable with unconditional models) and the Bayes-classifier accuracy of
     argmax_y p(x | y) against ``labels``.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     model.eval()
     n, dims, bin_size = images.shape[0], images[0].numel(), bin_width(levels)
@@ -71,7 +71,7 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     dtype = next(model.parameters(), torch.empty(())).dtype  # float64 models get float64 inputs
     batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)][rank::world_size]
     for draw in range(draws):
-        for lo, hi in tqdm(batches, desc="eval bits/dim", disable=not progress, leave=False):
+        for lo, hi in progress_bar(batches, desc="eval bits/dim", enabled=progress, leave=False):
             x = dequantize_for_evaluation(images, levels, lo, hi, seed, draw, noise_block).to(model.device, dtype)
             y = None if labels is None else labels[lo:hi].to(model.device)
             per_image[lo:hi] += bits_per_dim(model.log_prob(x, y), dims, bin_size).double().cpu() / draws

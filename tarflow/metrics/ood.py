@@ -32,7 +32,7 @@ def score_bpd(model, images: Tensor, levels: int, draws: int = 1, batch_size: in
     dequantization draws: -log p(x) with p the model's density (unconditional) or the uniform class mixture
     (class-conditional; log-sum-exp over the K labels minus log K). The noise of each image depends only on
     (seed, draw, its index), as in `evaluate_bpd`."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     model.eval()
     n, dims, bin_size = images.shape[0], images[0].numel(), bin_width(levels)
@@ -41,7 +41,7 @@ def score_bpd(model, images: Tensor, levels: int, draws: int = 1, batch_size: in
     out = torch.zeros(n, dtype=torch.float64)
     starts = list(range(0, n, batch_size))
     for draw in range(draws):
-        for lo in tqdm(starts, desc="scoring", disable=not progress, leave=False):
+        for lo in progress_bar(starts, desc="scoring", enabled=progress, leave=False):
             hi = min(lo + batch_size, n)
             x = dequantize_for_evaluation(images, levels, lo, hi, seed, draw).to(model.device, dtype)
             if num_classes:

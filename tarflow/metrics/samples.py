@@ -16,13 +16,13 @@ def generate_levels(sampler, n: int, labels: Tensor | None = None, levels: int =
     seed * 1_000_003 + i, so a sample does not depend on anything but its position, seed and batch size.
     NaN samples (a diverged sampler) are an error rather than silently clamped. Under torchrun, process
     ``rank`` of ``world_size`` draws batches rank, rank + W, ... only (the same samples, split)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from ..errors import TarflowError
 
     out = []
     starts = list(range(0, n, batch_size))[rank::world_size]
-    for lo in tqdm(starts, desc="sampling", disable=not progress, leave=False, unit="batch"):
+    for lo in progress_bar(starts, desc="sampling", enabled=progress, leave=False, unit="batch"):
         hi = min(lo + batch_size, n)
         y = None if labels is None else labels[lo:hi]
         x = sampler.sample(hi - lo, y, temperature, guidance, denoise_std,

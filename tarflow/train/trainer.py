@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import bin_width, dequantize, flip_batch, load_dataset
@@ -22,6 +20,7 @@ from ..flows.saving import is_model_dir
 from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
+from ..progress import progress_bar
 from ..sampling import Guidance, SequentialSampler
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -101,9 +100,10 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
 
     log_bin = math.log(bin_width(data.levels))
     log = open(run_dir / "metrics.jsonl", "a") if main else None
-    bar = tqdm(total=train_config.steps, initial=step, desc="train", disable=not (progress and main),
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file: a line every 10 s
+    bar = progress_bar(total=train_config.steps, initial=step, desc="train", enabled=progress and main,
+                       every_steps=train_config.log_every, unit="step")  # a log file: a line every log_every steps
     t0, window = time.perf_counter() - elapsed, []
+    started, first_step = time.perf_counter(), step  # for images/s of this process's own steps
     probe, warned = entropy_batch(data, train_config, model_config, device), set()  # fixed images, heads warned of
     model.train()
     while step < train_config.steps:
@@ -112,7 +112,6 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         loss, grad_norm, skipped = result.loss, result.grad_norm, result.skipped
         step += 1
 
-        bar.update(1)
         record = {}
         if skipped:
             record["bad_step"] = skipped
@@ -122,7 +121,10 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         else:
             bpd = (loss.item() - log_bin) / math.log(2)
             window.append(bpd)
-            bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}")
+            images_per_s = (step - first_step) * train_config.batch_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
+                            images_per_s=f"{images_per_s:.0f}", refresh=False)
+        bar.update(1)  # after the postfix, so a log line shows this step's figures
         if (step % train_config.log_every == 0 or step == train_config.steps) and window:
             record.update(loss=loss.item() if not skipped else None, bpd=sum(window) / len(window),
                           lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm.item() if not skipped else None)
