@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -31,12 +33,14 @@ class SequentialSampler:
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0, guidance: Guidance | None = None,
                denoise_std: float | None = None, generator: torch.Generator | None = None,
-               z: Tensor | None = None) -> Tensor:
+               z: Tensor | None = None, noise_level: float | Tensor | None = None) -> Tensor:
         """n samples in model space (pixels: (n, C, H, W) in [-1, 1], not clamped).
 
         ``y``: labels (n,) for a class-conditional model. ``denoise_std``: the noise std the model
         was trained with, to remove it with one Tweedie step (None: no denoising).
-        ``z``: start from this noise instead of drawing it.
+        ``z``: start from this noise instead of drawing it. ``noise_level``: for a noise-conditioned model, the
+        level t of the samples (default: its highest trained level t1; see `tarflow.sampling.iterative` for
+        denoising them); the Tweedie step then uses the score at that level.
         """
         model = self.model
         was_training = model.training
@@ -45,15 +49,17 @@ class SequentialSampler:
             z = self.noise(n, temperature, generator) if z is None else z.to(model.device)
             y = model.conditioning.check(y, n, model.device)
             model.modality.check(z, "z")
+            levels = generation_level(model, noise_level, n)
             tokens = model.modality.to_tokens(z)
             if guidance is None:
-                tokens = self.invert(tokens, Condition(y))
+                tokens = self.invert(tokens, Condition(y, noise_level=levels))
             else:
                 condition = model.conditioning.branches(y, n, guidance.attn_temp, model.dtype, model.device)
+                condition = dataclasses.replace(condition, noise_level=None if levels is None else levels.repeat(2))
                 tokens = self.invert(tokens, condition, guidance)
             x = model.modality.from_tokens(tokens)
             if denoise_std:
-                x = tweedie_denoise(model, x, y, denoise_std)
+                x = tweedie_denoise(model, x, y, denoise_std, levels)
         finally:
             model.train(was_training)
         return x
@@ -63,3 +69,11 @@ class SequentialSampler:
         for block in reversed(self.model.blocks):
             tokens = block.inverse(tokens, condition, guidance)
         return tokens
+
+
+def generation_level(model, noise_level: float | Tensor | None, n: int) -> Tensor | None:
+    """The checked noise levels (n,) of a noise-conditioned model's samples (default: its highest trained level t1);
+    None for other models."""
+    if noise_level is None and model.config.noise_conditioning:
+        noise_level = model.config.noise_level_max
+    return model.check_noise_level(noise_level, n)
