@@ -67,8 +67,9 @@ class NoiseLevelConditioning:
             raise InputError(f"noise_level must be finite and positive, got values "
                              f"{float(levels.min()):g}..{float(levels.max()):g}")
         if bool((levels < self.minimum).any() or (levels > self.maximum).any()):  # t0, t1 in the levels' dtype
-            message = (f"noise_level {float(levels.min()):g}..{float(levels.max()):g} lies outside the trained range "
-                       f"{trained}")
+            low, high = float(levels.min()), float(levels.max())
+            given = f"{low:g}" if low == high else f"{low:g}..{high:g}"
+            message = f"noise_level {given} lies outside the trained range {trained}"
             if not extrapolate:
                 raise InputError(f"{message}: choose levels in the range, or pass extrapolate=True to use the model "
                                  f"outside it")
