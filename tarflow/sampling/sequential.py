@@ -49,20 +49,26 @@ class SequentialSampler:
             z = self.noise(n, temperature, generator) if z is None else z.to(model.device)
             y = model.conditioning.check(y, n, model.device)
             model.modality.check(z, "z")
-            levels = generation_level(model, noise_level, n)
-            tokens = model.modality.to_tokens(z)
-            if guidance is None:
-                tokens = self.invert(tokens, Condition(y, noise_level=levels))
-            else:
-                condition = model.conditioning.branches(y, n, guidance.attn_temp, model.dtype, model.device)
-                condition = dataclasses.replace(condition, noise_level=None if levels is None else levels.repeat(2))
-                tokens = self.invert(tokens, condition, guidance)
+            condition = self.condition(y, n, guidance, noise_level)
+            tokens = self.invert(model.modality.to_tokens(z), condition, guidance)
             x = model.modality.from_tokens(tokens)
             if denoise_std:
+                levels = None if condition.noise_level is None else condition.noise_level[:n]
                 x = tweedie_denoise(model, x, y, denoise_std, levels)
         finally:
             model.train(was_training)
         return x
+
+    def condition(self, y: Tensor | None, n: int, guidance: Guidance | None = None,
+                  noise_level: float | Tensor | None = None) -> Condition:
+        """The rows of a sampling pass over n samples: checked labels ``y``, both guidance branches (2n rows) with
+        ``guidance``, and a noise-conditioned model's level (default: its highest trained level t1)."""
+        model = self.model
+        levels = generation_level(model, noise_level, n)
+        if guidance is None:
+            return Condition(y, noise_level=levels)
+        condition = model.conditioning.branches(y, n, guidance.attn_temp, model.dtype, model.device)
+        return dataclasses.replace(condition, noise_level=None if levels is None else levels.repeat(2))
 
     def invert(self, tokens: Tensor, condition: Condition, guidance: Guidance | None = None) -> Tensor:
         """Noise tokens -> data tokens; ``condition`` holds every guidance branch's rows."""

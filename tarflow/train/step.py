@@ -82,7 +82,7 @@ def train_step(run: Optimisation, x: torch.Tensor, y: torch.Tensor | None, step:
             else:
                 weights = loss_weights(config.loss_weight, noise_level, model.config.noise_level_min,
                                        model.config.noise_level_max)
-                loss = -(weights * run.log_prob(x, y, noise_level)).mean() / model.config.num_dims
+                loss = -(weights * run.log_prob(x, y, noise_level=noise_level)).mean() / model.config.num_dims
         scaler.scale(loss).backward()
         scaler.unscale_(run.optimizer)
         max_norm = config.grad_clip or float("inf")
