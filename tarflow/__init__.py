@@ -9,5 +9,5 @@ from .sampling import (GSJacobiSampler, Guidance, IterativeDenoiser, JacobiSampl
                        tweedie_denoise)
 
 __all__ = ["__version__", "TarFlow", "FlowConfig", "bits_per_dim", "Guidance", "SequentialSampler", "JacobiSampler",
-           "GSJacobiSampler", "IterativeDenoiser", "tweedie_denoise", "TarflowError", "ConfigError", "InputError", "CheckpointError",
-           "DataError"]
+           "GSJacobiSampler", "IterativeDenoiser", "tweedie_denoise", "TarflowError", "ConfigError", "InputError",
+           "CheckpointError", "DataError"]

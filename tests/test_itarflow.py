@@ -302,7 +302,8 @@ def test_noise_of_a_batch_does_not_depend_on_how_it_is_split():
     x = torch.rand(6, 2, 4, 4, dtype=torch.float64)
     whole, levels = add_noise_levels(x, 5, config, model_config)
     parts = [add_noise_levels(x[part], 5, config, model_config, part) for part in (slice(0, 3), slice(3, 6))]
-    assert torch.equal(torch.cat([p[0] for p in parts]), whole) and torch.equal(torch.cat([p[1] for p in parts]), levels)
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole)
+    assert torch.equal(torch.cat([p[1] for p in parts]), levels)
     eps = (whole - x) / levels.view(-1, 1, 1, 1)
     assert levels.min() >= T0 and levels.max() <= T1 and 0.7 < eps.std() < 1.3
     assert not torch.equal(add_noise_levels(x, 6, config, model_config)[0], whole)  # a new draw each step

@@ -61,7 +61,7 @@ class IterativeDenoiser:
         return spaced + [0.0]
 
     def run(self, score: Score, x: Tensor, t0: float, t1: float, generator: torch.Generator | None = None) -> Tensor:
-        """x at level t1 -> denoised x; ``generator`` draws the sde noise (on the CPU, so seeds agree across devices)."""
+        """x at level t1 -> denoised x; ``generator`` draws the sde noise (on the CPU: seeds agree across devices)."""
         levels = self.levels(t0, t1)
         x = x.detach()
         for level, following in zip(levels[:-1], levels[1:]):
