@@ -126,3 +126,36 @@ def test_noisy_bits_per_dim_of_an_identity_flow_has_a_closed_form():
     result = evaluate_noisy_bpd(model, images, None, levels, level)
     assert abs(result["bits_per_dim"] - expected) < 0.01
     assert level ** 2 / 2 / math.log(2) > 0.06  # so a missing t eps would fail the line above
+
+
+def test_fid_samples_are_denoised_like_sample(run_dir, plain_run):
+    """`tarflow fid`'s sampler for a noise-conditioned model: generated at t1, then the --denoise choice; the
+    samples FID sees (generate_levels) are those of `sample` then `IterativeDenoiser.denoise`."""
+    import argparse
+
+    from tarflow import ConfigError
+    from tarflow.cli.evaluate import fid_denoising
+    from tarflow.data import quantize
+    from tarflow.metrics import generate_levels
+
+    def options(denoise=None, steps=None, dynamics=None):
+        return argparse.Namespace(denoise=denoise, denoise_steps=steps, dynamics=dynamics, denoise_clip=False)
+
+    model, _ = load_model(run_dir / "model", "cpu")
+    base = SequentialSampler(model)
+    sampler, said = fid_denoising(model, base, options())
+    assert sampler.denoiser == IterativeDenoiser(10, "ode") and said.startswith("iterative (10 ode")
+    assert fid_denoising(model, base, options("tweedie"))[0].denoiser == IterativeDenoiser(1)
+    assert fid_denoising(model, base, options("none"))[0] is base
+    sampler = fid_denoising(model, base, options("iterative", 2, "sde"))[0]
+    images = generate_levels(sampler, 6, torch.arange(6), 17, batch_size=6, seed=1)
+    generator = torch.Generator().manual_seed(1 * 1_000_003)
+    with torch.no_grad():
+        x = IterativeDenoiser(2, "sde").denoise(model, base.sample(6, torch.arange(6), generator=generator),
+                                                torch.arange(6), generator)
+    assert torch.equal(images, quantize(x.float(), 17))
+    plain, _ = load_model(plain_run / "model", "cpu")
+    plain_sampler = SequentialSampler(plain)
+    assert fid_denoising(plain, plain_sampler, options()) == (plain_sampler, None)  # fid's own denoising, as before
+    with pytest.raises(ConfigError, match="for noise-conditioned models"):
+        fid_denoising(plain, SequentialSampler(plain), options("iterative"))

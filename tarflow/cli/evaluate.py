@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import (DEVICE_HELP, GUIDANCE_HELP, add_sampling_options, check_output_file, number,
-                      parse_weights_list)
-from .sample import choose_sampler
+from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_sampling_options, check_output_file,
+                      number, parse_weights_list)
+from .sample import choose_denoiser, choose_sampler
 
 
 def load_model_for_metrics(args: argparse.Namespace):
@@ -97,14 +97,35 @@ def fid(args: argparse.Namespace, cluster) -> int:
     guidance = Guidance(args.guidance, args.guidance_rule) if args.guidance else None
     batch = min(args.sample_batch, args.count)
     sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)
+    sampler, denoised = fid_denoising(model, sampler, args)
     result = fid_of_model(model, extractor, name, args.split, args.count, args.ref_count, sampler, guidance,
                           args.temperature, args.seed, batch, data_dir, progress=not args.no_progress,
                           rank=cluster.rank, world_size=cluster.world_size)
     result = {"fid": result.pop("fid"), "samples": result.pop("samples"), "model": str(model_dir), "sampler": how,
               **result}
+    if denoised is not None:
+        result["denoise"] = denoised
     if cluster.is_main:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, str | None]:
+    """A noise-conditioned model's sampler with its --denoise choice (default iterative, 10 ode steps; tweedie is
+    one step at t1) and a phrase saying which; other models keep fid's denoising (one Tweedie step when trained
+    with gaussian noise) and refuse the options."""
+    from ..sampling import DenoisedSampler, IterativeDenoiser
+
+    given = args.denoise is not None or args.denoise_steps is not None or args.dynamics is not None
+    if not model.config.noise_conditioning:
+        if given or args.denoise_clip:
+            raise ConfigError("fid's --denoise options are for noise-conditioned models (iTARFlow); a model trained "
+                              "with gaussian noise is denoised by one Tweedie step, others not at all")
+        return sampler, None
+    denoiser, sigma, denoised = choose_denoiser(model, args)
+    if sigma is not None:
+        denoiser = IterativeDenoiser(steps=1)  # one Tweedie step at t1
+    return (sampler, denoised) if denoiser is None else (DenoisedSampler(sampler, denoiser), denoised)
 
 
 def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
@@ -198,6 +219,9 @@ def add_fid_parser(sub) -> None:
     add_sampling_options(parser, "noise seed (default 0)")
     parser.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                         help="images per feature-extractor call (default 32)")
+    add_denoise_options(parser, "noise-conditioned models (iTARFlow): iterative (default), tweedie (one step at t1) "
+                        "or none (the samples at t1); other models: one Tweedie step when trained with gaussian "
+                        "noise, as always")
     parser.set_defaults(func=cmd_fid)
 
 

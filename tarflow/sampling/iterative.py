@@ -91,3 +91,19 @@ class IterativeDenoiser:
             return self.run(model_score(model, y), x, config.noise_level_min, config.noise_level_max, generator)
         finally:
             model.train(was_training)
+
+
+class DenoisedSampler:
+    """``sampler``'s samples of a noise-conditioned model (generated at its highest level t1), then denoised by
+    ``denoiser``: the samplers' ``sample`` signature, so metrics such as FID use it like any sampler."""
+
+    def __init__(self, sampler, denoiser: IterativeDenoiser):
+        self.sampler, self.denoiser, self.model = sampler, denoiser, sampler.model
+
+    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0, guidance=None,
+               denoise_std: float | None = None, generator: torch.Generator | None = None,
+               z: Tensor | None = None) -> Tensor:
+        if denoise_std is not None:
+            raise ConfigError("a DenoisedSampler denoises with its own denoiser: pass denoise_std=None")
+        x = self.sampler.sample(n, y, temperature, guidance, None, generator, z)
+        return self.denoiser.denoise(self.model, x, y, generator)
