@@ -320,3 +320,16 @@ def test_train_step_loss_is_the_weighted_noisy_likelihood():
     result = train_step(run, x, y, 0, LEVELS)
     assert abs(result.loss.item() - expected.item()) <= 1e-12 and result.skipped is None
     assert (model.log_prob(x, y, noise_level=LEVELS) - expected).abs().max() > 0  # the step moved the model
+
+
+@pytest.mark.parametrize("guidance", [None, Guidance(1.0)], ids=["plain", "guided"])
+def test_calibration_runs_at_the_generation_level(guidance):
+    """`calibrate` inverts a noise-conditioned model at its highest level t1, as `sample` does."""
+    from tarflow.sampling.calibrate import calibrate, sampler_from_entry
+
+    model = noisy_model(num_classes=NUM_CLASSES)
+    entry = calibrate(model, 4, guidance, modules=[1, 2])
+    y = make_labels(model)
+    reference = SequentialSampler(model).sample(4, y, guidance=guidance, generator=gen(2))
+    sampled = sampler_from_entry(model, entry).sample(4, y, guidance=guidance, generator=gen(2))
+    assert (sampled - reference).abs().max() <= 1e-3
