@@ -42,6 +42,22 @@ PRESETS: dict[str, dict] = {
         "train": dict(dataset="cifar10", steps=200_000, batch_size=256, lr=1e-4, warmup_steps=1000, flip=True,
                       eval_every=10_000, sample_every=5000, checkpoint_every=2000, eval_draws=4),
     },
+    # iTARFlow (noise levels t in [0.01, 0.3], loss weight t, samples generated at t = 0.3 then iteratively
+    # denoised): the digits preset's model with a noise-level input, for CPU smoke runs. Not yet measured.
+    "digits-itarflow": {
+        "model": dict(image_size=8, channels=1, patch_size=2, width=128, num_blocks=4, layers_per_block=2,
+                      head_dim=32, num_classes=10, noise_conditioning=True),
+        "train": dict(dataset="digits", steps=1200, batch_size=64, lr=2e-3, warmup_steps=100, eval_every=300,
+                      sample_every=300, checkpoint_every=300, sample_guidance=1.0, sample_temperature=0.9),
+    },
+    # The cifar10 preset's model and hour of 2 CPU cores, noise-conditioned: to compare one-step Tweedie with
+    # iterative denoising at 5 / 10 / 20 steps against the fixed-noise cifar10 model. Not yet run.
+    "cifar10-itarflow": {
+        "model": dict(image_size=32, channels=3, patch_size=4, width=192, num_blocks=4, layers_per_block=3,
+                      head_dim=64, num_classes=10, noise_conditioning=True),
+        "train": dict(dataset="cifar10", steps=2800, batch_size=64, lr=1e-3, warmup_steps=200, flip=True,
+                      eval_every=700, sample_every=350, checkpoint_every=350, eval_draws=1),
+    },
     # Seconds on a CPU: for smoke tests of the whole pipeline, not for results.
     "tiny": {
         "model": dict(image_size=8, channels=1, patch_size=2, width=32, num_blocks=2, layers_per_block=1,

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import (DEVICE_HELP, GUIDANCE_HELP, add_sampling_options, check_output_file, number,
-                      parse_weights_list)
-from .sample import choose_sampler
+from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_sampling_options, check_output_file,
+                      number, parse_weights_list)
+from .sample import choose_denoiser, choose_sampler
 
 
 def load_model_for_metrics(args: argparse.Namespace):
@@ -30,8 +30,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..metrics import evaluate_bpd
     from ..metrics.model_data import check_data_fits
+    from ..metrics.noisy_likelihood import evaluate_noisy_bpd
 
     model, model_dir, name, data_dir = load_model_for_metrics(args)
+    noise_conditioned = check_noise_level_option(model, args)
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=model.config.image_size,
                         channels=model.config.channels, progress=not args.no_progress)
     check_data_fits(model, data, name)
@@ -39,12 +41,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.set_likelihood_prior(args.prior)
     config = model.config
     labels = data.labels if config.num_classes else None
+    if noise_conditioned:
+        result = evaluate_noisy_bpd(model, data.images, labels, data.levels, args.noise_level, draws=args.draws,
+                                    seed=args.seed, extrapolate=args.extrapolate, progress=not args.no_progress)
+        result.update(dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
+                      likelihood_prior=config.likelihood_prior,
+                      density="p_t of x + t eps: x uniformly dequantized test images, eps ~ N(0, I), t = noise_level")
+        print(json.dumps(result, indent=2))
+        return 0
     result = evaluate_bpd(model, data.images, labels, data.levels, draws=args.draws, seed=args.seed,
                           mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress)
     result.update(dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
                   likelihood_prior=config.likelihood_prior)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def check_noise_level_option(model, args: argparse.Namespace) -> bool:
+    """Whether `eval` measures bits/dim at a noise level: --noise-level for a noise-conditioned model (required,
+    in its trained range unless --extrapolate), refused for other models."""
+    config = model.config
+    if not config.noise_conditioning:
+        if args.noise_level is not None or args.extrapolate:
+            raise ConfigError("--noise-level and --extrapolate need a noise-conditioned model (noise_conditioning="
+                              "true, iTARFlow); this one models the data at one fixed noise")
+        return False
+    if args.noise_level is None:
+        raise ConfigError(f"this model is noise-conditioned (iTARFlow): pass --noise-level t, the noise std of the "
+                          f"data to evaluate, in its trained range [{config.noise_level_min:g}, "
+                          f"{config.noise_level_max:g}] (the lowest, {config.noise_level_min:g}, is closest to the "
+                          f"clean data)")
+    model.check_noise_level(args.noise_level, 1, args.extrapolate)
+    return True
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -69,14 +97,35 @@ def fid(args: argparse.Namespace, cluster) -> int:
     guidance = Guidance(args.guidance, args.guidance_rule) if args.guidance else None
     batch = min(args.sample_batch, args.count)
     sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)
+    sampler, denoised = fid_denoising(model, sampler, args)
     result = fid_of_model(model, extractor, name, args.split, args.count, args.ref_count, sampler, guidance,
                           args.temperature, args.seed, batch, data_dir, progress=not args.no_progress,
                           rank=cluster.rank, world_size=cluster.world_size)
     result = {"fid": result.pop("fid"), "samples": result.pop("samples"), "model": str(model_dir), "sampler": how,
               **result}
+    if denoised is not None:
+        result["denoise"] = denoised
     if cluster.is_main:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, str | None]:
+    """A noise-conditioned model's sampler with its --denoise choice (default iterative, 10 ode steps; tweedie is
+    one step at t1) and a phrase saying which; other models keep fid's denoising (one Tweedie step when trained
+    with gaussian noise) and refuse the options."""
+    from ..sampling import DenoisedSampler, IterativeDenoiser
+
+    given = args.denoise is not None or args.denoise_steps is not None or args.dynamics is not None
+    if not model.config.noise_conditioning:
+        if given or args.denoise_clip:
+            raise ConfigError("fid's --denoise options are for noise-conditioned models (iTARFlow); a model trained "
+                              "with gaussian noise is denoised by one Tweedie step, others not at all")
+        return sampler, None
+    denoiser, sigma, denoised = choose_denoiser(model, args)
+    if sigma is not None:
+        denoiser = IterativeDenoiser(steps=1)  # one Tweedie step at t1
+    return (sampler, denoised) if denoiser is None else (DenoisedSampler(sampler, denoiser), denoised)
 
 
 def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
@@ -137,6 +186,13 @@ def add_eval_parser(sub) -> None:
                         help="prior of log p(x) for additive models: learned N(0, s^2) or standard N(0, I) (default: "
                         "the model's likelihood_prior; imports of apple/ml-tarflow use standard, as its bits/dim)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--noise-level", type=number(float, above=0), default=None, metavar="T",
+                        help="noise-conditioned models (iTARFlow; required for them): bits/dim of the noisy test "
+                        "data x + T eps (x uniformly dequantized, eps ~ N(0, I)) under the model's density p_T, "
+                        "with the 8-bit bin width as for clean data; a continuous density of noisy data, not a "
+                        "clean-data likelihood (which these models do not give exactly)")
+    parser.add_argument("--extrapolate", action="store_true",
+                        help="allow a --noise-level outside the model's trained range (a warning instead of an error)")
     parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
                         help="for class-conditional models also report p(x) = mean over labels of p(x|y) "
                         "(comparable with unconditional models) and the Bayes-classifier accuracy (default on)")
@@ -163,6 +219,9 @@ def add_fid_parser(sub) -> None:
     add_sampling_options(parser, "noise seed (default 0)")
     parser.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                         help="images per feature-extractor call (default 32)")
+    add_denoise_options(parser, "noise-conditioned models (iTARFlow): iterative (default), tweedie (one step at t1) "
+                        "or none (the samples at t1); other models: one Tweedie step when trained with gaussian "
+                        "noise, as always")
     parser.set_defaults(func=cmd_fid)
 
 

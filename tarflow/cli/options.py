@@ -155,3 +155,19 @@ def add_sampling_options(parser: argparse.ArgumentParser, seed_help: str) -> Non
                         help="samples per sampler call (default 256)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_denoise_options(parser: argparse.ArgumentParser, denoise_help: str) -> None:
+    """--denoise tweedie|iterative|none (and --no-denoise), with the iterative denoiser's steps, dynamics and clip."""
+    parser.add_argument("--denoise", nargs="?", const="tweedie", default=None, choices=("tweedie", "iterative", "none"),
+                        help=denoise_help)
+    parser.add_argument("--no-denoise", dest="denoise", action="store_const", const="none",
+                        help="no denoising (as --denoise none)")
+    parser.add_argument("--denoise-steps", type=number(int, minimum=1), default=None,
+                        help="--denoise iterative: noise levels from t1 down to t0, then 0 (default 10; 1 is one "
+                        "Tweedie step at t1)")
+    parser.add_argument("--dynamics", choices=("ode", "sde"), default=None,
+                        help="--denoise iterative: ode (deterministic, DDIM-like; default) or sde (fresh noise at "
+                        "each step)")
+    parser.add_argument("--denoise-clip", action="store_true",
+                        help="--denoise iterative: clamp each step's denoised estimate to [-1, 1]")

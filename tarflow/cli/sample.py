@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import (DEVICE_HELP, GUIDANCE_HELP, TEMPERATURE_HELP, add_sampler_options, check_output_file, number,
-                      parse_label)
+from .options import (DEVICE_HELP, GUIDANCE_HELP, TEMPERATURE_HELP, add_denoise_options, add_sampler_options,
+                      check_output_file, number, parse_label)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from ..runs import load_model
-    from ..sampling import Guidance
+    from ..sampling import DenoisedSampler, Guidance
     from ..viz import save_grid, to_uint8
 
     out = check_output_file(args.out or Path(args.path) / "sample.png", "--out")
@@ -27,22 +27,50 @@ def cmd_sample(args: argparse.Namespace) -> int:
     guidance = None
     if args.guidance or args.attn_temp != 1.0:
         guidance = Guidance(args.guidance, args.guidance_rule, args.annealed, args.attn_temp)
-    denoise = args.denoise if args.denoise is not None else metadata.get("noise") == "gaussian"
-    sigma = float(metadata.get("noise_std", 0.0)) if denoise else None
-    if denoise and not sigma:
-        raise ConfigError("--denoise needs the training noise std, which this model's metadata lacks")
+    denoiser, sigma, denoised = choose_denoiser(model, args)
     sampler, why = choose_sampler(model, model_dir, args.sampler, args.count, guidance, args.calibration, args.tol,
                                   args.modules)
+    if denoiser is not None:
+        sampler = DenoisedSampler(sampler, denoiser)
     started = time.perf_counter()
     x = sampler.sample(args.count, y, args.temperature, guidance, sigma,
                        generator=torch.Generator().manual_seed(args.seed))
     seconds = time.perf_counter() - started
     save_grid(to_uint8(x, levels), out, nrow=config.num_classes or 10)
     how = f"guidance w={args.guidance} ({args.guidance_rule})" if guidance else "no guidance"
-    denoised = f"on (sigma={sigma:.4g})" if denoise else "off"
     print(f"{args.count} samples in {seconds:.2f} s with the {why}, "
           f"temperature {args.temperature}, {how}, denoise {denoised} -> {out}")
     return 0
+
+
+def choose_denoiser(model, args: argparse.Namespace) -> tuple[object, float | None, str]:
+    """(the `IterativeDenoiser` or None, the sigma of a one-step Tweedie or None, a phrase saying which).
+
+    Default: iterative for a noise-conditioned model (generated at its highest level t1), tweedie for a model
+    trained with gaussian noise, none otherwise.
+    """
+    from ..sampling import IterativeDenoiser
+
+    config, metadata = model.config, model.metadata
+    default = "tweedie" if metadata.get("noise") == "gaussian" else "none"
+    denoise = args.denoise or ("iterative" if config.noise_conditioning else default)
+    if denoise != "iterative" and (args.denoise_steps is not None or args.dynamics is not None or args.denoise_clip):
+        raise ConfigError(f"--denoise-steps, --dynamics and --denoise-clip apply to --denoise iterative only "
+                          f"(denoising here: {denoise})")
+    if denoise == "iterative":
+        if not config.noise_conditioning:
+            raise ConfigError("--denoise iterative needs a noise-conditioned model (iTARFlow, trained with "
+                              "noise_conditioning=true); this one was trained at one noise level: use --denoise "
+                              "tweedie")
+        denoiser = IterativeDenoiser(args.denoise_steps or 10, args.dynamics or "ode", args.denoise_clip)
+        return denoiser, None, (f"iterative ({denoiser.steps} {denoiser.dynamics} steps, t {config.noise_level_max:g} "
+                                f"-> {config.noise_level_min:g} -> 0{', clipped' if denoiser.clip else ''})")
+    if denoise == "none":
+        return None, None, "off"
+    sigma = config.noise_level_max if config.noise_conditioning else float(metadata.get("noise_std", 0.0))
+    if not sigma:
+        raise ConfigError("--denoise needs the training noise std, which this model's metadata lacks")
+    return None, sigma, f"on (sigma={sigma:.4g})"
 
 
 def sample_labels(num_classes: int, label: int | str | None, count: int):
@@ -128,8 +156,11 @@ def add_sample_parser(sub) -> None:
     parser.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
     parser.add_argument("--attn-temp", type=number(float, above=0), default=1.0,
                         help="attention temperature of the unconditional branch (guides unconditional models too)")
-    parser.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
-                        help="one Tweedie denoising step (default: on for models trained with gaussian noise)")
+    add_denoise_options(parser, "tweedie (also --denoise alone): one Tweedie step x + sigma^2 grad log p(x) with "
+                        "the training noise std (a noise-conditioned model: at its highest level t1); iterative: "
+                        "iTARFlow's denoising from t1 down to t0 and 0 with the model's score at each level "
+                        "(noise-conditioned models); none. Default: iterative for noise-conditioned models, tweedie "
+                        "for models trained with gaussian noise, else none")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_sampler_options(parser)
     parser.add_argument("--tol", type=number(float, minimum=0), default=1e-5,

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..nn import KVCache, SigmaReparamLinear, TransformerLayer, layer_norm, linear
 from .conditioning import Condition
 from .config import FlowConfig
+from .noise_level import NoiseLevelEmbedding
 from .orders import Order
 from .transforms import Params, Transform
 
@@ -33,7 +34,8 @@ class ARFlowBlock(nn.Module):
     at p = 0 when first = 0), and its output at position p holds the parameters of token p + first.
 
     ``layers`` Transformer layers (pre-norm; attention or an AFT mixer; optional sigma-Reparam and XSA),
-    learned or rotary positions, a class embedding when ``conditioned``, an optional final LayerNorm,
+    learned or rotary positions, a class embedding when ``conditioned``, a noise-level embedding with
+    ``config.noise_conditioning`` (iTARFlow), an optional final LayerNorm,
     and a zero-initialised output projection, so every block starts as the identity.
     """
 
@@ -54,6 +56,7 @@ class ARFlowBlock(nn.Module):
         if conditioned:
             self.class_embed = nn.Embedding(config.num_classes + 1, width)  # last row: the null class
             nn.init.normal_(self.class_embed.weight, std=0.02)
+        self.noise_embed = NoiseLevelEmbedding(width) if config.noise_conditioning else None
         self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, num_tokens,
                                                      config.aft_window, config.exclusive_attention,
                                                      config.sigma_reparam, config.positions == "rope")
@@ -81,6 +84,8 @@ class ARFlowBlock(nn.Module):
                 h = h + self.pos_embed[pos:pos + length]
             if self.class_embed is not None:
                 h = h + self.class_embed(condition.labels)[:, None]
+            if self.noise_embed is not None:
+                h = h + self.noise_embed(condition.noise_level)[:, None]
         elif cache.input_bias is not None:  # both at once, summed when the cache was made
             h = h + cache.input_bias[:, pos:pos + length]
         rows = h.reshape(batch * length, h.shape[-1])  # the layers work on rows (R L, W): one addmm per linear
@@ -112,11 +117,16 @@ class ARFlowBlock(nn.Module):
         return self.order.undo(z), logdet
 
     def input_bias(self, condition: Condition) -> Tensor | None:
-        """What the Transformer's input gets added at every position: the position embedding (1, T, W) and the
-        class embedding (R, 1, W), summed to (R or 1, T, W); None when the block has neither."""
+        """What the Transformer's input gets added at every position: the position embedding (1, T, W), the
+        class embedding (R, 1, W) and the noise-level embedding (R, 1, W), summed in that order to (R or 1, T, W);
+        None when the block has none of them."""
         bias = None if self.pos_embed is None else self.pos_embed[None]
+        embeddings = []
         if self.class_embed is not None:
-            embedding = self.class_embed(condition.labels)[:, None]
+            embeddings.append(self.class_embed(condition.labels)[:, None])
+        if self.noise_embed is not None:
+            embeddings.append(self.noise_embed(condition.noise_level)[:, None])
+        for embedding in embeddings:
             bias = embedding.expand(-1, self.num_tokens, -1) if bias is None else bias + embedding
         return bias
 

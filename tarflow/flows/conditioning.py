@@ -1,7 +1,7 @@
 """What a flow block reads besides its tokens, and the component that owns class labels.
 
-`Condition` carries one row per batch row (several guidance branches stacked: n B rows); later models add
-fields here (a text prefix, a noise level) instead of new arguments on every block method.
+`Condition` carries one row per batch row (several guidance branches stacked: n B rows); models add fields
+here (iTARFlow's noise level; later a text prefix) instead of new arguments on every block method.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from ..errors import InputError
 
 @dataclass
 class Condition:
-    """labels (R,) with the null class for unconditional rows; attn_temp (R,) divides attention logits."""
+    """labels (R,) with the null class for unconditional rows; attn_temp (R,) divides attention logits;
+    noise_level (R,) the noise std t of each row's data (noise-conditioned models, iTARFlow)."""
 
     labels: Tensor | None = None
     attn_temp: Tensor | None = None
+    noise_level: Tensor | None = None
 
     def rows(self, default: int) -> int:
         """Rows the condition holds (``default`` when it holds none)."""
-        for values in (self.labels, self.attn_temp):
+        for values in (self.labels, self.attn_temp, self.noise_level):
             if values is not None:
                 return len(values)
         return default

@@ -37,6 +37,13 @@ class FlowConfig:
     num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
     condition_top_only: bool = option(False, "condition only the last block (nearest the prior) on the class, as "
                                       "STARFlow's deep block; the others model the data unconditionally")
+    noise_conditioning: bool = option(False, "iTARFlow: the model takes a noise level t (the std of gaussian noise "
+                                      "added to the data) as an input of every block, as Fourier features of log t; "
+                                      "it is trained on x + t eps with t drawn in [noise_level_min, noise_level_max]")
+    noise_level_min: float = option(0.01, "noise-conditioned models: the lowest trained noise level t0 (model units, "
+                                    "data in [-1, 1])")
+    noise_level_max: float = option(0.3, "noise-conditioned models: the highest trained noise level t1, at which "
+                                    "samples are generated before iterative denoising")
     # ----- per-token transform and prior
     transform: str = option("affine", "per-token transform: affine z=(x-b)/sigma, additive z=x-b (with a learned "
                             "prior variance), or mixture z=Phi^-1(F(x)), F a per-dimension mixture-of-Gaussians CDF "
@@ -85,11 +92,14 @@ class FlowConfig:
             raise ConfigError(f"num_classes must be 0 (unconditional) or more, got {self.num_classes}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        for name in ("sigma_reparam", "exclusive_attention", "condition_top_only"):
+        for name in ("sigma_reparam", "exclusive_attention", "condition_top_only", "noise_conditioning"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not self.log_scale_clip >= 0 or self.log_scale_clip == float("inf"):
             raise ConfigError(f"log_scale_clip must be a finite number >= 0 (0: no clip), got {self.log_scale_clip}")
+        if not 0 < self.noise_level_min < self.noise_level_max < float("inf"):
+            raise ConfigError(f"noise levels must satisfy 0 < noise_level_min < noise_level_max (finite), got "
+                              f"{self.noise_level_min} and {self.noise_level_max}")
         if self.aft_window < 1:
             raise ConfigError(f"aft_window must be at least 1, got {self.aft_window}")
         if self.exclusive_attention and self.mixer != "attention":

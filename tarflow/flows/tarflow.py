@@ -13,6 +13,7 @@ from ..modalities import build_modality
 from .block import ARFlowBlock
 from .conditioning import ClassConditioning, Condition
 from .config import FlowConfig
+from .noise_level import NoiseLevelConditioning
 from .orders import block_orders
 from .priors import LearnedDiagonal, build_prior
 from .saving import load_model, save_model
@@ -24,8 +25,14 @@ class TarFlow(nn.Module):
 
     ``forward(x, y) -> (z, logdet)`` maps data (for pixels: (B, C, H, W) in [-1, 1]) to noise of the same
     shape; ``inverse(z, y)`` maps back. The parts, each an object chosen by the config: ``modality`` (data
-    <-> tokens), ``conditioning`` (labels, null class), ``blocks`` (each with its token order, layer count
-    and per-token transform) and ``prior``.
+    <-> tokens), ``conditioning`` (labels, null class), ``noise_levels`` (the trained range of a
+    noise-conditioned model), ``blocks`` (each with its token order, layer count and per-token transform)
+    and ``prior``.
+
+    A noise-conditioned model (iTARFlow, ``config.noise_conditioning``) is the density p_t of x + t eps: its
+    ``forward``, ``log_prob`` and ``inverse`` take ``noise_level`` t (one number or one per row) in the trained
+    range [noise_level_min, noise_level_max]; ``extrapolate=True`` turns the error for a level outside it into
+    a warning. Other models refuse a noise level.
     """
 
     def __init__(self, config: FlowConfig):
@@ -34,6 +41,8 @@ class TarFlow(nn.Module):
         self.metadata: dict[str, Any] = {}  # what `save_pretrained` stored beside the architecture
         self.modality = build_modality(config)
         self.conditioning = ClassConditioning(config.num_classes)
+        self.noise_levels = NoiseLevelConditioning(config.noise_conditioning, config.noise_level_min,
+                                                   config.noise_level_max)
         transform = build_transform(config)
         orders = block_orders(config.order, config.num_blocks)
         last = config.num_blocks - 1
@@ -51,6 +60,9 @@ class TarFlow(nn.Module):
 
     def check_labels(self, y: Tensor | None, batch: int) -> Tensor | None:
         return self.conditioning.check(y, batch, self.device)
+
+    def check_noise_level(self, noise_level, batch: int, extrapolate: bool = False) -> Tensor | None:
+        return self.noise_levels.check(noise_level, batch, self.dtype, self.device, extrapolate)
 
     def check_images(self, x: Tensor, name: str = "x") -> None:
         self.modality.check(x, name)
@@ -73,9 +85,10 @@ class TarFlow(nn.Module):
         return self.modality.from_tokens(tokens)
 
     # ----- density -----------------------------------------------------------------------------
-    def flow(self, tokens: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def flow(self, tokens: Tensor, y: Tensor | None = None, noise_level: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
         """Tokens (B, T, D) through every block: (z tokens, logdet (B,) in nats). No input checks."""
-        condition = Condition(y)
+        condition = Condition(y, noise_level=noise_level)
         logdet = tokens.new_zeros(tokens.shape[0], dtype=torch.promote_types(tokens.dtype, torch.float32))
         for block in self.blocks:
             tokens, block_logdet = block(tokens, condition)
@@ -93,30 +106,37 @@ class TarFlow(nn.Module):
         """Per token-dimension std of the prior (T, D), or None for the standard normal."""
         return self.prior.std()
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor | None = None, noise_level=None, extrapolate: bool = False
+                ) -> tuple[Tensor, Tensor]:
         """x (data) -> (z of the same shape, log|det dz/dx| (B,) in nats)."""
         self.check_images(x)
         y = self.check_labels(y, x.shape[0])
-        z, logdet = self.flow(self.patchify(x), y)
+        noise_level = self.check_noise_level(noise_level, x.shape[0], extrapolate)
+        z, logdet = self.flow(self.patchify(x), y, noise_level)
         return self.unpatchify(z), logdet
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None, validate: bool = True) -> Tensor:
-        """log p(x | y) per sample, in nats (a density: it can be positive).
+    def log_prob(self, x: Tensor, y: Tensor | None = None, validate: bool = True, noise_level=None,
+                 extrapolate: bool = False) -> Tensor:
+        """log p(x | y) per sample, in nats (a density: it can be positive); log p_t(x | y) at noise level t for a
+        noise-conditioned model.
 
-        ``validate=False`` skips the input checks (shape, labels, NaN), whose data-dependent branches would
-        break a `torch.compile` graph: for callers that check their batches themselves, like the trainer.
+        ``validate=False`` skips the input checks (shape, labels, NaN, noise level), whose data-dependent branches
+        would break a `torch.compile` graph: for callers that check their batches themselves, like the trainer.
         """
         if validate:
             self.check_images(x)
             y = self.check_labels(y, x.shape[0])
-        z, logdet = self.flow(self.patchify(x), y)
-        return self.prior.log_prob(z, Condition(y)) + logdet
+            noise_level = self.check_noise_level(noise_level, x.shape[0], extrapolate)
+        condition = Condition(y, noise_level=noise_level)
+        z, logdet = self.flow(self.patchify(x), y, noise_level)
+        return self.prior.log_prob(z, condition) + logdet
 
     @torch.no_grad()
-    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, y: Tensor | None = None, noise_level=None, extrapolate: bool = False) -> Tensor:
         """z -> x, exactly, block by block in reverse, each token by token (KV cache). Samplers add guidance."""
         self.check_images(z, "z")
-        condition = Condition(self.check_labels(y, z.shape[0]))
+        noise_level = self.check_noise_level(noise_level, z.shape[0], extrapolate)
+        condition = Condition(self.check_labels(y, z.shape[0]), noise_level=noise_level)
         tokens = self.patchify(z)
         for block in reversed(self.blocks):
             tokens = block.inverse(tokens, condition)

@@ -18,8 +18,10 @@ def mixers(model) -> list[list[torch.nn.Module]]:
 
 
 @torch.no_grad()
-def attention_entropy(model, x: Tensor, y: Tensor | None = None) -> list[list[list[float]]]:
-    """Entropy [block][layer][head] in nats of the model's attention on images x (B, C, H, W), labels y.
+def attention_entropy(model, x: Tensor, y: Tensor | None = None, noise_level: float | None = None
+                      ) -> list[list[list[float]]]:
+    """Entropy [block][layer][head] in nats of the model's attention on images x (B, C, H, W), labels y (and noise
+    level t for a noise-conditioned model).
 
     Runs one forward in eval mode (sigma-Reparam uses its stored estimate, nothing is updated) with the
     explicit-softmax path switched on only for this call; restores the model's mode.
@@ -30,7 +32,7 @@ def attention_entropy(model, x: Tensor, y: Tensor | None = None) -> list[list[li
     for m in mods:
         m.record_entropy = True
     try:
-        model(x, y)
+        model(x, y) if noise_level is None else model(x, y, noise_level=noise_level)
         return [[[round(float(h), 5) for h in m.entropy] for m in block] for block in mixers(model)]
     finally:
         for m in mods:

@@ -2,7 +2,9 @@
 
 from .denoise import tweedie_denoise
 from .guidance import Guidance
+from .iterative import DenoisedSampler, IterativeDenoiser, model_score
 from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
 
-__all__ = ["BlockStrategy", "GSJacobiSampler", "Guidance", "JacobiSampler", "SequentialSampler", "tweedie_denoise"]
+__all__ = ["BlockStrategy", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser", "JacobiSampler",
+           "SequentialSampler", "model_score", "tweedie_denoise"]

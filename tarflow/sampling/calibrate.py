@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..flows.conditioning import Condition
 from ..io import atomic_write_text
 from .guidance import Guidance
 from .jacobi import BlockStrategy, JacobiSampler, TooSlow, module_bounds, solve_block
@@ -84,10 +83,7 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
         config = model.config
         z = model.modality.to_tokens(sequential.noise(batch, 1.0, torch.Generator().manual_seed(seed)))
         y = (torch.arange(batch) % config.num_classes).to(device) if config.num_classes else None
-        if guidance is None:
-            condition = Condition(y)
-        else:
-            condition = model.conditioning.branches(y, batch, guidance.attn_temp, model.dtype, device)
+        condition = sequential.condition(y, batch, guidance)
         num_blocks = len(model.blocks)
 
         def sequential_pass():

@@ -6,9 +6,14 @@ import torch
 from torch import Tensor
 
 
-def tweedie_denoise(model, x: Tensor, y: Tensor | None, sigma: float) -> Tensor:
-    """E[clean | x] for x = clean + sigma eps, using the model's own score; sigma in model units ([-1, 1])."""
+def tweedie_denoise(model, x: Tensor, y: Tensor | None, sigma: float, noise_level: float | Tensor | None = None
+                    ) -> Tensor:
+    """E[clean | x] for x = clean + sigma eps, using the model's own score; sigma in model units ([-1, 1]).
+
+    ``noise_level``: the level t a noise-conditioned model reads (normally t = sigma); None for other models.
+    """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        (score,) = torch.autograd.grad(model.log_prob(x, y).sum(), x)
+        log_p = model.log_prob(x, y) if noise_level is None else model.log_prob(x, y, noise_level=noise_level)
+        (score,) = torch.autograd.grad(log_p.sum(), x)
     return (x + sigma ** 2 * score).detach()

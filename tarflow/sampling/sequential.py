@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -31,12 +33,14 @@ class SequentialSampler:
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0, guidance: Guidance | None = None,
                denoise_std: float | None = None, generator: torch.Generator | None = None,
-               z: Tensor | None = None) -> Tensor:
+               z: Tensor | None = None, noise_level: float | Tensor | None = None) -> Tensor:
         """n samples in model space (pixels: (n, C, H, W) in [-1, 1], not clamped).
 
         ``y``: labels (n,) for a class-conditional model. ``denoise_std``: the noise std the model
         was trained with, to remove it with one Tweedie step (None: no denoising).
-        ``z``: start from this noise instead of drawing it.
+        ``z``: start from this noise instead of drawing it. ``noise_level``: for a noise-conditioned model, the
+        level t of the samples (default: its highest trained level t1; see `tarflow.sampling.iterative` for
+        denoising them); the Tweedie step then uses the score at that level.
         """
         model = self.model
         was_training = model.training
@@ -45,21 +49,37 @@ class SequentialSampler:
             z = self.noise(n, temperature, generator) if z is None else z.to(model.device)
             y = model.conditioning.check(y, n, model.device)
             model.modality.check(z, "z")
-            tokens = model.modality.to_tokens(z)
-            if guidance is None:
-                tokens = self.invert(tokens, Condition(y))
-            else:
-                condition = model.conditioning.branches(y, n, guidance.attn_temp, model.dtype, model.device)
-                tokens = self.invert(tokens, condition, guidance)
+            condition = self.condition(y, n, guidance, noise_level)
+            tokens = self.invert(model.modality.to_tokens(z), condition, guidance)
             x = model.modality.from_tokens(tokens)
             if denoise_std:
-                x = tweedie_denoise(model, x, y, denoise_std)
+                levels = None if condition.noise_level is None else condition.noise_level[:n]
+                x = tweedie_denoise(model, x, y, denoise_std, levels)
         finally:
             model.train(was_training)
         return x
+
+    def condition(self, y: Tensor | None, n: int, guidance: Guidance | None = None,
+                  noise_level: float | Tensor | None = None) -> Condition:
+        """The rows of a sampling pass over n samples: checked labels ``y``, both guidance branches (2n rows) with
+        ``guidance``, and a noise-conditioned model's level (default: its highest trained level t1)."""
+        model = self.model
+        levels = generation_level(model, noise_level, n)
+        if guidance is None:
+            return Condition(y, noise_level=levels)
+        condition = model.conditioning.branches(y, n, guidance.attn_temp, model.dtype, model.device)
+        return dataclasses.replace(condition, noise_level=None if levels is None else levels.repeat(2))
 
     def invert(self, tokens: Tensor, condition: Condition, guidance: Guidance | None = None) -> Tensor:
         """Noise tokens -> data tokens; ``condition`` holds every guidance branch's rows."""
         for block in reversed(self.model.blocks):
             tokens = block.inverse(tokens, condition, guidance)
         return tokens
+
+
+def generation_level(model, noise_level: float | Tensor | None, n: int) -> Tensor | None:
+    """The checked noise levels (n,) of a noise-conditioned model's samples (default: its highest trained level t1);
+    None for other models."""
+    if noise_level is None and model.config.noise_conditioning:
+        noise_level = model.config.noise_level_max
+    return model.check_noise_level(noise_level, n)

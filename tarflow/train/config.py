@@ -11,6 +11,9 @@ from ..configs import check_choices, from_dict, option
 from ..errors import ConfigError
 from ..flows import FlowConfig
 
+NOISE_SCHEDULES = ("uniform", "uniform-squared", "log-normal")  # of iTARFlow's noise levels: see noise_levels.py
+LOSS_WEIGHTS = ("one", "t", "t-squared", "t-normalised", "t-squared-normalised")
+
 
 @dataclass
 class TrainConfig:
@@ -23,6 +26,15 @@ class TrainConfig:
     noise: str = option("uniform", "input noise: uniform dequantization (for bits/dim) or gaussian "
                         "noise augmentation (for sample quality)", choices=("uniform", "gaussian"))
     noise_std: float = option(0.05, "std of the gaussian noise, in [-1, 1] units (noise=gaussian only)")
+    noise_schedule: str = option("uniform", "noise-conditioned models (iTARFlow): how each image's noise level t is "
+                                 "drawn in [noise_level_min, noise_level_max]: uniform in t, uniform in t^2, or "
+                                 "log-normal (ln t ~ N(log_normal_mean, log_normal_std^2), truncated to the range)",
+                                 choices=NOISE_SCHEDULES)
+    log_normal_mean: float = option(-1.2, "noise_schedule=log-normal: mean of ln t (EDM's P_mean)")
+    log_normal_std: float = option(1.0, "noise_schedule=log-normal: std of ln t (EDM's P_std)")
+    loss_weight: str = option("t", "noise-conditioned models: weight w(t) of each image's loss: one, t, t-squared, "
+                              "t-normalised (t / (t0 + t1)) or t-squared-normalised (t^2 / (t0^2 + t1^2))",
+                              choices=LOSS_WEIGHTS)
     label_dropout: float = option(0.1, "probability of replacing a label by the null class (for guidance)")
     steps: int = option(2000, "optimizer steps")
     batch_size: int = option(128, "images per step")
@@ -79,6 +91,8 @@ class TrainConfig:
             raise ConfigError(f"sample_guidance must not be negative (0 = no guidance), got {self.sample_guidance}")
         if self.dist_timeout_s <= 0:
             raise ConfigError(f"dist_timeout_s must be positive, got {self.dist_timeout_s}")
+        if self.log_normal_std <= 0:
+            raise ConfigError(f"log_normal_std must be positive, got {self.log_normal_std}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 
@@ -93,6 +107,11 @@ class RunConfig:
 
     model: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.model.noise_conditioning and self.train.noise != "uniform":
+            raise ConfigError("a noise-conditioned model (noise_conditioning=true) adds its own gaussian noise t eps "
+                              "to uniformly dequantized images: set noise=uniform")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

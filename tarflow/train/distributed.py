@@ -100,8 +100,11 @@ class LogLikelihood(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.log_prob(x, y, validate=False)  # the trainer checks its batches (and can compile this)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, noise_level: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        if noise_level is None:  # the trainer checks its batches (and can compile this)
+            return self.model.log_prob(x, y, validate=False)
+        return self.model.log_prob(x, y, validate=False, noise_level=noise_level)  # iTARFlow: log p_t(x | y)
 
 
 def wrap(model: nn.Module, cluster: Cluster, device: torch.device) -> nn.Module:

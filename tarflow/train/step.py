@@ -1,6 +1,7 @@
 """One optimisation step, shared by the training loop and the benchmarks (benchmarks/techniques.py).
 
-loss = -E[log p(x | y)] / D (nats per dimension, D = C H W), then backward, gradient clipping, an optimizer
+loss = -E[log p(x | y)] / D (nats per dimension, D = C H W; for a noise-conditioned model
+-E[w(t) log p_t(x | y)] / D, see `noise_levels`), then backward, gradient clipping, an optimizer
 step, the EMA update and one step of the learning-rate schedule. A step whose batch, loss or gradient norm is
 not finite is skipped (no optimizer or EMA update; the schedule still advances), see `faults.BadSteps`.
 """
@@ -21,6 +22,7 @@ from . import distributed as dist
 from .config import TrainConfig
 from .device import autocast
 from .faults import BadSteps
+from .noise_levels import loss_weights
 
 
 @dataclass
@@ -64,8 +66,10 @@ def start_optimisation(model: TarFlow, config: TrainConfig, device: torch.device
     return Optimisation(model, config, optimizer, scheduler, scaler, bad_steps, ema, log_prob, amp)
 
 
-def train_step(run: Optimisation, x: torch.Tensor, y: torch.Tensor | None, step: int) -> StepResult:
-    """One step on the batch (x, y); ``step`` (0-based) warms up the EMA decay. See the module docstring."""
+def train_step(run: Optimisation, x: torch.Tensor, y: torch.Tensor | None, step: int,
+               noise_level: torch.Tensor | None = None) -> StepResult:
+    """One step on the batch (x, y) (with its levels t, (B,), for a noise-conditioned model); ``step`` (0-based)
+    warms up the EMA decay. See the module docstring."""
     model, config, scaler = run.model, run.config, run.scaler
     run.optimizer.zero_grad(set_to_none=True)
     loss = grad_norm = torch.tensor(float("nan"))
@@ -73,7 +77,12 @@ def train_step(run: Optimisation, x: torch.Tensor, y: torch.Tensor | None, step:
     batch_ok = not dist.any_rank(not bool(torch.isfinite(x).all()), x.device)
     if batch_ok:
         with autocast(x.device, run.amp):
-            loss = -run.log_prob(x, y).mean() / model.config.num_dims
+            if noise_level is None:
+                loss = -run.log_prob(x, y).mean() / model.config.num_dims
+            else:
+                weights = loss_weights(config.loss_weight, noise_level, model.config.noise_level_min,
+                                       model.config.noise_level_max)
+                loss = -(weights * run.log_prob(x, y, noise_level=noise_level)).mean() / model.config.num_dims
         scaler.scale(loss).backward()
         scaler.unscale_(run.optimizer)
         max_norm = config.grad_clip or float("inf")

@@ -20,14 +20,16 @@ from ..flows.saving import is_model_dir
 from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
+from ..metrics.noisy_likelihood import evaluate_noisy_bpd
 from ..progress import progress_bar
-from ..sampling import Guidance, SequentialSampler
+from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RUNTIME_FIELDS, RunConfig, TrainConfig
 from . import distributed as dist
 from .device import amp_dtype
 from .faults import StopSignals, run_guards
+from .noise_levels import add_noise_levels
 from .step import ema_copy, start_optimisation, train_step
 
 RUN_CONFIG = "config.json"
@@ -107,8 +109,12 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     probe, warned = entropy_batch(data, train_config, model_config, device), set()  # fixed images, heads warned of
     model.train()
     while step < train_config.steps:
-        x, y = batch(data, step, train_config, model_config, device, cluster.shard(train_config.batch_size))
-        result = train_step(run, x, y, step)
+        part = cluster.shard(train_config.batch_size)
+        x, y = batch(data, step, train_config, model_config, device, part)
+        levels = None
+        if model_config.noise_conditioning:  # iTARFlow: x + t eps, one level t per image
+            x, levels = add_noise_levels(x, step, train_config, model_config, part)
+        result = train_step(run, x, y, step, levels)
         loss, grad_norm, skipped = result.loss, result.grad_norm, result.skipped
         step += 1
 
@@ -209,7 +215,12 @@ def load_data(train_config: TrainConfig, model_config: FlowConfig, cluster: dist
 
 def evaluate(model: TarFlow, test: ImageData, model_config: FlowConfig, cluster: dist.Cluster, **kwargs
              ) -> dict[str, Any]:
-    """Test bits/dim, the batches split across the job's processes."""
+    """Test bits/dim, the batches split across the job's processes; for a noise-conditioned model, of the test
+    data at the lowest trained noise level t0 (see `metrics.noisy_likelihood`)."""
+    if model_config.noise_conditioning:
+        return evaluate_noisy_bpd(model, test.images, labels_for(test, model_config), test.levels,
+                                  model_config.noise_level_min, rank=cluster.rank, world_size=cluster.world_size,
+                                  **kwargs)
     return evaluate_bpd(model, test.images, labels_for(test, model_config), test.levels, rank=cluster.rank,
                         world_size=cluster.world_size, **kwargs)
 
@@ -325,11 +336,13 @@ def batch(data: ImageData, step: int, train_config: TrainConfig, model_config: F
 
 def entropy_batch(data: ImageData, train_config: TrainConfig, model_config: FlowConfig, device: torch.device,
                   size: int = 16):
-    """The fixed images (and labels, no dropout) on which attention entropy is measured during training."""
+    """The fixed images (and labels, no dropout) on which attention entropy is measured during training; for a
+    noise-conditioned model also their level, the lowest trained one (the images carry no added noise)."""
     g = torch.Generator().manual_seed(train_config.seed + 12_345)
     idx = torch.randperm(len(data), generator=g)[:size]
     x = dequantize(data.images[idx], data.levels, train_config.noise, train_config.noise_std, generator=g).to(device)
-    return x, data.labels[idx].to(device) if model_config.num_classes else None
+    probe = x, data.labels[idx].to(device) if model_config.num_classes else None
+    return (*probe, model_config.noise_level_min) if model_config.noise_conditioning else probe
 
 
 def entropy_record(model: TarFlow, probe, threshold: float, warned: set, say) -> dict[str, Any]:
@@ -368,6 +381,8 @@ def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowCon
     guidance = Guidance(train_config.sample_guidance) if guided else None
     x = SequentialSampler(model).sample(n, y, train_config.sample_temperature, guidance,
                                         generator=torch.Generator().manual_seed(train_config.seed))
+    if model_config.noise_conditioning:  # generated at t1: 10 ODE steps of iterative denoising
+        x = IterativeDenoiser().denoise(model, x, y)
     return save_grid(to_uint8(x, levels), path, nrow=model_config.num_classes or 10)
 
 
