@@ -14,7 +14,7 @@ from PIL import Image
 from tarflow import FlowConfig, IterativeDenoiser, SequentialSampler, TarFlow
 from tarflow.cli import main
 from tarflow.data import load_dataset
-from tarflow.metrics.noisy_likelihood import evaluate_noisy_bpd
+from tarflow.metrics import evaluate_bpd
 from tarflow.runs import load_model
 from tarflow.viz import save_grid, to_uint8
 
@@ -47,7 +47,7 @@ def test_training_evaluates_at_the_lowest_level(run_dir):
     saved = json.loads((run_dir / "eval.json").read_text())
     model, _ = load_model(run_dir / "model", "cpu")
     images, labels, levels = digits_test(model)
-    api = evaluate_noisy_bpd(model, images, labels, levels, model.config.noise_level_min)
+    api = evaluate_bpd(model, images, labels, levels, noise_level=model.config.noise_level_min)
     assert saved["noise_level"] == 0.01 and saved["bits_per_dim"] == pytest.approx(api["bits_per_dim"], rel=1e-9)
 
 
@@ -82,7 +82,7 @@ def test_eval_at_a_noise_level(run_dir, capsys):
     result = json.loads(capsys.readouterr().out)
     model, _ = load_model(run_dir / "model", "cpu")
     images, labels, levels = digits_test(model)
-    api = evaluate_noisy_bpd(model, images, labels, levels, 0.1, seed=4)
+    api = evaluate_bpd(model, images, labels, levels, noise_level=0.1, seed=4, mixture=True)
     assert result["noise_level"] == 0.1 and result["bits_per_dim"] == pytest.approx(api["bits_per_dim"], rel=1e-12)
     assert "x + t eps" in result["density"]
 
@@ -123,7 +123,7 @@ def test_noisy_bits_per_dim_of_an_identity_flow_has_a_closed_form():
     centres = (2 * (images.double() + 0.5) / levels - 1).flatten(1)
     second_moment = (centres ** 2 + width ** 2 / 12).mean(1) + level ** 2
     expected = ((second_moment / 2 + 0.5 * math.log(2 * math.pi) - math.log(width)) / math.log(2)).mean().item()
-    result = evaluate_noisy_bpd(model, images, None, levels, level)
+    result = evaluate_bpd(model, images, None, levels, noise_level=level)
     assert abs(result["bits_per_dim"] - expected) < 0.01
     assert level ** 2 / 2 / math.log(2) > 0.06  # so a missing t eps would fail the line above
 

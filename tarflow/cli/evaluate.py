@@ -30,7 +30,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..metrics import evaluate_bpd
     from ..metrics.model_data import check_data_fits
-    from ..metrics.noisy_likelihood import evaluate_noisy_bpd
 
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     noise_conditioned = check_noise_level_option(model, args)
@@ -41,18 +40,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.set_likelihood_prior(args.prior)
     config = model.config
     labels = data.labels if config.num_classes else None
-    if noise_conditioned:
-        result = evaluate_noisy_bpd(model, data.images, labels, data.levels, args.noise_level, draws=args.draws,
-                                    seed=args.seed, extrapolate=args.extrapolate, progress=not args.no_progress)
-        result.update(dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
-                      likelihood_prior=config.likelihood_prior,
-                      density="p_t of x + t eps: x uniformly dequantized test images, eps ~ N(0, I), t = noise_level")
-        print(json.dumps(result, indent=2))
-        return 0
     result = evaluate_bpd(model, data.images, labels, data.levels, draws=args.draws, seed=args.seed,
-                          mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress)
+                          mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress,
+                          noise_level=args.noise_level if noise_conditioned else None, extrapolate=args.extrapolate)
     result.update(dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
                   likelihood_prior=config.likelihood_prior)
+    if noise_conditioned:
+        result["density"] = "p_t of x + t eps: x uniformly dequantized test images, eps ~ N(0, I), t = noise_level"
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,4 +1,11 @@
-"""Bits per dimension and test-set likelihood evaluation."""
+"""Bits per dimension and test-set likelihood evaluation.
+
+For a noise-conditioned model (iTARFlow) at level t the data is x_t = x + t eps, x uniformly dequantized and
+eps ~ N(0, I), and bpd_t = (-log p_t(x_t) - D log(2 / L)) / (D ln 2), the same bin-width convention: a
+continuous density of the noisy data, not a likelihood of the clean images. Such a model has no exact
+clean-data likelihood (p_t models data blurred by N(0, t^2)); its figure at the lowest trained level t0 is the
+closest stand-in.
+"""
 
 from __future__ import annotations
 
@@ -23,21 +30,26 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
 
 
 def dequantize_for_evaluation(images: Tensor, levels: int, start: int, end: int, seed: int, draw: int,
-                              noise_block: int = NOISE_BLOCK) -> Tensor:
-    """Images start..end-1 uniformly dequantized, with noise that depends on each image's index alone.
+                              noise_block: int = NOISE_BLOCK, noise_level: float | None = None) -> Tensor:
+    """Images start..end-1 uniformly dequantized (plus ``noise_level`` eps, eps ~ N(0, I), when given), with
+    noise that depends on each image's index alone.
 
-    Image i's noise u is row i mod B of U[0, 1) drawn for the B images of its block (B = ``noise_block``) by a
-    generator seeded with (seed, draw, block start), so a figure does not depend on the batch size or the
-    number of processes; a batch of exactly one block draws what the evaluation drew before per-image seeding.
+    Image i's noise is row i mod B of U[0, 1) (then of N(0, I)) drawn for the B images of its block
+    (B = ``noise_block``) by a generator seeded with (seed, draw, block start), so a figure does not depend on
+    the batch size or the number of processes; a batch of exactly one block draws what the evaluation drew
+    before per-image seeding.
     """
     count, image_shape = images.shape[0], images.shape[1:]
-    rows = []
+    uniform, gaussian = [], []
     for block_start in range(start - start % noise_block, end, noise_block):
         block_end = min(block_start + noise_block, count)
+        rows = slice(max(start, block_start) - block_start, min(end, block_end) - block_start)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + draw * 7_919 + block_start)
-        noise = torch.rand((block_end - block_start, *image_shape), generator=generator)
-        rows.append(noise[max(start, block_start) - block_start:min(end, block_end) - block_start])
-    return place_in_bins(images[start:end], torch.cat(rows).to(images.device), levels)
+        uniform.append(torch.rand((block_end - block_start, *image_shape), generator=generator)[rows])
+        if noise_level is not None:
+            gaussian.append(torch.randn((block_end - block_start, *image_shape), generator=generator)[rows])
+    x = place_in_bins(images[start:end], torch.cat(uniform).to(images.device), levels)
+    return x if noise_level is None else x + noise_level * torch.cat(gaussian).to(images.device)
 
 
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:
@@ -48,8 +60,11 @@ def mean_and_stderr(values: Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draws: int = 1,
                  batch_size: int = 256, seed: int = 0, mixture: bool = False, progress: bool = False,
-                 rank: int = 0, world_size: int = 1, noise_block: int = NOISE_BLOCK) -> dict[str, float]:
-    """Test bits/dim with uniform dequantization, averaged over every image and ``draws`` noise draws.
+                 rank: int = 0, world_size: int = 1, noise_block: int = NOISE_BLOCK, noise_level: float | None = None,
+                 extrapolate: bool = False) -> dict[str, float]:
+    """Test bits/dim with uniform dequantization, averaged over every image and ``draws`` noise draws; for a
+    noise-conditioned model, bpd_t of the data at ``noise_level`` t (module docstring; ``extrapolate`` allows a t
+    outside the trained range, with a warning).
 
     ``images`` are integer levels (N, C, H, W) in 0..levels-1. The standard error is over images (each
     image's bits/dim averaged over its draws first). The noise of each image depends only on (seed, draw,
@@ -65,6 +80,7 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     model.eval()
     n, dims, bin_size = images.shape[0], images[0].numel(), bin_width(levels)
     num_classes = model.config.num_classes if mixture else 0
+    at_level = {} if noise_level is None else dict(noise_level=noise_level, extrapolate=extrapolate)
     per_image = torch.zeros(n, dtype=torch.float64)
     per_image_mix = torch.zeros(n, dtype=torch.float64)
     correct = torch.zeros(n, dtype=torch.float64)
@@ -72,12 +88,13 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     batches = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)][rank::world_size]
     for draw in range(draws):
         for lo, hi in progress_bar(batches, desc="eval bits/dim", enabled=progress, leave=False):
-            x = dequantize_for_evaluation(images, levels, lo, hi, seed, draw, noise_block).to(model.device, dtype)
+            x = dequantize_for_evaluation(images, levels, lo, hi, seed, draw, noise_block, noise_level)
+            x = x.to(model.device, dtype)
             y = None if labels is None else labels[lo:hi].to(model.device)
-            per_image[lo:hi] += bits_per_dim(model.log_prob(x, y), dims, bin_size).double().cpu() / draws
+            per_image[lo:hi] += bits_per_dim(model.log_prob(x, y, **at_level), dims, bin_size).double().cpu() / draws
             if num_classes:
-                log_p_each_class = torch.stack([model.log_prob(x, torch.full_like(y, k)) for k in range(num_classes)],
-                                               dim=1)
+                log_p_each_class = torch.stack([model.log_prob(x, torch.full_like(y, k), **at_level)
+                                                for k in range(num_classes)], dim=1)
                 log_p_mixture = torch.logsumexp(log_p_each_class, dim=1) - math.log(num_classes)
                 per_image_mix[lo:hi] += bits_per_dim(log_p_mixture, dims, bin_size).double().cpu() / draws
                 correct[lo:hi] += (log_p_each_class.argmax(dim=1) == y).double().cpu() / draws
@@ -87,6 +104,8 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
         per_image, per_image_mix, correct = stacked
     mean, stderr = mean_and_stderr(per_image)
     result = {"bits_per_dim": mean, "stderr": stderr, "images": n, "draws": draws}
+    if noise_level is not None:
+        result["noise_level"] = noise_level
     if num_classes:
         mean_mix, stderr_mix = mean_and_stderr(per_image_mix)
         result.update(mixture_bits_per_dim=mean_mix, mixture_stderr=stderr_mix,

@@ -20,7 +20,6 @@ from ..flows.saving import is_model_dir
 from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, remove_temporaries
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
-from ..metrics.noisy_likelihood import evaluate_noisy_bpd
 from ..progress import progress_bar
 from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
@@ -216,15 +215,10 @@ def load_data(train_config: TrainConfig, model_config: FlowConfig, cluster: dist
 def evaluate(model: TarFlow, test: ImageData, model_config: FlowConfig, cluster: dist.Cluster, **kwargs
              ) -> dict[str, Any]:
     """Test bits/dim, the batches split across the job's processes; for a noise-conditioned model, of the test
-    data at the lowest trained noise level t0 (see `metrics.noisy_likelihood`)."""
-    if model_config.noise_conditioning:
-        return evaluate_noisy_bpd(model, test.images, labels_for(test, model_config), test.levels,
-                                  model_config.noise_level_min, rank=cluster.rank, world_size=cluster.world_size,
-                                  **kwargs)
+    data at the lowest trained noise level t0 (see `metrics.likelihood`)."""
+    level = model_config.noise_level_min if model_config.noise_conditioning else None
     return evaluate_bpd(model, test.images, labels_for(test, model_config), test.levels, rank=cluster.rank,
-                        world_size=cluster.world_size, **kwargs)
-
-
+                        world_size=cluster.world_size, noise_level=level, **kwargs)
 
 
 def check_run_dir(run_dir: Path) -> None:
