@@ -56,6 +56,7 @@ BASE = {
                           "--plot", "ga.png", "--no-progress"],
     "score": ["model", "--count", "2", "--out", "scores.csv", "--no-progress"],
     "presets": [],
+    "report": ["run"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 

@@ -40,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} "
           f"({result['images']} {config.train.dataset} test images, {result['draws']} dequantization draw(s))")
-    print(f"run directory: {run_dir}  (model/, samples.png, loss_curve.png, metrics.jsonl, eval.json)")
+    print(f"run directory: {run_dir}  (report.html, model/, samples.png, loss_curve.png, metrics.jsonl, eval.json)")
     return 0
 
 

@@ -21,6 +21,7 @@ from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, re
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
 from ..progress import progress_bar
+from ..report import write_report
 from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -154,6 +155,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
             record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
             log.write(json.dumps(record) + "\n")
             log.flush()
+        if evaluating and main:
+            write_report(run_dir)  # RUN/report.html, refreshed at every evaluation
         halt = dist.any_rank(step == stop_at or stop.requested or run.bad_steps.exhausted, device)
         if every(step, train_config.checkpoint_every, train_config.steps) or halt:
             weights, ema_weights = dist.full_state(model), None if ema is None else dist.full_state(ema)
@@ -193,6 +196,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
                   processes=cluster.world_size)
     if main:
         atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+        write_report(run_dir)
     return result
 
 
