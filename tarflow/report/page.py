@@ -21,6 +21,7 @@ tr:nth-child(even) { background: #f4f4f4; } .config { display: flex; gap: 2em; f
 code, pre { background: #f4f4f4; padding: 0.2em 0.4em; font-size: 0.9em; white-space: pre-wrap; word-break: break-all; }
 figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #555; } img { max-width: 100%; image-rendering: pixelated; }
+.samples img { width: 340px; }
 .muted { color: #777; }
 """
 
@@ -84,7 +85,7 @@ def samples(contents: RunContents) -> str:
     """Sample grids over training, then the final one (GIFs and text too, for runs that write them)."""
     if not contents.samples:
         return ""
-    return section("Samples", "\n".join(sample_figure(sample) for sample in contents.samples))
+    return section("Samples", "\n".join(sample_figure(sample) for sample in contents.samples), "samples")
 
 
 def sample_figure(sample: Sample) -> str:
@@ -145,8 +146,9 @@ def table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def section(title: str, body: str) -> str:
-    return f"<section>\n<h2>{escape(title)}</h2>\n{body}\n</section>"
+def section(title: str, body: str, kind: str = "") -> str:
+    kind = f" class=\"{kind}\"" if kind else ""
+    return f"<section{kind}>\n<h2>{escape(title)}</h2>\n{body}\n</section>"
 
 
 def code(text: str) -> str:

@@ -67,6 +67,8 @@ class TrainConfig:
     entropy_warn: float = option(0.1, "warn (once per head) when a head's attention entropy falls below this many nats")
     max_bad_steps: int = option(10, "stop (with the last good weights saved) after this many steps in a row with a "
                                 "non-finite batch, loss or gradient; such steps are skipped and logged")
+    tensorboard: bool = option(False, "also log scalars, sample grids and histograms of each block's log-scales to "
+                               "RUN/tb/ for TensorBoard (needs pip install 'tarflow[tensorboard]')")
 
     def __post_init__(self):
         check_choices(self)
@@ -97,8 +99,8 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 
 
-# Where and how a run executes, not what it computes: they may change when a run is resumed elsewhere.
-RUNTIME_FIELDS = ("data_dir", "device", "backend", "dist_timeout_s")
+# Where and how a run executes or is logged, not what it computes: they may change when a run is resumed.
+RUNTIME_FIELDS = ("data_dir", "device", "backend", "dist_timeout_s", "tensorboard")
 
 
 @dataclass

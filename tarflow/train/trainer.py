@@ -31,6 +31,7 @@ from .device import amp_dtype
 from .faults import StopSignals, run_guards
 from .noise_levels import add_noise_levels
 from .step import ema_copy, start_optimisation, train_step
+from .tensorboard import TensorBoardLog
 
 RUN_CONFIG = "config.json"
 
@@ -101,6 +102,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
               f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
 
     log_bin = math.log(bin_width(data.levels))
+    board = TensorBoardLog(run_dir, step) if train_config.tensorboard and main else None
     log = open(run_dir / "metrics.jsonl", "a") if main else None
     bar = progress_bar(total=train_config.steps, initial=step, desc="train", enabled=progress and main,
                        every_steps=train_config.log_every, unit="step")  # a log file: a line every log_every steps
@@ -146,6 +148,9 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
             if sampling and main:
                 grid_file = run_dir / "samples" / f"step_{step:06d}.png"
                 sample_grid(final, train_config, model_config, data.levels, grid_file)
+                if board is not None:
+                    board.samples(grid_file, step)
+                    board.scales(final, probe, step)
             model.train()
         if train_config.entropy_every and every(step, train_config.entropy_every, train_config.steps):
             probe_model = dist.plain_copy(model)  # a collective under FSDP: every rank takes part
@@ -155,6 +160,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
             record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
             log.write(json.dumps(record) + "\n")
             log.flush()
+            if board is not None:
+                board.scalars(record)
         if evaluating and main:
             write_report(run_dir)  # RUN/report.html, refreshed at every evaluation
         halt = dist.any_rank(step == stop_at or stop.requested or run.bad_steps.exhausted, device)
@@ -175,6 +182,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     bar.close()
     if log is not None:
         log.close()
+    if board is not None:
+        board.close()
     if stop.requested:
         raise stop.error(run_dir, step)
     if run.bad_steps.exhausted:

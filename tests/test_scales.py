@@ -1,0 +1,38 @@
+"""The flow's log-scales per block (tarflow.metrics.scales), on every model kind of the contract fixture (float64):
+minus their sum over a block is the block's log-determinant, and the affine transform's are its log sigma."""
+
+import torch
+
+from tarflow.flows.conditioning import Condition
+from tarflow.metrics.scales import log_scales
+
+
+def test_log_scales_sum_to_each_blocks_log_determinant(model, inputs):
+    x, y = inputs
+    scales = log_scales(model, x, y)
+    tokens, condition = model.patchify(x), Condition(y)
+    assert len(scales) == len(model.blocks)
+    for block, scale in zip(model.blocks, scales):
+        tokens, logdet = block(tokens, condition)
+        assert scale.shape == (x.shape[0], tokens.shape[1] - block.first, tokens.shape[2])
+        torch.testing.assert_close(-scale.sum(dim=(1, 2)), logdet, rtol=1e-10, atol=1e-10)
+    total = -sum(scale.sum(dim=(1, 2)) for scale in scales)
+    torch.testing.assert_close(total, model(x, y)[1], rtol=1e-10, atol=1e-10)
+
+
+def test_affine_log_scales_are_log_sigma_and_additive_ones_zero(model, inputs):
+    x, y = inputs
+    block = model.blocks[0]
+    scale = log_scales(model, x, y)[0]
+    if model.config.transform == "additive":
+        assert torch.equal(scale, torch.zeros_like(scale))
+    elif model.config.transform == "affine":
+        ordered = block.order.apply(model.patchify(x))
+        log_sigma, _ = block.params(block.inputs(ordered, block.first, ordered.shape[1]), Condition(y))
+        torch.testing.assert_close(scale, log_sigma, rtol=1e-10, atol=1e-12)
+
+
+def test_the_model_mode_is_restored(model, inputs):
+    model.train()
+    log_scales(model, *inputs)
+    assert model.training
