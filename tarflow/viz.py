@@ -19,6 +19,14 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int | Non
 
     Small images are upscaled (nearest neighbour) so a grid is about 512 px wide or more.
     """
+    buf = io.BytesIO()
+    grid_image(images, nrow, scale, pad).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def grid_image(images: Tensor, nrow: int = 10, scale: int | None = None, pad: int = 1) -> Image.Image:
+    """The grid of `save_grid` as a PIL image."""
     images = images.detach().cpu()
     n, c, h, w = images.shape
     rows = (n + nrow - 1) // nrow
@@ -32,10 +40,7 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int | Non
         scale = max(1, 512 // (nrow * (w + pad)))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return img
 
 
 def to_uint8(x: Tensor, levels: int) -> Tensor:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tarflow.cli.demo
 import tarflow.train
 from tarflow import CheckpointError, FlowConfig, InputError, TarFlow
 from tarflow.cli import build_parser, main
@@ -57,6 +58,7 @@ BASE = {
     "score": ["model", "--count", "2", "--out", "scores.csv", "--no-progress"],
     "presets": [],
     "report": ["run"],
+    "demo": ["model", "--device", "cpu"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 
@@ -101,7 +103,7 @@ BUILT_IN = "digits is built in: an existing --data-dir is not read"
 for command, dest in (("train", "out"), ("sample", "out"), ("import-reference", "out"), ("guidance-accuracy", "plot"),
                       ("score", "out"), ("calibrate", "out")):
     ACCEPTED[(command, dest, "missing")] = NEW_OUTPUT
-for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score"):
+for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score", "demo"):
     ACCEPTED[(command, "path", "dot")] = RUN_DIR
 for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-accuracy", "data_dir"),
                       ("score", "data_dir")):
@@ -205,6 +207,7 @@ def test_bad_input(command, action, variant, template, cache, tmp_path, monkeypa
     monkeypatch.chdir(world)
     monkeypatch.setenv("TARFLOW_CACHE", str(cache))
     monkeypatch.setattr(tarflow.train, "train", stub_train)
+    monkeypatch.setattr(tarflow.cli.demo, "launch", lambda app, port: None)  # the app is built, not served
     kind = option_kind(command, action)
     value = number_value(action, variant) if kind == "number" else PATH_VALUES[variant]
     before = snapshot(world)

@@ -14,6 +14,7 @@ import sys
 from .. import __version__
 from ..configs import unknown_field_error
 from ..errors import TarflowError
+from .demo import add_demo_parser
 from .evaluate import add_eval_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser
 from .models import add_calibrate_parser, add_import_reference_parser, add_presets_parser
 from .options import SECTIONS, config_from_args, number, parse_bool, parse_ints, parse_label
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_sample_parser, add_calibrate_parser, add_eval_parser,
                 add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser,
-                add_presets_parser, add_report_parser):
+                add_presets_parser, add_report_parser, add_demo_parser):
         add(sub)
     return parser
 

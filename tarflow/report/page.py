@@ -17,7 +17,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: 0.9em; } td, th { padding: 0.15em 0.8em; text-align: left; }
-tr:nth-child(even) { background: #f4f4f4; } .config { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+tr:nth-child(even) { background: #f4f4f4; }
+.config { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
 code, pre { background: #f4f4f4; padding: 0.2em 0.4em; font-size: 0.9em; white-space: pre-wrap; word-break: break-all; }
 figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #555; } img { max-width: 100%; image-rendering: pixelated; }
