@@ -90,7 +90,8 @@ def test_the_fid_command_repeats_the_saved_result(run):
 def test_tarflow_report_shows_saved_fid_results_and_touches_nothing_else(run, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    result = {"fid": 123.456, "samples": 100, "reference": {"split": "test", "images": 360}, "seed": 0}
+    result = {"fid": 123.456, "samples": 100, "reference": {"split": "test", "images": 360}, "seed": 0,
+              "sampler": "<b>sequential</b>"}
     (copy / "fid.json").write_text(json.dumps(result))
     before = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file() and path.name != REPORT_FILE}
     assert main(["report", str(copy)]) == 0
@@ -98,7 +99,8 @@ def test_tarflow_report_shows_saved_fid_results_and_touches_nothing_else(run, tm
     after = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file() and path.name != REPORT_FILE}
     assert after == before
     page = (copy / REPORT_FILE).read_text()
-    assert "123.456" in page and f"--count 100 --split test --ref-count 360" in page
+    assert "123.456" in page and "--count 100 --split test --ref-count 360" in page
+    assert "&lt;b&gt;sequential" in page and "<b>" not in page  # text from files is escaped
 
 
 @pytest.mark.parametrize("setup", ["missing", "foreign", "model"])

@@ -140,10 +140,13 @@ def picture(png: bytes | None, caption: str, mime: str = "image/png") -> str:
     return f"<figure><img src=\"{uri}\" alt=\"{escape(caption)}\"><figcaption>{escape(caption)}</figcaption></figure>"
 
 
+class Html(str):
+    """Text that is HTML already (not escaped again)."""
+
+
 def table(rows: list[tuple[str, str]]) -> str:
-    """Rows of (name, value); a value that starts with <code> is HTML already, others are escaped."""
-    cells = "".join(f"<tr><th>{escape(name)}</th><td>{value if value.startswith('<code>') else escape(value)}</td></tr>"
-                    for name, value in rows)
+    """Rows of (name, value); values are escaped unless they are `Html`."""
+    cells = "".join(f"<tr><th>{escape(name)}</th><td>{escape(value)}</td></tr>" for name, value in rows)
     return f"<table>{cells}</table>"
 
 
@@ -152,8 +155,8 @@ def section(title: str, body: str, kind: str = "") -> str:
     return f"<section{kind}>\n<h2>{escape(title)}</h2>\n{body}\n</section>"
 
 
-def code(text: str) -> str:
-    return f"<code>{escape(text)}</code>"
+def code(text: str) -> Html:
+    return Html(f"<code>{escape(text)}</code>")
 
 
 def duration(seconds: float) -> str:
@@ -163,4 +166,4 @@ def duration(seconds: float) -> str:
 
 
 def escape(text: str) -> str:
-    return html.escape(str(text))
+    return text if isinstance(text, Html) else html.escape(str(text))
