@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import randomise
-from tarflow import FlowConfig, Guidance, SequentialSampler, TarFlow
+from tarflow import FlowConfig, Guidance, InputError, SequentialSampler, TarFlow
 from tarflow.cli import main
 from tarflow.cli.demo import NULL, Demo
 from tarflow.data import load_dataset
@@ -105,3 +105,17 @@ def test_the_web_app_serves_one_sample_over_http(model_dir, tmp_path):
         server.terminate()
         server.wait(timeout=30)
     assert server.returncode is not None
+
+
+def test_a_noise_conditioned_model_samples_denoised_and_refuses_to_score(tmp_path):
+    """iTARFlow: samples are denoised iteratively, as `tarflow sample` does by default; it has no clean-image
+    likelihood to score with."""
+    torch.manual_seed(0)
+    model = randomise(TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2,
+                                         layers_per_block=1, head_dim=8, noise_conditioning=True)), std=0.1)
+    model.save_pretrained(tmp_path / "model", metadata={"dataset": "digits", "levels": 17})
+    demo = Demo(str(tmp_path / "model"), "cpu")
+    grid, how = demo.sample(NULL, 0.0, 1.0, "sequential", 0, 4)
+    assert "denoise iterative" in how and grid.shape[-1] == 3
+    with pytest.raises(InputError, match="noise-conditioned"):
+        demo.score(Image.new("L", (8, 8)), NULL)

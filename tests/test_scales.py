@@ -3,6 +3,8 @@ minus their sum over a block is the block's log-determinant, and the affine tran
 
 import torch
 
+from conftest import make_inputs, randomise, tiny_config
+from tarflow import TarFlow
 from tarflow.flows.conditioning import Condition
 from tarflow.metrics.scales import log_scales
 
@@ -36,3 +38,16 @@ def test_the_model_mode_is_restored(model, inputs):
     model.train()
     log_scales(model, *inputs)
     assert model.training
+
+
+def test_a_noise_conditioned_model_at_its_level():
+    """iTARFlow: the level is part of the condition; at two levels the scales differ and each sums to the logdet."""
+    torch.manual_seed(0)
+    model = randomise(TarFlow(tiny_config(num_classes=3, noise_conditioning=True, noise_level_min=0.05,
+                                          noise_level_max=0.5)).double()).eval()
+    x, y = make_inputs(model)
+    low, high = (log_scales(model, x, y, level) for level in (0.05, 0.5))
+    for level, scales in ((0.05, low), (0.5, high)):
+        total = -sum(scale.sum(dim=(1, 2)) for scale in scales)
+        torch.testing.assert_close(total, model(x, y, noise_level=level)[1], rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(low[0], high[0])

@@ -18,6 +18,8 @@ from .options import DEVICE_HELP, SAMPLERS, number
 
 HOST = "127.0.0.1"
 CYCLE, NULL = "each class in turn", "null (unconditional)"
+# `tarflow sample` without denoising flags: iterative for noise-conditioned models, Tweedie for gaussian-noise ones
+MODEL_DEFAULT_DENOISING = argparse.Namespace(denoise=None, denoise_steps=None, dynamics=None, denoise_clip=False)
 
 
 class Demo:
@@ -38,9 +40,9 @@ class Demo:
         """A grid of ``count`` samples (H, W, C) uint8 and a line saying how it was drawn."""
         import torch
 
-        from ..sampling import Guidance
+        from ..sampling import DenoisedSampler, Guidance
         from ..viz import grid_image, to_uint8
-        from .sample import choose_sampler, sample_labels
+        from .sample import choose_denoiser, choose_sampler, sample_labels
 
         if not temperature > 0 or guidance < 0 or count < 1 or seed < 0:
             raise InputError("temperature must be > 0, guidance >= 0, count >= 1 and seed >= 0")
@@ -49,9 +51,12 @@ class Demo:
         labels = sample_labels(self.num_classes, wanted, count)
         guided = Guidance(guidance) if guidance else None
         chosen, how = choose_sampler(self.model, self.model_dir, sampler, count, guided)
-        x = chosen.sample(count, labels, temperature, guided, generator=torch.Generator().manual_seed(seed))
+        denoiser, sigma, denoised = choose_denoiser(self.model, MODEL_DEFAULT_DENOISING)
+        if denoiser is not None:
+            chosen = DenoisedSampler(chosen, denoiser)
+        x = chosen.sample(count, labels, temperature, guided, sigma, generator=torch.Generator().manual_seed(seed))
         grid = grid_image(to_uint8(x, self.levels), nrow=min(count, self.num_classes or 10))
-        return np.asarray(grid.convert("RGB")), f"{count} samples, seed {seed}, {how}"
+        return np.asarray(grid.convert("RGB")), f"{count} samples, seed {seed}, {how}, denoise {denoised}"
 
     def score(self, image, label: str) -> str:
         """Bits/dim of an uploaded image (a PIL image), centre-cropped and resized to the model's size and
@@ -64,6 +69,9 @@ class Demo:
         if image is None:
             raise InputError("upload an image to score")
         config = self.model.config
+        if config.noise_conditioning:
+            raise InputError("this model is noise-conditioned (iTARFlow): it has no exact likelihood of clean images; "
+                             "`tarflow eval RUN --noise-level t` measures bits/dim of noisy data")
         try:
             pixels = np.asarray(center_square(to_mode(image, config.channels), config.image_size), dtype=np.float64)
         except BadImage as e:

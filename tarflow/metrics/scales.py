@@ -14,13 +14,15 @@ from torch import Tensor
 from ..flows.conditioning import Condition
 
 
-def log_scales(model, x: Tensor, y: Tensor | None = None) -> list[Tensor]:
+def log_scales(model, x: Tensor, y: Tensor | None = None, noise_level=None) -> list[Tensor]:
     """Per block, log sigma (B, T - first, D) of the tokens it transforms (in the block's order), on images x
-    (B, C, H, W) with labels y. Runs in eval mode without updating the model; restores its mode."""
+    (B, C, H, W) with labels y (and noise level t for a noise-conditioned model). Runs in eval mode without
+    updating the model; restores its mode."""
     was_training = model.training
     model.eval()
     try:
-        condition = Condition(model.check_labels(y, x.shape[0]))
+        condition = Condition(model.check_labels(y, x.shape[0]),
+                              noise_level=model.check_noise_level(noise_level, x.shape[0]))
         tokens, scales = model.patchify(x), []
         for block in model.blocks:
             with torch.no_grad():
