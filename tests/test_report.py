@@ -16,7 +16,7 @@ import pytest
 from tarflow.cli import build_parser, config_from_args, main
 from tarflow.presets import get_preset
 from tarflow.report import REPORT_FILE, read_run, write_report
-from tarflow.report.contents import fid_command, train_command
+from tarflow.report.contents import fid_command, find_samples, train_command
 from tarflow.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -154,3 +154,16 @@ def test_the_page_renders_in_headless_chromium_with_every_image(run, tmp_path):
     subprocess.run(flags + [f"--screenshot={screenshot}", "--window-size=1200,2400", (run / REPORT_FILE).as_uri()],
                    capture_output=True, timeout=120)
     assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_long_run_shows_twelve_evenly_spaced_grids_and_the_final_one(tmp_path):
+    (tmp_path / "samples").mkdir()
+    for step in range(100, 3100, 100):  # 30 grids
+        (tmp_path / "samples" / f"step_{step:06d}.png").write_bytes(b"")
+    (tmp_path / "samples.png").write_bytes(b"")
+    shown = find_samples(tmp_path)
+    steps = [sample.step for sample in shown]
+    assert len(steps) == 13 and steps[-1] is None
+    assert steps[0] == 100 and steps[-2] == 3000 and steps[:-1] == sorted(set(steps[:-1]))
+    gaps = [later - earlier for earlier, later in zip(steps[:-2], steps[1:-1])]
+    assert max(gaps) - min(gaps) <= 100  # evenly spaced, to one grid

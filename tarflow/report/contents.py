@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE_SUFFIXES = (".png", ".gif", ".txt")  # image grids; GIFs of video runs and text samples, when they write them
+MOST_GRIDS = 12  # sample files shown from during training: a long run's page stays a few MB
 
 
 @dataclass
@@ -82,16 +83,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def find_samples(run_dir: Path) -> list[Sample]:
-    """samples/step_NNNNNN.* in step order, then the final samples.* (the trainer's names)."""
+def find_samples(run_dir: Path, most: int = MOST_GRIDS) -> list[Sample]:
+    """samples/step_NNNNNN.* in step order (at most ``most``, evenly spaced, the first and last among them), then
+    the final samples.* (the trainer's names)."""
     during = []
     for path in (run_dir / "samples").glob("step_*"):
         number = path.stem.removeprefix("step_")
         if path.suffix in SAMPLE_SUFFIXES and number.isdigit():
             during.append(Sample(path, int(number)))
+    during.sort(key=lambda sample: sample.step)
+    if len(during) > most:
+        during = [during[round(i * (len(during) - 1) / (most - 1))] for i in range(most)]
     final = [Sample(run_dir / f"samples{suffix}", None) for suffix in SAMPLE_SUFFIXES
              if (run_dir / f"samples{suffix}").is_file()]
-    return sorted(during, key=lambda sample: sample.step) + final
+    return during + final
 
 
 def train_command(config: dict[str, Any], run_dir: Path) -> str:
