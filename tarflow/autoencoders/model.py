@@ -88,11 +88,15 @@ class KLAutoencoder(nn.Module, Autoencoder):
         mean, log_var = self.encoder(images).chunk(2, dim=1)
         return mean, log_var.clamp(-30.0, 20.0)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def encode(self, images: Tensor) -> Tensor:
-        return self.posterior(images)[0]
+        return self.posterior(images.to(self.dtype))[0].to(images.dtype)
 
     def decode(self, latents: Tensor) -> Tensor:
-        return self.decoder(latents)
+        return self.decoder(latents.to(self.dtype)).to(latents.dtype)
 
     def loss(self, images: Tensor, kl_weight: float, generator: torch.Generator | None = None
              ) -> tuple[Tensor, Tensor, Tensor]:
