@@ -75,13 +75,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def save_tiny_autoencoder(path, channels: int = 1, latent_channels: int = 4, seed: int = 0):
+def save_tiny_autoencoder(path, channels: int = 1, latent_channels: int = 4, seed: int = 0, metadata=None):
     """A random KL autoencoder (downsample x2) saved in ``path``, for latent models."""
     from tarflow.autoencoders import AutoencoderConfig, KLAutoencoder
 
     torch.manual_seed(seed)
     config = AutoencoderConfig(channels=channels, latent_channels=latent_channels, widths=[4, 8], norm_groups=4)
-    return KLAutoencoder(config).save_pretrained(path)
+    return KLAutoencoder(config).save_pretrained(path, metadata)
 
 
 @pytest.fixture(scope="session")

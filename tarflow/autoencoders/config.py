@@ -56,7 +56,7 @@ class AutoencoderTrainConfig:
     image_size: int = option(0, "folder dataset only: images are resized to this side (0: the dataset's own)")
     steps: int = option(2000, "optimizer steps")
     batch_size: int = option(64, "images per step")
-    lr: float = option(1e-3, "peak learning rate (AdamW), warmup then cosine decay to zero")
+    lr: float = option(1e-3, "peak learning rate in (0, 1] (AdamW), warmup then cosine decay to zero")
     warmup_steps: int = option(100, "linear warmup steps")
     kl_weight: float = option(1e-6, "weight of the KL term against the squared error, both summed per image "
                               "(SD-VAE uses 1e-6 with an L1 + perceptual loss)")
@@ -73,7 +73,7 @@ class AutoencoderTrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "image_size", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr <= 1:
+            raise ConfigError(f"lr must be in (0, 1], got {self.lr}")
         if not math.isfinite(self.kl_weight) or self.kl_weight < 0:
             raise ConfigError(f"kl_weight must be a finite number >= 0, got {self.kl_weight}")

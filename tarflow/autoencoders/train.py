@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..configs import from_dict
 from ..data import dequantize, load_dataset, quantize
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TarflowError
 from ..flows.saving import read_weights
-from ..io import OutputError, atomic_dir, atomic_write_text, describe_entries, dir_lock, existing_dir, write_bytes
+from ..io import (OutputError, atomic_dir, atomic_write_text, describe_entries, dir_lock, existing_dir,
+                  reporting_write_errors, write_bytes)
 from ..train.device import pick_device
 from ..viz import save_grid
 from .config import AutoencoderConfig, AutoencoderTrainConfig
@@ -73,6 +74,9 @@ def train_autoencoder(model_config: AutoencoderConfig, train_config: Autoencoder
             index = torch.randint(len(data), (train_config.batch_size,), generator=generator)
             images = to_model_space(data.images[index], data.levels).to(device)
             loss, squared_error, kl = model.loss(images, train_config.kl_weight, generator)
+            if not torch.isfinite(loss):
+                raise TarflowError(f"the autoencoder's loss is {loss.item()} at step {step + 1}: lower --lr or "
+                                   f"--kl-weight (the last checkpoint in {run_dir} is intact)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -121,7 +125,8 @@ def start_run(run_dir: Path, model_config: AutoencoderConfig, train_config: Auto
     if run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir()):
         raise OutputError(f"{run_dir} is not empty and is not an autoencoder run (no {RUN_CONFIG}); it holds "
                           f"{describe_entries(run_dir)}: choose a new or empty directory (nothing was changed)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with reporting_write_errors(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(file, json.dumps({"tarflow_version": __version__, **config}, indent=2) + "\n")
     return run_dir
 

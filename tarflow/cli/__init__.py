@@ -1,7 +1,8 @@
 """`tarflow train | sample | calibrate | eval | ...`: the command line, a thin layer over the Python API.
 
 One module per command group parses arguments, calls the library and prints: train (train), sample (sample and
-the sampler choice), evaluate (eval, fid, guidance-accuracy, score), models (import-reference, calibrate, presets);
+the sampler choice), evaluate (eval, fid, guidance-accuracy, score), autoencoder
+(autoencoder train | eval), models (import-reference, calibrate, presets);
 options holds the argument types shared by all of them.
 """
 
@@ -14,6 +15,7 @@ import sys
 from .. import __version__
 from ..configs import unknown_field_error
 from ..errors import TarflowError
+from .autoencoder import add_autoencoder_parser
 from .evaluate import add_eval_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser
 from .models import add_calibrate_parser, add_import_reference_parser, add_presets_parser
 from .options import SECTIONS, config_from_args, number, parse_bool, parse_ints, parse_label
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_sample_parser, add_calibrate_parser, add_eval_parser,
                 add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser,
-                add_presets_parser):
+                add_presets_parser, add_autoencoder_parser):
         add(sub)
     return parser
 
