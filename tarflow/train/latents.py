@@ -60,11 +60,16 @@ def image_geometry(model_config: FlowConfig) -> tuple[int, int]:
     autoencoder encodes to the configured latent grid (side = latent side x downsample)."""
     if model_config.modality != "latents":
         return model_config.image_size, model_config.channels
-    modality = Latents(model_config.image_size, model_config.channels, model_config.patch_size,
-                       str(Path(model_config.autoencoder).absolute()) if model_config.autoencoder else "", 1.0, 0.0)
-    modality.check_autoencoder()
-    channels, _, downsample = autoencoder_geometry(modality.located())
+    channels, _, downsample = autoencoder_geometry(autoencoder_dir(model_config))
     return model_config.image_size * downsample, channels
+
+
+def autoencoder_dir(model_config: FlowConfig) -> str:
+    """The configured autoencoder directory as an absolute path (a relative one is read from here)."""
+    if not model_config.autoencoder:
+        raise ConfigError("a latents model needs autoencoder=DIR (--autoencoder DIR): the directory of a "
+                          "`tarflow autoencoder train` run or of a diffusers AutoencoderKL")
+    return str(Path(model_config.autoencoder).expanduser().absolute())
 
 
 @torch.no_grad()
@@ -93,20 +98,19 @@ def prepare_latents(model_config: FlowConfig, train_config, data: ImageData, tes
     if train_config.flip:
         raise ConfigError("flip=true is not supported for latents models (each image is encoded once): set "
                           "--flip false")
-    model_config = dataclasses.replace(model_config, autoencoder=str(Path(model_config.autoencoder).absolute())
-                                       if model_config.autoencoder else "")
+    model_config = dataclasses.replace(model_config, autoencoder=autoencoder_dir(model_config))
+    channels, latent_channels, downsample = autoencoder_geometry(model_config.autoencoder)
+    side = data.image_size // downsample
+    if channels != data.channels or data.image_size % downsample:
+        raise ConfigError(f"the autoencoder in {model_config.autoencoder} takes {channels}-channel images whose side "
+                          f"is a multiple of {downsample}, but {data.name} images are "
+                          f"{data.channels}x{data.image_size}x{data.image_size}")
+    if (model_config.image_size, model_config.channels) != (side, latent_channels):
+        raise ConfigError(f"the autoencoder makes {latent_channels}x{side}x{side} latents of {data.name} images: set "
+                          f"image_size={side} channels={latent_channels}")
     modality = Latents(model_config.image_size, model_config.channels, model_config.patch_size,
                        model_config.autoencoder, model_config.latent_scale, model_config.latent_shift)
-    modality.check_autoencoder()
-    autoencoder = modality.autoencoder.to(device)
-    side = data.image_size // autoencoder.downsample
-    if autoencoder.channels != data.channels or data.image_size % autoencoder.downsample:
-        raise ConfigError(f"the autoencoder in {model_config.autoencoder} takes {autoencoder.channels}-channel images "
-                          f"whose side is a multiple of {autoencoder.downsample}, but {data.name} images are "
-                          f"{data.channels}x{data.image_size}x{data.image_size}")
-    if (model_config.image_size, model_config.channels) != (side, autoencoder.latent_channels):
-        raise ConfigError(f"the autoencoder makes {autoencoder.latent_channels}x{side}x{side} latents of {data.name} "
-                          f"images: set image_size={side} channels={autoencoder.latent_channels}")
+    modality.autoencoder.to(device)
     raw_train, raw_test = encode_images(modality, data, progress=progress), encode_images(modality, test,
                                                                                           progress=progress)
     if not model_config.latent_scale:
