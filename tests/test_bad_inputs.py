@@ -60,6 +60,7 @@ BASE = {
     "autoencoder train": ["--dataset", "digits", "--steps", "1", "--batch-size", "2", "--widths", "4,8",
                           "--norm-groups", "4", "--out", "runs/ae", "--no-progress"],
     "autoencoder eval": ["ae", "--no-progress"],
+    "autoencoder finetune-decoder": ["latent", "--steps", "1", "--batch-size", "2", "--no-progress"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 
@@ -100,6 +101,7 @@ ACCEPTED = {
 }
 for name in ("seed", "warmup_steps", "checkpoint_every", "kl_weight", "image_size"):
     ACCEPTED[("autoencoder train", name, "zero")] = ZERO_OK
+ACCEPTED[("autoencoder finetune-decoder", "seed", "zero")] = ZERO_OK
 ACCEPTED[("autoencoder train", "kl_weight", "huge")] = "finite: the KL term dominates the loss (AdamW steps stay lr)"
 for variant in ("file", "truncated file"):
     ACCEPTED[("autoencoder eval", "out", variant)] = "an existing output file is overwritten"
@@ -113,7 +115,8 @@ for command, dest in (("train", "out"), ("sample", "out"), ("import-reference", 
 for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score"):
     ACCEPTED[(command, "path", "dot")] = RUN_DIR
 for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-accuracy", "data_dir"),
-                      ("score", "data_dir"), ("autoencoder train", "data_dir"), ("autoencoder eval", "data_dir")):
+                      ("score", "data_dir"), ("autoencoder train", "data_dir"), ("autoencoder eval", "data_dir"),
+                      ("autoencoder finetune-decoder", "data_dir")):
     for variant in ("foreign dir", "dot", "truncated model"):
         ACCEPTED[(command, dest, variant)] = BUILT_IN
 # train: every config field goes through the same checks (tarflow.train.config, tarflow.flows.config);
@@ -190,6 +193,10 @@ def template(tmp_path_factory):
                                head_dim=8, num_classes=10))
     model.save_pretrained(root / "model", metadata={"dataset": "digits", "levels": 17})
     save_tiny_autoencoder(root / "ae", metadata={"dataset": "digits", "levels": 17})
+    latent = FlowConfig(modality="latents", autoencoder="../ae", image_size=4, channels=4, patch_size=1, width=16,
+                        num_blocks=2, layers_per_block=1, head_dim=8, latent_scale=1.0)
+    TarFlow(latent).save_pretrained(root / "latent", metadata={"dataset": "digits", "levels": 17,
+                                                               "noise": "gaussian", "noise_std": 0.3})
     torch.save({k: v.float() for k, v in reference_state(3, True).items()}, root / "ref.pth")
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("the user's notes\n")

@@ -222,3 +222,68 @@ def test_latent_presets_carry_the_starflow_recipe():
         assert (config.train.noise, config.train.noise_std, config.train.flip) == ("gaussian", 0.3, False)
         assert default_rule(model) == "starflow"
     assert get_preset("imagenet256-latent-gpu").model.block_layers == [2, 2, 2, 2, 2, 24]
+
+
+# ----- the decoder fine-tuned on noisy latents ----------------------------------------------------
+
+def saved_latent_flow(tmp_path, sigma: float = 0.3):
+    """A latent flow over the tiny autoencoder, its scale measured on digits, saved with its noise level."""
+    save_tiny_autoencoder(tmp_path / "ae")
+    config = latent_run(tmp_path / "ae")
+    model_config, _, _ = prepare_latents(config.model, config.train, load_dataset("digits", "train"),
+                                         load_dataset("digits", "test"))
+    torch.manual_seed(0)
+    TarFlow(model_config).save_pretrained(tmp_path / "model", {"dataset": "digits", "levels": 17,
+                                                               "noise": "gaussian", "noise_std": sigma})
+    return TarFlow.from_pretrained(tmp_path / "model")
+
+
+def noisy_error(autoencoder, flow, latents, sigma):
+    """Mean squared error of decode(z + sigma eps) against the images' bin centres, fixed noise: recomputed here."""
+    eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        return autoencoder.decode((latents + sigma * eps) / flow.modality.scale + flow.modality.shift)
+
+
+def test_finetuned_decoder_lowers_the_error_of_noisy_latents(tmp_path):
+    from tarflow.autoencoders.finetune import finetune_decoder
+
+    flow = saved_latent_flow(tmp_path)
+    test = load_dataset("digits", "test")
+    images = dequantize(test.images, test.levels, "gaussian", 0.0)
+    latents = flow.modality.encode(images)
+    result = finetune_decoder(flow, tmp_path / "model", steps=40, batch_size=32, lr=3e-3, progress=False)
+    original = load_autoencoder(tmp_path / "ae")
+    tuned = load_autoencoder(tmp_path / "model" / "denoising_decoder")
+    error_before = (noisy_error(original, flow, latents, 0.3) - images).pow(2).mean()
+    error_after = (noisy_error(tuned, flow, latents, 0.3) - images).pow(2).mean()
+    assert error_after < 0.5 * error_before
+    assert result["noisy_psnr_db_after"] > result["noisy_psnr_db_before"]
+    assert tuned.metadata["noise_std"] == 0.3
+    for name, tensor in original.encoder.state_dict().items():  # the encoder is frozen
+        assert torch.equal(tensor, tuned.encoder.state_dict()[name]), name
+    assert TarFlow.from_pretrained(tmp_path / "model").modality.denoising_decoder(0.3) is not None
+    assert TarFlow.from_pretrained(tmp_path / "model").modality.denoising_decoder(0.2) is None  # another sigma
+
+
+def test_sample_denoises_with_the_finetuned_decoder_when_present(tmp_path, capsys):
+    from tarflow.autoencoders.finetune import DENOISING_DECODER
+
+    saved_latent_flow(tmp_path)
+    argv = ["sample", str(tmp_path / "model"), "--count", "4", "--sampler", "sequential"]
+    assert main([*argv, "--out", str(tmp_path / "tweedie.png")]) == 0
+    assert "denoise on (sigma=0.3) ->" in capsys.readouterr().out  # one Tweedie step
+    save_tiny_autoencoder(tmp_path / "model" / DENOISING_DECODER, seed=5, metadata={"noise_std": 0.3})
+    assert main([*argv, "--out", str(tmp_path / "learned.png")]) == 0
+    assert "denoise on (sigma=0.3, fine-tuned decoder)" in capsys.readouterr().out
+    assert (tmp_path / "tweedie.png").read_bytes() != (tmp_path / "learned.png").read_bytes()
+    assert main([*argv, "--denoise", "tweedie", "--out", str(tmp_path / "forced.png")]) == 0  # asked for Tweedie
+    assert "denoise on (sigma=0.3) ->" in capsys.readouterr().out
+    assert (tmp_path / "tweedie.png").read_bytes() == (tmp_path / "forced.png").read_bytes()
+
+
+def test_finetune_decoder_refuses_a_pixel_model(tmp_path):
+    from tarflow.autoencoders.finetune import finetune_decoder
+
+    with pytest.raises(ConfigError, match="needs a latents model"):
+        finetune_decoder(TarFlow(FlowConfig()), tmp_path, steps=1, progress=False)

@@ -34,11 +34,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                   args.modules)
     if denoiser is not None:
         sampler = DenoisedSampler(sampler, denoiser)
+    learned = None  # a latent model's fine-tuned decoder replaces the default Tweedie step (not --denoise tweedie)
+    if config.modality == "latents" and sigma and args.denoise is None:
+        learned = model.modality.denoising_decoder(sigma)
+        denoised = f"on (sigma={sigma:.4g}, fine-tuned decoder)" if learned else denoised
     started = time.perf_counter()
-    x = sampler.sample(args.count, y, args.temperature, guidance, sigma,
+    x = sampler.sample(args.count, y, args.temperature, guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))
-    if config.modality == "latents":
-        x = model.modality.decode(x)  # the frozen autoencoder's images (denoising, if on, was in latent space)
+    if config.modality == "latents":  # images of the autoencoder; a fine-tuned decoder denoises instead of Tweedie
+        x = model.modality.decode(x, learned)
     seconds = time.perf_counter() - started
     save_grid(to_uint8(x, levels), out, nrow=config.num_classes or 10)
     how = f"guidance w={args.guidance} ({rule})" if guidance else "no guidance"

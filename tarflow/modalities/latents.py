@@ -101,10 +101,23 @@ class Latents(Pixels):
         return ((autoencoder.encode(images) - self.shift) * self.scale).to(images.dtype)
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """Scaled latents -> images in [-1, 1] (not clamped): decode(z / scale + shift)."""
-        autoencoder = self.autoencoder.to(latents.device)
+    def decode(self, latents: Tensor, autoencoder=None) -> Tensor:
+        """Scaled latents -> images in [-1, 1] (not clamped): decode(z / scale + shift), by ``autoencoder`` if
+        given (e.g. the `denoising_decoder`), else the flow's own."""
+        autoencoder = (autoencoder or self.autoencoder).to(latents.device)
         return autoencoder.decode(latents / self.scale + self.shift).to(latents.dtype)
+
+    def denoising_decoder(self, sigma: float):
+        """The autoencoder whose decoder was fine-tuned on latents with noise ``sigma`` (saved in the model's
+        ``denoising_decoder/`` by `tarflow autoencoder finetune-decoder`), or None if there is none for sigma."""
+        from ..autoencoders import load_autoencoder
+        from ..autoencoders.finetune import DENOISING_DECODER
+
+        folder = self.base_dir / DENOISING_DECODER if self.base_dir is not None else None
+        if folder is None or not folder.is_dir():
+            return None
+        decoder = load_autoencoder(folder)
+        return decoder if getattr(decoder, "metadata", {}).get("noise_std") == sigma else None
 
 
 def measure_latent_scale(latents: Tensor) -> tuple[float, float]:
