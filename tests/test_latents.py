@@ -287,3 +287,10 @@ def test_finetune_decoder_refuses_a_pixel_model(tmp_path):
 
     with pytest.raises(ConfigError, match="needs a latents model"):
         finetune_decoder(TarFlow(FlowConfig()), tmp_path, steps=1, progress=False)
+
+
+@pytest.mark.parametrize("command, options", [("eval", []), ("score", ["--out", "scores.csv"])])
+def test_pixel_metric_commands_refuse_latent_models_by_name(command, options, tmp_path, capsys):
+    saved_latent_flow(tmp_path)
+    assert main([command, str(tmp_path / "model"), "--no-progress", *options]) == 2
+    assert f"`tarflow {command}` supports pixel models only so far" in capsys.readouterr().err
