@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import dequantize, load_dataset
 from ..errors import ConfigError, TarflowError
+from ..progress import progress_bar
 from ..train.device import pick_device
 from .model import KLAutoencoder
 from .saving import find_autoencoder, load_library_autoencoder
@@ -80,7 +80,7 @@ def finetune_decoder(flow, model_dir: str | Path, steps: int = 1000, batch_size:
     autoencoder.decoder.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(autoencoder.decoder.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    for step in tqdm(range(steps), desc="finetune decoder", disable=not progress):
+    for step in progress_bar(range(steps), desc="finetune decoder", enabled=progress, unit="step"):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         index = torch.randint(len(latents), (batch_size,), generator=generator)
         noisy = latents[index] + sigma * torch.randn(latents[index].shape, generator=generator)

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..configs import from_dict
 from ..data import dequantize, load_dataset, quantize
 from ..errors import CheckpointError, ConfigError, TarflowError
 from ..flows.saving import read_weights
+from ..progress import progress_bar
 from ..io import (OutputError, atomic_dir, atomic_write_text, describe_entries, dir_lock, existing_dir,
                   reporting_write_errors, write_bytes)
 from ..train.device import pick_device
@@ -65,8 +65,8 @@ def train_autoencoder(model_config: AutoencoderConfig, train_config: Autoencoder
     with dir_lock(start_run(run_dir, model_config, train_config), "autoencoder training"):
         step = resume(run_dir, model, optimizer, scheduler)
         log = open(run_dir / "metrics.jsonl", "a")
-        bar = tqdm(total=train_config.steps, initial=step, desc="autoencoder", disable=not progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=train_config.steps, initial=step, desc="autoencoder", enabled=progress,
+                           every_steps=train_config.log_every, unit="step")
         started = time.perf_counter()
         model.train()
         while step < train_config.steps:
@@ -82,8 +82,8 @@ def train_autoencoder(model_config: AutoencoderConfig, train_config: Autoencoder
             optimizer.step()
             scheduler.step()
             step += 1
-            bar.update(1)
-            bar.set_postfix(mse=f"{squared_error.item():.5f}", kl=f"{kl.item():.3f}")
+            bar.set_postfix(mse=f"{squared_error.item():.5f}", kl=f"{kl.item():.3f}", refresh=False)
+            bar.update(1)  # after the postfix, so a log line shows this step's figures
             if step % train_config.log_every == 0 or step == train_config.steps:
                 record = {"step": step, "loss": loss.item(), "squared_error": squared_error.item(), "kl": kl.item(),
                           "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.perf_counter() - started, 3)}
@@ -181,7 +181,7 @@ def evaluate_psnr(model, images: torch.Tensor, levels: int, batch_size: int = 25
     """PSNR = 10 log10((L - 1)^2 / MSE) per image on quantized reconstructions (dB), mean and standard error;
     an exact reconstruction counts as 100 dB."""
     values = []
-    for start in tqdm(range(0, len(images), batch_size), desc="eval PSNR", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(images), batch_size), desc="eval PSNR", enabled=progress, leave=False):
         original = images[start:start + batch_size]
         error = (reconstruct(model, original, levels).double() - original.double()).pow(2).flatten(1).mean(1)
         values.append((10 * torch.log10((levels - 1) ** 2 / error)).clamp(max=100.0))

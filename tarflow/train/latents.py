@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..data.datasets import ImageData
 from ..data.quantize import dequantize
@@ -24,6 +23,7 @@ from ..errors import ConfigError
 from ..flows import FlowConfig
 from ..autoencoders import autoencoder_geometry
 from ..modalities import Latents, measure_latent_scale
+from ..progress import progress_bar
 
 
 @dataclass
@@ -77,8 +77,8 @@ def encode_images(modality: Latents, data: ImageData, batch_size: int = 256, pro
     """The autoencoder's latents of every image (bin centres 2 (k + 1/2) / L - 1), before shift and scale."""
     autoencoder = modality.autoencoder
     chunks = []
-    for start in tqdm(range(0, len(data), batch_size), desc=f"encoding {data.name} {data.split}", disable=not progress,
-                      leave=False):
+    for start in progress_bar(range(0, len(data), batch_size), desc=f"encoding {data.name} {data.split}",
+                              enabled=progress, leave=False):
         images = dequantize(data.images[start:start + batch_size], data.levels, "gaussian", 0.0)
         chunks.append(autoencoder.encode(images.to(getattr(autoencoder, "device", "cpu"))).float().cpu())
     return torch.cat(chunks)
@@ -133,7 +133,7 @@ def evaluate_latent_nll(model, test: LatentData, labels: Tensor | None, noise_st
     model.eval()
     dims = test.latents[0].numel()
     values = []
-    for start in tqdm(range(0, len(test), batch_size), desc="eval nats/dim", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(test), batch_size), desc="eval nats/dim", enabled=progress, leave=False):
         index = torch.arange(start, min(start + batch_size, len(test)))
         x = test.noisy(index, noise_std, torch.Generator().manual_seed(seed * 1_000_003 + start))
         y = None if labels is None else labels[index].to(model.device)
