@@ -174,6 +174,7 @@ def test_training_lowers_latent_nll_and_its_figure_is_recomputable(tmp_path):
     assert result["latent_nats_per_dim"] < before - 0.05
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "nats_per_dim" in rows[-1] and "bpd" not in rows[-1]
+    assert (tmp_path / "run" / "loss_curve.png").is_file()  # plotted in latent nats/dim
 
 
 def test_encode_images_matches_the_autoencoder_in_batches(tmp_path):
