@@ -295,3 +295,12 @@ def test_pixel_metric_commands_refuse_latent_models_by_name(command, options, tm
     saved_latent_flow(tmp_path)
     assert main([command, str(tmp_path / "model"), "--no-progress", *options]) == 2
     assert f"`tarflow {command}` supports pixel models only so far" in capsys.readouterr().err
+
+
+def test_latent_preset_without_its_autoencoder_says_how_to_make_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "cifar10-latent", "--out", "run", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/autoencoder-cifar10 does not exist" in err
+    assert "`tarflow autoencoder train`" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
