@@ -247,3 +247,24 @@ def test_diffusers_directory_without_weights_is_a_checkpoint_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "latent_channels": 4}))
     with pytest.raises(CheckpointError, match="cannot be loaded as a diffusers AutoencoderKL"):
         load_autoencoder(tmp_path)
+
+
+def test_latent_flow_over_a_diffusers_autoencoder_round_trips(tmp_path):
+    """A flow saved with a diffusers VAE directory reloads without flags and encodes through the VAE's factors."""
+    from tarflow import FlowConfig, TarFlow
+
+    layout = LAYOUTS["flux-vae"]
+    vae = tiny_diffusers_vae(**layout)
+    vae.save_pretrained(tmp_path / "vae")
+    config = FlowConfig(modality="latents", autoencoder=str(tmp_path / "vae"), image_size=4, channels=16,
+                        patch_size=1, width=16, num_blocks=2, layers_per_block=[1, 2], head_dim=8,
+                        latent_scale=1.5, latent_shift=0.1)
+    TarFlow(config).save_pretrained(tmp_path / "flow")
+    flow = TarFlow.from_pretrained(tmp_path / "flow")
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        expected = ((vae.encode(x).latent_dist.mean - 0.1159) * 0.3611 - 0.1) * 1.5
+    latents = flow.modality.encode(x)
+    assert torch.allclose(latents, expected, rtol=1e-5, atol=1e-6)
+    assert flow.log_prob(latents).shape == (2,)
+    assert flow.modality.decode(latents).shape == x.shape
