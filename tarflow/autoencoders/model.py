@@ -79,7 +79,8 @@ class KLAutoencoder(nn.Module, Autoencoder):
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
         self.config = config
-        self.channels, self.latent_channels, self.downsample = config.channels, config.latent_channels, config.downsample
+        self.channels, self.latent_channels = config.channels, config.latent_channels
+        self.downsample = config.downsample
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
 
