@@ -268,3 +268,44 @@ def test_latent_flow_over_a_diffusers_autoencoder_round_trips(tmp_path):
     assert torch.allclose(latents, expected, rtol=1e-5, atol=1e-6)
     assert flow.log_prob(latents).shape == (2,)
     assert flow.modality.decode(latents).shape == x.shape
+
+
+# ----- FID of reconstructions --------------------------------------------------------------------
+
+class Pool(torch.nn.Module):
+    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features (N, 48, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_reconstruction_fid_is_that_of_the_reconstructed_set(tmp_path):
+    """Exact reconstructions: FID 0; reconstructions off by 3 levels: the FID of the images against the shifted
+    images, computed from the extractor's statistics directly."""
+    from tarflow.autoencoders.train import reconstruction_fid
+    from tarflow.metrics import FeatureExtractor, fid_from_stats
+
+    torch.jit.save(torch.jit.script(Pool()), str(tmp_path / "pool.pt"))
+    extractor = FeatureExtractor(tmp_path / "pool.pt", image_size=32, batch_size=16)
+    images = torch.randint(0, 250, (40, 3, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    assert reconstruction_fid(ShiftByLevels(256, 0), extractor, images, 256) == pytest.approx(0.0, abs=1e-6)
+    shifted = (images.int() + 3).to(torch.uint8)
+    expected = fid_from_stats(extractor.statistics(images, 256, False), extractor.statistics(shifted, 256, False))
+    assert expected > 1e-3
+    assert reconstruction_fid(ShiftByLevels(256, 3), extractor, images, 256, batch_size=7) == \
+        pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_autoencoder_eval_cli_reports_reconstruction_fid(tmp_path, capsys):
+    from tarflow.cli import main
+
+    torch.jit.save(torch.jit.script(Pool()), str(tmp_path / "pool.pt"))
+    save_tiny_autoencoder(tmp_path / "ae", metadata={"dataset": "digits", "levels": 17})
+    assert main(["autoencoder", "eval", str(tmp_path / "ae"), "--count", "50", "--weights", str(tmp_path / "pool.pt"),
+                 "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["images"] == 50 and result["reconstruction_fid"] > 0
+    assert f"FID of the reconstructions against the images: {result['reconstruction_fid']:.2f}" in \
+        capsys.readouterr().out

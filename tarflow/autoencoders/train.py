@@ -190,6 +190,19 @@ def evaluate_psnr(model, images: torch.Tensor, levels: int, batch_size: int = 25
     return {"psnr_db": psnr.mean().item(), "stderr": stderr, "images": len(psnr)}
 
 
+def reconstruction_fid(model, extractor, images: torch.Tensor, levels: int, batch_size: int = 256,
+                       progress: bool = False) -> float:
+    """FID between integer images and their reconstructions (what the latent space costs before any flow), with
+    the features of a `metrics.FeatureExtractor`."""
+    from ..metrics import fid_from_stats
+
+    reconstructions = torch.cat([reconstruct(model, images[start:start + batch_size], levels)
+                                 for start in range(0, len(images), batch_size)])
+    real = extractor.statistics(images, levels, progress, desc="FID features images")
+    return fid_from_stats(real, extractor.statistics(reconstructions, levels, progress,
+                                                     desc="FID features reconstructions"))
+
+
 def save_reconstructions(model, images: torch.Tensor, levels: int, path: Path) -> Path:
     """A grid: the images in the first row, their reconstructions in the second."""
     both = torch.cat([images, reconstruct(model, images, levels)]).float()

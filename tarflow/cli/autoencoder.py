@@ -59,7 +59,7 @@ def cmd_autoencoder_train(args: argparse.Namespace) -> int:
 
 def cmd_autoencoder_eval(args: argparse.Namespace) -> int:
     from ..autoencoders import load_autoencoder
-    from ..autoencoders.train import evaluate_psnr
+    from ..autoencoders.train import evaluate_psnr, reconstruction_fid
     from ..data import load_dataset
     from ..errors import ConfigError
     from ..io import atomic_write_text
@@ -74,10 +74,22 @@ def cmd_autoencoder_eval(args: argparse.Namespace) -> int:
     image_size = int(metadata.get("image_size", 0)) if dataset == "folder" else None
     data = load_dataset(dataset, args.split, data_dir=args.data_dir, image_size=image_size,
                         channels=autoencoder.channels, progress=not args.no_progress)
-    result = evaluate_psnr(autoencoder, data.images, data.levels, progress=not args.no_progress)
+    images = data.images
+    if args.count is not None:
+        from ..metrics.fid import random_subset
+
+        images = images[random_subset(len(images), args.count)] if args.count < len(images) else images
+    result = evaluate_psnr(autoencoder, images, data.levels, progress=not args.no_progress)
     result.update(dataset=dataset, split=args.split)
     print(f"PSNR: {result['psnr_db']:.2f} ± {result['stderr']:.2f} dB ({result['images']} {dataset} {args.split} "
           f"images)")
+    if args.weights:
+        from ..metrics import FeatureExtractor
+
+        extractor = FeatureExtractor(args.weights, device=pick_device(args.device))
+        result["reconstruction_fid"] = reconstruction_fid(autoencoder, extractor, images, data.levels,
+                                                          progress=not args.no_progress)
+        print(f"FID of the reconstructions against the images: {result['reconstruction_fid']:.2f}")
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return 0
@@ -123,6 +135,11 @@ def add_autoencoder_parser(sub) -> None:
     evaluate.add_argument("--dataset", default=None, help="dataset (default: the one it was trained on)")
     evaluate.add_argument("--split", choices=("train", "test"), default="test", help="split (default test)")
     evaluate.add_argument("--data-dir", default=None, help="local copy of the dataset's files")
+    evaluate.add_argument("--count", type=number(int, minimum=2), default=None,
+                          help="evaluate this many images of the split, drawn at random (default: all)")
+    evaluate.add_argument("--weights", default=None, metavar="FILE",
+                          help="also the FID of the reconstructions against the images, with this TorchScript "
+                          "Inception feature extractor (as `tarflow fid --weights`)")
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--out", default=None, metavar="FILE", help="also write the result as JSON to FILE")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
