@@ -58,6 +58,32 @@ PRESETS: dict[str, dict] = {
         "train": dict(dataset="cifar10", steps=2800, batch_size=64, lr=1e-3, warmup_steps=200, flip=True,
                       eval_every=700, sample_every=350, checkpoint_every=350, eval_draws=1),
     },
+    # STARFlow on CIFAR-10 in the latent space of `tarflow autoencoder train --dataset cifar10` (its default run
+    # directory, x4: 4x8x8 latents), meant for about an hour on 2 CPU cores; not yet measured. Deep-shallow
+    # stack (the class on the deep block only), patch 1, noise 0.3 on unit-variance latents, softplus scale with a
+    # soft clip of 4, learned start token, RoPE; samples use STARFlow's guidance rule.
+    "cifar10-latent": {
+        "model": dict(modality="latents", autoencoder="runs/autoencoder-cifar10", image_size=8, channels=4,
+                      patch_size=1, width=192, num_blocks=6, layers_per_block=[1, 1, 1, 1, 1, 7], head_dim=64,
+                      num_classes=10, condition_top_only=True, start_token="learned", positions="rope",
+                      scale="softplus", log_scale_clip=4.0),
+        "train": dict(dataset="cifar10", noise="gaussian", noise_std=0.3, steps=2800, batch_size=64, lr=1e-3,
+                      warmup_steps=200, eval_every=700, sample_every=700, checkpoint_every=350,
+                      sample_guidance=1.0),
+    },
+    # After the STARFlow paper's ImageNet 256 recipe on SD-VAE latents (4x32x32): layers 2 2 2 2 2 24, patch 1,
+    # noise 0.3, softplus scale, soft clip 4, learned start, RoPE, class on the deep block (width 1536 is our
+    # choice, not the paper's). Give the VAE directory (e.g. a local copy of stabilityai/sd-vae-ft-ema) with
+    # --autoencoder and ImageNet's train/ and test/ class folders with --data-dir. Not yet run by us (GPUs).
+    "imagenet256-latent-gpu": {
+        "model": dict(modality="latents", autoencoder="sd-vae-ft-ema", image_size=32, channels=4, patch_size=1,
+                      width=1536, num_blocks=6, layers_per_block=[2, 2, 2, 2, 2, 24], head_dim=64,
+                      num_classes=1000, condition_top_only=True, start_token="learned", positions="rope",
+                      scale="softplus", log_scale_clip=4.0),
+        "train": dict(dataset="folder", noise="gaussian", noise_std=0.3, steps=1_000_000, batch_size=256, lr=1e-4,
+                      warmup_steps=10_000, eval_every=20_000, sample_every=10_000, checkpoint_every=5000,
+                      sample_guidance=2.0, amp="bf16"),
+    },
     # Seconds on a CPU: for smoke tests of the whole pipeline, not for results.
     "tiny": {
         "model": dict(image_size=8, channels=1, patch_size=2, width=32, num_blocks=2, layers_per_block=1,

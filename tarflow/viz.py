@@ -70,11 +70,14 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
-    """Plot train bits/dim (raw and smoothed) and test bits/dim against step from a metrics JSONL file."""
+    """Plot train bits/dim (raw and smoothed) and test bits/dim against step from a metrics JSONL file (latent
+    models: nats/dim)."""
     plt = pyplot()
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["bpd"]) for r in rows if "bpd" in r]
-    test = [(r["step"], r["test_bpd"]) for r in rows if "test_bpd" in r]
+    latent = any("nats_per_dim" in r for r in rows)
+    key, unit = ("nats_per_dim", "latent nats/dim") if latent else ("bpd", "bits/dim")
+    train = [(r["step"], r[key]) for r in rows if key in r]
+    test = [(r["step"], r["test_" + key]) for r in rows if "test_" + key in r]
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -93,7 +96,7 @@ def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
     pad = max(hi - lo, 1e-3)
     ax.set_ylim(lo - 0.05 * pad, hi + 0.1 * pad)
     ax.set_xlabel("step")
-    ax.set_ylabel("bits/dim")
+    ax.set_ylabel(unit)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -33,6 +33,12 @@ CONDITIONING = {"uncond": {"num_classes": 0}, "cond": {"num_classes": NUM_CLASSE
                 "top-only": {"num_classes": NUM_CLASSES, "condition_top_only": True}}
 KINDS = [pytest.param({**TRANSFORMS[t], **LAYOUTS[l], **ORDERS[o], **CONDITIONING[c]}, id=f"{c}-{t}-{l}-{o}")
          for t, l, o, c in itertools.product(TRANSFORMS, LAYOUTS, ORDERS, CONDITIONING)]
+# STARFlow: 4-channel latents of a tiny random autoencoder (2x2 grid, patch 1), a deep-shallow stack with the
+# class on the deep block only, softplus scale with a soft clip, a learned start token and RoPE.
+LATENTS = {"modality": "latents", "image_size": 2, "channels": 4, "patch_size": 1, "latent_scale": 1.5,
+           "latent_shift": 0.1, "layers_per_block": [1, 1, 2], "start_token": "learned", "positions": "rope",
+           "transform": "affine", "scale": "softplus", "log_scale_clip": 2.0}
+KINDS += [pytest.param({**LATENTS, **CONDITIONING[c]}, id=f"{c}-latents-deep-shallow") for c in ("uncond", "top-only")]
 
 
 def tiny_config(num_classes: int = 0, transform: str = "affine", **options) -> FlowConfig:
@@ -69,10 +75,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def save_tiny_autoencoder(path, channels: int = 1, latent_channels: int = 4, seed: int = 0, metadata=None):
+    """A random KL autoencoder (downsample x2) saved in ``path``, for latent models."""
+    from tarflow.autoencoders import AutoencoderConfig, KLAutoencoder
+
+    torch.manual_seed(seed)
+    config = AutoencoderConfig(channels=channels, latent_channels=latent_channels, widths=[4, 8], norm_groups=4)
+    return KLAutoencoder(config).save_pretrained(path, metadata)
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder_dir(tmp_path_factory):
+    return save_tiny_autoencoder(tmp_path_factory.mktemp("autoencoder") / "model")
+
+
 @pytest.fixture(params=KINDS)
 def model(request) -> TarFlow:
     torch.manual_seed(0)
-    m = TarFlow(tiny_config(**request.param)).double()
+    options = dict(request.param)
+    if options.get("modality") == "latents":
+        options["autoencoder"] = str(request.getfixturevalue("tiny_autoencoder_dir"))
+    m = TarFlow(tiny_config(**options)).double()
     return randomise(m).eval()
 
 

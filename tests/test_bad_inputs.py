@@ -33,6 +33,7 @@ from tarflow.data import load_dataset
 from tarflow.flows.saving import OWNED_FILES, is_model_dir
 from tarflow.io import OutputError
 from tarflow.train.trainer import check_run_dir
+from conftest import save_tiny_autoencoder
 from test_reference_import import reference_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +43,7 @@ PATH_VALUES = {"missing": "missing/x", "file": "file.txt", "foreign dir": "notes
                "unwritable": "/proc/version/x", "truncated model": "broken", "truncated file": "broken.pth"}
 PATH_DESTS = {"path", "checkpoint", "out", "resume", "plot", "weights", "data_dir", "ood_data_dir", "calibration"}
 NUMBER_LISTS = {("guidance-accuracy", "guidance")}  # comma-separated weights, parsed by the command
-OUTPUT_FILES = {("sample", "out"), ("score", "out"), ("guidance-accuracy", "plot")}  # overwritten if they exist
+OUTPUT_FILES = {("sample", "out"), ("score", "out"), ("guidance-accuracy", "plot"), ("autoencoder eval", "out")}  # overwritten if they exist
 
 # Valid, cheap arguments of each command; each case changes one option of these.
 BASE = {
@@ -59,6 +60,10 @@ BASE = {
     "presets": [],
     "report": ["run"],
     "demo": ["model", "--device", "cpu"],
+    "autoencoder train": ["--dataset", "digits", "--steps", "1", "--batch-size", "2", "--widths", "4,8",
+                          "--norm-groups", "4", "--out", "runs/ae", "--no-progress"],
+    "autoencoder eval": ["ae", "--no-progress"],
+    "autoencoder finetune-decoder": ["latent", "--steps", "1", "--batch-size", "2", "--no-progress"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 
@@ -97,16 +102,24 @@ ACCEPTED = {
     ("import-reference", "out", "truncated model"): "a tarflow model directory: its model is replaced (the "
                                                     "damaged one here), other files kept",
 }
+for name in ("seed", "warmup_steps", "checkpoint_every", "kl_weight", "image_size"):
+    ACCEPTED[("autoencoder train", name, "zero")] = ZERO_OK
+ACCEPTED[("autoencoder finetune-decoder", "seed", "zero")] = ZERO_OK
+ACCEPTED[("autoencoder train", "kl_weight", "huge")] = "finite: the KL term dominates the loss (AdamW steps stay lr)"
+for variant in ("file", "truncated file"):
+    ACCEPTED[("autoencoder eval", "out", variant)] = "an existing output file is overwritten"
 NEW_OUTPUT = "a new output path: created, with its parent directories"
 RUN_DIR = "a directory holding model/ is read as a run directory (here the world holds one)"
 BUILT_IN = "digits is built in: an existing --data-dir is not read"
 for command, dest in (("train", "out"), ("sample", "out"), ("import-reference", "out"), ("guidance-accuracy", "plot"),
-                      ("score", "out"), ("calibrate", "out")):
+                      ("score", "out"), ("calibrate", "out"), ("autoencoder train", "out"),
+                      ("autoencoder eval", "out")):
     ACCEPTED[(command, dest, "missing")] = NEW_OUTPUT
 for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score", "demo"):
     ACCEPTED[(command, "path", "dot")] = RUN_DIR
 for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-accuracy", "data_dir"),
-                      ("score", "data_dir")):
+                      ("score", "data_dir"), ("autoencoder train", "data_dir"), ("autoencoder eval", "data_dir"),
+                      ("autoencoder finetune-decoder", "data_dir")):
     for variant in ("foreign dir", "dot", "truncated model"):
         ACCEPTED[(command, dest, variant)] = BUILT_IN
 # train: every config field goes through the same checks (tarflow.train.config, tarflow.flows.config);
@@ -114,9 +127,14 @@ for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-ac
 TRAIN_ACCEPTS = {"zero", "huge", "negative"}
 
 
-def subcommands() -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+def subcommands(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every command, nested ones as "autoencoder train"."""
+    action = next(a for a in (parser or build_parser())._actions if isinstance(a, argparse._SubParsersAction))
+    commands = {}
+    for name, sub in action.choices.items():
+        nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
+        commands.update(subcommands(sub, f"{prefix}{name} ") if nested else {prefix + name: sub})
+    return commands
 
 
 def option_kind(command: str, action: argparse.Action) -> str | None:
@@ -142,7 +160,7 @@ def cases():
                 continue
             variants = NUMBER_VALUES if kind == "number" else PATH_VALUES
             for variant in variants:
-                yield pytest.param(command, action, variant, id=f"{command}-{action.dest}-{variant}")
+                yield pytest.param(command, action, variant, id=f"{command.replace(' ', '-')}-{action.dest}-{variant}")
 
 
 CASES = list(cases())
@@ -151,8 +169,8 @@ CASES = list(cases())
 def argv_for(command: str, action: argparse.Action, value: str) -> list[str]:
     base = list(RESUME_BASE if action.dest == "resume" else BASE[command])
     if not action.option_strings:  # a positional: the first argument of the base
-        return [command, value, *base[1:]]
-    return [command, *base, action.option_strings[0], value]
+        return [*command.split(), value, *base[1:]]
+    return [*command.split(), *base, action.option_strings[0], value]
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -177,6 +195,11 @@ def template(tmp_path_factory):
     model = TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2, layers_per_block=1,
                                head_dim=8, num_classes=10))
     model.save_pretrained(root / "model", metadata={"dataset": "digits", "levels": 17})
+    save_tiny_autoencoder(root / "ae", metadata={"dataset": "digits", "levels": 17})
+    latent = FlowConfig(modality="latents", autoencoder="../ae", image_size=4, channels=4, patch_size=1, width=16,
+                        num_blocks=2, layers_per_block=1, head_dim=8, latent_scale=1.0)
+    TarFlow(latent).save_pretrained(root / "latent", metadata={"dataset": "digits", "levels": 17,
+                                                               "noise": "gaussian", "noise_std": 0.3})
     torch.save({k: v.float() for k, v in reference_state(3, True).items()}, root / "ref.pth")
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("the user's notes\n")

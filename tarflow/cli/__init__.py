@@ -1,8 +1,9 @@
 """`tarflow train | sample | calibrate | eval | ...`: the command line, a thin layer over the Python API.
 
 One module per command group parses arguments, calls the library and prints: train (train), sample (sample and
-the sampler choice), evaluate (eval, fid, guidance-accuracy, score), models (import-reference, calibrate, presets), report
-(report) and demo (demo); options holds the argument types shared by all of them.
+the sampler choice), evaluate (eval, fid, guidance-accuracy, score), autoencoder (autoencoder train | eval |
+finetune-decoder), models (import-reference, calibrate, presets), report (report) and demo (demo); options holds the
+argument types shared by all of them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from .. import __version__
 from ..configs import unknown_field_error
 from ..errors import TarflowError
+from .autoencoder import add_autoencoder_parser
 from .demo import add_demo_parser
 from .evaluate import add_eval_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser
 from .models import add_calibrate_parser, add_import_reference_parser, add_presets_parser
@@ -33,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_sample_parser, add_calibrate_parser, add_eval_parser,
                 add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser,
-                add_presets_parser, add_report_parser, add_demo_parser):
+                add_presets_parser, add_report_parser, add_demo_parser,
+                add_autoencoder_parser):
         add(sub)
     return parser
 

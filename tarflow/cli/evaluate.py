@@ -19,6 +19,10 @@ def load_model_for_metrics(args: argparse.Namespace):
     from ..runs import load_model
 
     model, model_dir = load_model(args.path, args.device)
+    if model.config.modality != "pixels":  # issue 13: latent models have no pixel bits/dim; metrics come later
+        raise ConfigError(f"{model_dir} models {model.config.modality}: `tarflow {args.command}` supports pixel models "
+                          f"only so far; a latent model's test latent nats/dim is in its run's eval.json, and "
+                          f"`tarflow sample` decodes its samples")
     name = args.dataset or model.metadata.get("dataset")
     if not name:
         raise ConfigError(f"{model_dir} does not record its dataset: pass --dataset")

@@ -17,6 +17,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ..runs import load_model
     from ..sampling import DenoisedSampler, Guidance
+    from ..sampling.guidance import default_rule
     from ..viz import save_grid, to_uint8
 
     out = check_output_file(args.out or Path(args.path) / "sample.png", "--out")
@@ -25,19 +26,26 @@ def cmd_sample(args: argparse.Namespace) -> int:
     levels = int(metadata.get("levels", 256))
     y = sample_labels(config.num_classes, args.label, args.count)
     guidance = None
+    rule = args.guidance_rule or default_rule(config)
     if args.guidance or args.attn_temp != 1.0:
-        guidance = Guidance(args.guidance, args.guidance_rule, args.annealed, args.attn_temp)
+        guidance = Guidance(args.guidance, rule, args.annealed, args.attn_temp)
     denoiser, sigma, denoised = choose_denoiser(model, args)
     sampler, why = choose_sampler(model, model_dir, args.sampler, args.count, guidance, args.calibration, args.tol,
                                   args.modules)
     if denoiser is not None:
         sampler = DenoisedSampler(sampler, denoiser)
+    learned = None  # a latent model's fine-tuned decoder replaces the default Tweedie step (not --denoise tweedie)
+    if config.modality == "latents" and sigma and args.denoise is None:
+        learned = model.modality.denoising_decoder(sigma)
+        denoised = f"on (sigma={sigma:.4g}, fine-tuned decoder)" if learned else denoised
     started = time.perf_counter()
-    x = sampler.sample(args.count, y, args.temperature, guidance, sigma,
+    x = sampler.sample(args.count, y, args.temperature, guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))
+    if config.modality == "latents":  # images of the autoencoder; a fine-tuned decoder denoises instead of Tweedie
+        x = model.modality.decode(x, learned)
     seconds = time.perf_counter() - started
     save_grid(to_uint8(x, levels), out, nrow=config.num_classes or 10)
-    how = f"guidance w={args.guidance} ({args.guidance_rule})" if guidance else "no guidance"
+    how = f"guidance w={args.guidance} ({rule})" if guidance else "no guidance"
     print(f"{args.count} samples in {seconds:.2f} s with the {why}, "
           f"temperature {args.temperature}, {how}, denoise {denoised} -> {out}")
     return 0
@@ -152,7 +160,8 @@ def add_sample_parser(sub) -> None:
                         "is the null class: unconditional samples of a class-conditional model")
     parser.add_argument("--temperature", type=number(float, above=0), default=1.0, help=TEMPERATURE_HELP)
     parser.add_argument("--guidance", type=number(float, minimum=0), default=0.0, help=GUIDANCE_HELP)
-    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
+    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None,
+                        help="guidance rule (default: starflow for latent models, tarflow otherwise)")
     parser.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
     parser.add_argument("--attn-temp", type=number(float, above=0), default=1.0,
                         help="attention temperature of the unconditional branch (guides unconditional models too)")

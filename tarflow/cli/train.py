@@ -38,8 +38,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return e.exit_code
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
-    print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} "
-          f"({result['images']} {config.train.dataset} test images, {result['draws']} dequantization draw(s))")
+    if "latent_nats_per_dim" in result:  # a continuous density of latents: not bits/dim, not comparable with pixels
+        print(f"test latent nats/dim: {result['latent_nats_per_dim']:.4f} ± {result['stderr']:.4f} "
+              f"({result['images']} {config.train.dataset} test images, latents + noise of the training std)")
+    else:
+        print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} "
+              f"({result['images']} {config.train.dataset} test images, {result['draws']} dequantization draw(s))")
     print(f"run directory: {run_dir}  (report.html, model/, samples.png, loss_curve.png, metrics.jsonl, eval.json)")
     return 0
 

@@ -20,10 +20,16 @@ TRANSFORM_NAMES = ("affine", "additive", "mixture")
 @dataclass
 class FlowConfig:
     # ----- modality: data <-> tokens (B, T, D)
-    modality: str = option("pixels", "what the data is: pixels (images patchified into tokens)", choices=MODALITIES)
-    image_size: int = option(8, "image height and width in pixels (square images)")
-    channels: int = option(1, "image channels (1 grey, 3 RGB)")
+    modality: str = option("pixels", "what the data is: pixels (images patchified into tokens) or latents (the "
+                           "latent grid of a frozen autoencoder, STARFlow)", choices=MODALITIES)
+    image_size: int = option(8, "image height and width in pixels (square images); latents: the latent grid's side")
+    channels: int = option(1, "image channels (1 grey, 3 RGB); latents: the autoencoder's latent channels")
     patch_size: int = option(2, "patch side p; tokens are p x p x channels, T = (size/p)^2")
+    autoencoder: str = option("", "latents: directory of the frozen autoencoder (a `tarflow autoencoder train` run, "
+                              "or a diffusers AutoencoderKL); a relative path is read from the flow model's directory")
+    latent_scale: float = option(0.0, "latents: z = (encode(x) - latent_shift) * latent_scale; 0: measured on the "
+                                 "training data (1 / std) when training starts")
+    latent_shift: float = option(0.0, "latents: the mean subtracted before scaling (measured with latent_scale)")
     # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
     layers_per_block: int | list[int] = option(2, "Transformer layers in each flow block: one number for every "
@@ -107,6 +113,10 @@ class FlowConfig:
         if self.positions == "rope" and (self.mixer != "attention" or self.head_dim % 2):
             raise ConfigError(f"positions=rope needs mixer=attention and an even head_dim, got mixer={self.mixer!r}, "
                               f"head_dim={self.head_dim}")
+        if not (0 <= self.latent_scale < float("inf")) or abs(self.latent_shift) == float("inf") \
+                or self.latent_shift != self.latent_shift:
+            raise ConfigError(f"latent_scale must be a finite number >= 0 (0: measure) and latent_shift finite, got "
+                              f"{self.latent_scale}, {self.latent_shift}")
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 

@@ -6,14 +6,18 @@ To add one: write ``NAME.py`` with a `Modality` subclass and register it in ``bu
 from __future__ import annotations
 
 from .base import Modality
+from .latents import Latents, measure_latent_scale
 from .pixels import Pixels
 
-MODALITIES = ("pixels",)
+MODALITIES = ("pixels", "latents")
 
 
 def build_modality(config) -> Modality:
     """The modality a `FlowConfig` names, with its geometry."""
+    if config.modality == "latents":
+        return Latents(config.image_size, config.channels, config.patch_size, config.autoencoder, config.latent_scale,
+                       config.latent_shift)
     return Pixels(config.image_size, config.channels, config.patch_size)
 
 
-__all__ = ["MODALITIES", "Modality", "Pixels", "build_modality"]
+__all__ = ["MODALITIES", "Latents", "Modality", "Pixels", "build_modality", "measure_latent_scale"]

@@ -6,6 +6,8 @@ ever sees tokens.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor
 
 
@@ -27,6 +29,9 @@ class Modality:
 
     def from_tokens(self, tokens: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def found_in(self, model_dir: Path) -> None:
+        """Told by `TarFlow.from_pretrained` where the model was loaded from (to find files saved beside it)."""
 
     def bin_width(self, levels: int) -> float:
         """Width of one quantisation bin in model units, for bits/dim of discrete data."""

@@ -47,3 +47,8 @@ class Guidance:
         s = torch.exp(2 * (a_c - a_u)).clamp(max=1.0)
         denom = 1 + w - w * s
         return a_c - 0.5 * torch.log(denom), ((1 + w) * b_c - w * s * b_u) / denom
+
+
+def default_rule(config) -> str:
+    """The guidance rule a model samples with unless told: STARFlow's for latent models, TarFlow's otherwise."""
+    return "starflow" if config.modality == "latents" else "tarflow"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -23,12 +24,14 @@ from ..metrics.entropy import attention_entropy, collapsed_heads
 from ..progress import progress_bar
 from ..report import write_report
 from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
+from ..sampling.guidance import default_rule
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RUNTIME_FIELDS, RunConfig, TrainConfig
 from . import distributed as dist
 from .device import amp_dtype
 from .faults import StopSignals, run_guards
+from .latents import LatentData, evaluate_latent_nll, image_geometry, prepare_latents
 from .noise_levels import add_noise_levels
 from .step import ema_copy, start_optimisation, train_step
 from .tensorboard import TensorBoardLog
@@ -54,6 +57,10 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     try:
         dist.check_batch(train_config.batch_size, cluster)
         data, test = load_data(train_config, model_config, cluster, progress)
+        if model_config.modality == "latents":  # encoded once by the frozen autoencoder; shift and scale measured
+            model_config, data, test = prepare_latents(model_config, train_config, data, test, device,
+                                                       progress and cluster.is_main)
+            config = dataclasses.replace(config, model=model_config)
         check_fits(model_config, data)
         check_run_dir(run_dir)
         with run_guards(run_dir) as stop:
@@ -101,7 +108,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         print(f"training on {device}{processes} ({precision}): "
               f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
 
-    log_bin = math.log(bin_width(data.levels))
+    latent = isinstance(data, LatentData)  # figures in latent nats/dim, not bits/dim
+    log_bin = 0.0 if latent else math.log(bin_width(data.levels))
     board = TensorBoardLog(run_dir, step) if train_config.tensorboard and main else None
     log = open(run_dir / "metrics.jsonl", "a") if main else None
     bar = progress_bar(total=train_config.steps, initial=step, desc="train", enabled=progress and main,
@@ -127,14 +135,16 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
                 bar.write(f"step {step}: skipped, {skipped} "
                           f"({run.bad_steps.in_a_row} in a row; the run stops at {train_config.max_bad_steps})")
         else:
-            bpd = (loss.item() - log_bin) / math.log(2)
+            bpd = loss.item() if latent else (loss.item() - log_bin) / math.log(2)
             window.append(bpd)
             images_per_s = (step - first_step) * train_config.batch_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.4f}", bpd=f"{bpd:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}",
-                            images_per_s=f"{images_per_s:.0f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.item():.4f}", **{} if latent else {"bpd": f"{bpd:.3f}"},
+                            lr=f"{run.scheduler.get_last_lr()[0]:.2e}", images_per_s=f"{images_per_s:.0f}",
+                            refresh=False)
         bar.update(1)  # after the postfix, so a log line shows this step's figures
         if (step % train_config.log_every == 0 or step == train_config.steps) and window:
-            record.update(loss=loss.item() if not skipped else None, bpd=sum(window) / len(window),
+            record.update(loss=loss.item() if not skipped else None,
+                          **{"nats_per_dim" if latent else "bpd": sum(window) / len(window)},
                           lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm.item() if not skipped else None)
             window = []
         evaluating = every(step, train_config.eval_every, train_config.steps)
@@ -142,9 +152,15 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         if evaluating or sampling:
             final = dist.plain_copy(ema if ema is not None else model)
             if evaluating:
-                record["test_bpd"] = evaluate(final, test, model_config, cluster)["bits_per_dim"]
-                if main:
-                    bar.write(f"step {step}: test bits/dim {record['test_bpd']:.4f}")
+                if latent:
+                    record["test_nats_per_dim"] = evaluate(final, test, model_config, cluster,
+                                                           noise_std=train_config.noise_std)["latent_nats_per_dim"]
+                    if main:
+                        bar.write(f"step {step}: test latent nats/dim {record['test_nats_per_dim']:.4f}")
+                else:
+                    record["test_bpd"] = evaluate(final, test, model_config, cluster)["bits_per_dim"]
+                    if main:
+                        bar.write(f"step {step}: test bits/dim {record['test_bpd']:.4f}")
             if sampling and main:
                 grid_file = run_dir / "samples" / f"step_{step:06d}.png"
                 sample_grid(final, train_config, model_config, data.levels, grid_file)
@@ -199,7 +215,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     if main:
         final.save_pretrained(run_dir / "model", metadata)
         sample_grid(final, train_config, model_config, data.levels, run_dir / "samples.png")
-    result = evaluate(final, test, model_config, cluster, draws=train_config.eval_draws, progress=progress and main)
+    how = {"noise_std": train_config.noise_std} if latent else {"draws": train_config.eval_draws}
+    result = evaluate(final, test, model_config, cluster, progress=progress and main, **how)
     result.update(dataset=train_config.dataset, split="test", conditional=bool(model_config.num_classes), steps=step,
                   train_time_s=round(time.perf_counter() - t0, 1), device=str(device),
                   processes=cluster.world_size)
@@ -212,9 +229,11 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
 def load_data(train_config: TrainConfig, model_config: FlowConfig, cluster: dist.Cluster, progress: bool
               ) -> tuple[ImageData, ImageData]:
     """The train and test splits; rank 0 decodes (or downloads) first, the other ranks then read its cache."""
+    size, channels = image_geometry(model_config)  # latents: of the images the autoencoder encodes
+
     def load(split: str) -> ImageData:
         return load_dataset(train_config.dataset, split, data_dir=train_config.data_dir or None,
-                            image_size=model_config.image_size, channels=model_config.channels,
+                            image_size=size, channels=channels,
                             on_bad_image=train_config.on_bad_image, progress=progress and cluster.is_main)
 
     if not cluster.is_main:
@@ -225,10 +244,12 @@ def load_data(train_config: TrainConfig, model_config: FlowConfig, cluster: dist
     return data, test
 
 
-def evaluate(model: TarFlow, test: ImageData, model_config: FlowConfig, cluster: dist.Cluster, **kwargs
+def evaluate(model: TarFlow, test: ImageData | LatentData, model_config: FlowConfig, cluster: dist.Cluster, **kwargs
              ) -> dict[str, Any]:
     """Test bits/dim, the batches split across the job's processes; for a noise-conditioned model, of the test
-    data at the lowest trained noise level t0 (see `metrics.likelihood`)."""
+    data at the lowest trained noise level t0 (see `metrics.likelihood`); latents: nats/dim, on one process."""
+    if isinstance(test, LatentData):
+        return evaluate_latent_nll(model, test, labels_for(test, model_config), **kwargs)
     level = model_config.noise_level_min if model_config.noise_conditioning else None
     return evaluate_bpd(model, test.images, labels_for(test, model_config), test.levels, rank=cluster.rank,
                         world_size=cluster.world_size, noise_level=level, **kwargs)
@@ -332,8 +353,11 @@ def batch(data: ImageData, step: int, train_config: TrainConfig, model_config: F
     order = torch.randperm(n, generator=torch.Generator().manual_seed(train_config.seed * 1_000_003 + epoch))
     idx = order[i * train_config.batch_size:(i + 1) * train_config.batch_size]
     g = torch.Generator().manual_seed(train_config.seed * 1_000_003 + 7_919 * (step + 1))
-    images = flip_batch(data.images[idx], g) if train_config.flip else data.images[idx]
-    x = dequantize(images, data.levels, train_config.noise, train_config.noise_std, generator=g)
+    if isinstance(data, LatentData):
+        x = data.noisy(idx, train_config.noise_std, g)
+    else:
+        images = flip_batch(data.images[idx], g) if train_config.flip else data.images[idx]
+        x = dequantize(images, data.levels, train_config.noise, train_config.noise_std, generator=g)
     y = None
     if model_config.num_classes:
         y = ClassConditioning(model_config.num_classes).drop(data.labels[idx].clone(), train_config.label_dropout, g)
@@ -347,7 +371,10 @@ def entropy_batch(data: ImageData, train_config: TrainConfig, model_config: Flow
     noise-conditioned model also their level, the lowest trained one (the images carry no added noise)."""
     g = torch.Generator().manual_seed(train_config.seed + 12_345)
     idx = torch.randperm(len(data), generator=g)[:size]
-    x = dequantize(data.images[idx], data.levels, train_config.noise, train_config.noise_std, generator=g).to(device)
+    if isinstance(data, LatentData):
+        x = data.noisy(idx, train_config.noise_std, g).to(device)
+    else:
+        x = dequantize(data.images[idx], data.levels, train_config.noise, train_config.noise_std, generator=g).to(device)
     probe = x, data.labels[idx].to(device) if model_config.num_classes else None
     return (*probe, model_config.noise_level_min) if model_config.noise_conditioning else probe
 
@@ -385,11 +412,13 @@ def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowCon
     n = train_config.num_samples
     y = torch.arange(n) % model_config.num_classes if model_config.num_classes else None
     guided = train_config.sample_guidance and model_config.num_classes
-    guidance = Guidance(train_config.sample_guidance) if guided else None
+    guidance = Guidance(train_config.sample_guidance, default_rule(model_config)) if guided else None
     x = SequentialSampler(model).sample(n, y, train_config.sample_temperature, guidance,
                                         generator=torch.Generator().manual_seed(train_config.seed))
     if model_config.noise_conditioning:  # generated at t1: 10 ODE steps of iterative denoising
         x = IterativeDenoiser().denoise(model, x, y)
+    if model_config.modality == "latents":
+        x = model.modality.decode(x)
     return save_grid(to_uint8(x, levels), path, nrow=model_config.num_classes or 10)
 
 
