@@ -175,6 +175,8 @@ def test_training_lowers_latent_nll_and_its_figure_is_recomputable(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "nats_per_dim" in rows[-1] and "bpd" not in rows[-1]
     assert (tmp_path / "run" / "loss_curve.png").is_file()  # plotted in latent nats/dim
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert f"{result['latent_nats_per_dim']:.4f}" in page and "test latent nats/dim" in page and "bits/dim" not in page
 
 
 def test_encode_images_matches_the_autoencoder_in_batches(tmp_path):

@@ -47,12 +47,14 @@ def summary(contents: RunContents) -> str:
     rows = [("status", status), ("run directory", str(contents.run_dir)),
             ("dataset", train["dataset"]), ("tarflow version", contents.version or "unknown")]
     evaluation = contents.evaluation if contents.finished else None
+    key, unit = figure_of(contents)
     if evaluation:
-        rows.append(("test bits/dim", f"{evaluation['bits_per_dim']:.4f} ± {evaluation['stderr']:.4f} "
-                                      f"({evaluation['images']:,} images, {evaluation['draws']} draw(s))"))
-    tests = [record for record in contents.records if "test_bpd" in record]
+        rows.append((f"test {unit}", f"{evaluation[key]:.4f} ± {evaluation['stderr']:.4f} "
+                                     f"({evaluation['images']:,} images, {evaluation['draws']} draw(s))"))
+    record_key = "test_bpd" if key == "bits_per_dim" else "test_nats_per_dim"
+    tests = [record for record in contents.records if record_key in record]
     if tests and not evaluation:
-        rows.append(("latest test bits/dim", f"{tests[-1]['test_bpd']:.4f} at step {tests[-1]['step']:,}"))
+        rows.append((f"latest test {unit}", f"{tests[-1][record_key]:.4f} at step {tests[-1]['step']:,}"))
     if "elapsed_s" in last:
         seconds = last["elapsed_s"]
         per_step = seconds / max(1, last["step"])
@@ -67,11 +69,18 @@ def summary(contents: RunContents) -> str:
     return section("Summary", table(rows))
 
 
+def figure_of(contents: RunContents) -> tuple[str, str]:
+    """The run's test figure: (key in eval.json, unit); latent models report nats/dim, not bits/dim."""
+    if contents.config["model"].get("modality") == "latents":
+        return "latent_nats_per_dim", "latent nats/dim"
+    return "bits_per_dim", "bits/dim"
+
+
 def curves(contents: RunContents) -> str:
     records = contents.records
     if not records:
         return section("Curves", "<p class=\"muted\">no metric records yet (metrics.jsonl)</p>")
-    parts = [picture(bits_per_dim_plot(records), "bits/dim against step: train (raw, smoothed) and test"),
+    parts = [picture(bits_per_dim_plot(records), f"{figure_of(contents)[1]} against step: train (raw, smoothed) and test"),
              picture(optimisation_plot(records), "learning rate and gradient norm against step"),
              picture(entropy_plot(records, contents.config["train"]["entropy_warn"]),
                      "attention entropy per block and layer (solid: mean over heads; dashed: minimum)")]
@@ -101,9 +110,12 @@ def results(contents: RunContents) -> str:
     """The final evaluation, saved FID results and other result plots, each with the command that repeats it."""
     parts = []
     if contents.evaluation:
+        key, unit = figure_of(contents)
         data_dir = contents.config["train"]["data_dir"]
-        parts.append("<h3>Test bits/dim (eval.json)</h3>" + table(flat(contents.evaluation))
-                     + "<p>repeat: " + code(eval_command(contents.evaluation, contents.run_dir, data_dir)) + "</p>")
+        repeat = ("written by the training run (tarflow eval does not take latent models yet)"
+                  if key == "latent_nats_per_dim" else
+                  "repeat: " + code(eval_command(contents.evaluation, contents.run_dir, data_dir)))
+        parts.append(f"<h3>Test {unit} (eval.json)</h3>" + table(flat(contents.evaluation)) + f"<p>{repeat}</p>")
     for path, result in contents.fids:
         parts.append(f"<h3>FID ({escape(path.name)})</h3>" + table(flat(result))
                      + "<p>repeat: " + code(fid_command(result, contents.run_dir)) + "</p>")
