@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from .base import Modality
 from .pixels import Pixels
+from .text import Text
 
-MODALITIES = ("pixels",)
+MODALITIES = ("pixels", "text")
 
 
 def build_modality(config) -> Modality:
-    """The modality a `FlowConfig` names, with its geometry."""
+    """The modality a `FlowConfig` names, with its geometry (and, for text, its learned codebook)."""
+    if config.modality == "text":
+        return Text(config.vocab_size, config.context, config.chars_per_token, config.embed_dim)
     return Pixels(config.image_size, config.channels, config.patch_size)
 
 
-__all__ = ["MODALITIES", "Modality", "Pixels", "build_modality"]
+__all__ = ["MODALITIES", "Modality", "Pixels", "Text", "build_modality"]
