@@ -1,8 +1,8 @@
-"""`tarflow train | sample | calibrate | eval | ...`: the command line, a thin layer over the Python API.
+"""`tarflow train | sample | calibrate | eval | generate | ...`: the command line, a thin layer over the Python API.
 
 One module per command group parses arguments, calls the library and prints: train (train), sample (sample and
-the sampler choice), evaluate (eval, fid, guidance-accuracy, score), models (import-reference, calibrate, presets);
-options holds the argument types shared by all of them.
+the sampler choice), evaluate (eval, fid, guidance-accuracy, score), models (import-reference, calibrate, presets),
+text (generate, and eval of text models); options holds the argument types shared by all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .evaluate import add_eval_parser, add_fid_parser, add_guidance_accuracy_par
 from .models import add_calibrate_parser, add_import_reference_parser, add_presets_parser
 from .options import SECTIONS, config_from_args, number, parse_bool, parse_ints, parse_label
 from .sample import add_sample_parser
+from .text import add_generate_parser
 from .train import add_train_parser
 
 __all__ = ["build_parser", "config_from_args", "main", "number", "parse_bool", "parse_ints", "parse_label",
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_sample_parser, add_calibrate_parser, add_eval_parser,
                 add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser,
-                add_presets_parser):
+                add_presets_parser, add_generate_parser):
         add(sub)
     return parser
 

@@ -30,7 +30,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..metrics import evaluate_bpd
     from ..metrics.model_data import check_data_fits
+    from .text import cmd_eval_text, is_text_model
 
+    if is_text_model(args.path):
+        return cmd_eval_text(args)
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=model.config.image_size,
                         channels=model.config.channels, progress=not args.no_progress)
@@ -125,7 +128,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub) -> None:
-    parser = sub.add_parser("eval", help="test bits/dim of a trained model, as JSON")
+    parser = sub.add_parser("eval", help="test bits/dim (text: bits/char and the bound's name) of a trained model, "
+                            "as JSON")
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
