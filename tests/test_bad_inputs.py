@@ -56,6 +56,7 @@ BASE = {
                           "--plot", "ga.png", "--no-progress"],
     "score": ["model", "--count", "2", "--out", "scores.csv", "--no-progress"],
     "presets": [],
+    "generate": ["textmodel", "--length", "2", "--prompt", "ab"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 
@@ -89,6 +90,7 @@ ACCEPTED = {
     ("guidance-accuracy", "plot", "file"): "an existing output file is overwritten",
     ("guidance-accuracy", "plot", "truncated file"): "an existing output file is overwritten",
     ("score", "seed", "zero"): ZERO_OK,
+    ("generate", "seed", "zero"): ZERO_OK,
     ("score", "out", "file"): "an existing output file is overwritten",
     ("score", "out", "truncated file"): "an existing output file is overwritten",
     ("import-reference", "out", "truncated model"): "a tarflow model directory: its model is replaced (the "
@@ -174,6 +176,8 @@ def template(tmp_path_factory):
     model = TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2, layers_per_block=1,
                                head_dim=8, num_classes=10))
     model.save_pretrained(root / "model", metadata={"dataset": "digits", "levels": 17})
+    TarFlow(FlowConfig(modality="text", vocabulary="ab\n", context=4, embed_dim=2, width=16, num_blocks=2,
+                       layers_per_block=1, head_dim=8)).save_pretrained(root / "textmodel", metadata={"dataset": "text"})
     torch.save({k: v.float() for k, v in reference_state(3, True).items()}, root / "ref.pth")
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("the user's notes\n")
