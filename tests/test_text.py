@@ -224,4 +224,4 @@ def test_baseline_has_the_flows_width_depth_and_size():
     assert len(baseline.layers) == sum(len(block.layers) for block in flow.blocks)
     assert baseline.layers[0].mlp.fc1.weight.shape == flow.blocks[0].layers[0].mlp.fc1.weight.shape
     flow_size, baseline_size = (sum(p.numel() for p in m.parameters()) for m in (flow, baseline))
-    assert 0.9 <= baseline_size / flow_size <= 1.1, (baseline_size, flow_size)
+    assert 0.9 <= baseline_size / flow_size <= 1.1, (baseline_size, flow_size)  # 1,619,649 / 1,798,281 (0.90)
