@@ -49,14 +49,14 @@ PRESETS: dict[str, dict] = {
     "shakespeare": {
         "model": dict(modality="text", context=128, chars_per_token=1, embed_dim=8, width=128, num_blocks=4,
                       layers_per_block=2, head_dim=32, transform="mixture-d", mixture_components=16, num_classes=0),
-        "train": dict(dataset="shakespeare", steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500,
+        "train": dict(dataset="shakespeare", steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500,
                       checkpoint_every=500, sample_temperature=0.8),
     },
     # The discrete baseline of the same width and depth (8 layers), data and budget: the exact bits/char.
     "shakespeare-ar": {
         "model": dict(modality="text", architecture="autoregressive", context=128, width=128, num_blocks=4,
                       layers_per_block=2, head_dim=32, num_classes=0),
-        "train": dict(dataset="shakespeare", steps=3000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500,
+        "train": dict(dataset="shakespeare", steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500,
                       checkpoint_every=500, sample_temperature=0.8),
     },
     # Seconds on a CPU: for smoke tests of the whole pipeline, not for results.

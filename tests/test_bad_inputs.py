@@ -176,8 +176,9 @@ def template(tmp_path_factory):
     model = TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2, layers_per_block=1,
                                head_dim=8, num_classes=10))
     model.save_pretrained(root / "model", metadata={"dataset": "digits", "levels": 17})
-    TarFlow(FlowConfig(modality="text", vocabulary="ab\n", context=4, embed_dim=2, width=16, num_blocks=2,
-                       layers_per_block=1, head_dim=8)).save_pretrained(root / "textmodel", metadata={"dataset": "text"})
+    text_model = TarFlow(FlowConfig(modality="text", vocabulary="ab\n", context=4, embed_dim=2, width=16, num_blocks=2,
+                                    layers_per_block=1, head_dim=8))
+    text_model.save_pretrained(root / "textmodel", metadata={"dataset": "text"})
     torch.save({k: v.float() for k, v in reference_state(3, True).items()}, root / "ref.pth")
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("the user's notes\n")

@@ -83,8 +83,9 @@ class MixtureVector(Transform):
         x = torch.empty(z.shape, dtype=dtype, device=z.device)
         for i in range(z.shape[-1]):
             log_w = torch.log_softmax(log_weights, dim=-1).unsqueeze(-2)
-            column = invert_mixture_cdf(z[..., i:i + 1].to(dtype), log_w, mu[..., i:i + 1, :], log_sigma[..., i:i + 1, :])
-            x[..., i] = column[..., 0]
+            column = slice(i, i + 1)
+            x[..., column] = invert_mixture_cdf(z[..., column].to(dtype), log_w, mu[..., column, :],
+                                                log_sigma[..., column, :])
             u = (x[..., i:i + 1] - mu[..., i, :]) * torch.exp(-log_sigma[..., i, :])
             log_weights = log_weights + log_normal(u) - log_sigma[..., i, :]
         return x.to(z.dtype)
