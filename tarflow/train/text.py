@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.text import TextData, load_text
+from ..errors import ConfigError
 from ..flows.language import bits_per_char, bound_name, build_language_model, log_likelihood
 from ..io import atomic_write_text
 from ..sampling.text import generate
@@ -66,7 +68,11 @@ def evaluate_text(model, data: TextData, context: int, seed: int = 0, draws: int
 
 def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at: int | None = None
                ) -> dict[str, Any]:
-    """Train (or resume) a text model in ``run_dir``; return the final test evaluation (see the module doc)."""
+    """Train (or resume) a text model in ``run_dir``; return the final test evaluation (see the module doc).
+
+    One process, in float32 (the codebook's distances lose too much in bf16); not under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("text models train in one process: run `tarflow train` without torchrun")
     config, splits = load_splits(config)
     train_config, model_config, run_dir = config.train, config.model, Path(run_dir)
     check_run_dir(run_dir)
