@@ -78,10 +78,12 @@ def test_empty_or_short_file_is_a_clear_error(content, message, tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_prompt_character_is_a_clear_error(text_file, tmp_path, capsys):
+def test_unknown_prompt_character_and_image_commands_are_clear_errors(text_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--preset", "shakespeare-ar", "--out", str(run), "--data-dir", str(text_file), *TINY]) == 0
     capsys.readouterr()
     assert main(["generate", str(run), "--prompt", "ROMEO: Z€"]) == 2
     err = capsys.readouterr().err
     assert "['Z', '€'] are not in the model's vocabulary" in err and "Traceback" not in err
+    assert main(["sample", str(run), "--count", "2"]) == 2  # image commands refuse a text model
+    assert "holds a text model: use `tarflow generate`" in capsys.readouterr().err

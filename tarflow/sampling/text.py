@@ -26,16 +26,17 @@ from ..flows.tarflow import TarFlow
 
 
 def is_identity(order, num_tokens: int) -> bool:
+    """Whether a block reads the sequence in its own order (then its z_t depends on x_<=t only)."""
     probe = torch.arange(num_tokens).view(1, -1, 1)
     return torch.equal(order.apply(probe), probe)
 
 
-def fixed_run(mask: Tensor) -> tuple[int, int]:
+def known_runs(mask: Tensor) -> tuple[int, int]:
     """(tokens fully known at the start, at the end) of a (T, D) mask."""
     full = mask.all(-1).tolist()
-    start = next((t for t, known in enumerate(full) if not known), len(full))
-    end = next((t for t, known in enumerate(reversed(full)) if not known), len(full))
-    return start, end
+    leading = next((t for t, known in enumerate(full) if not known), len(full))
+    trailing = next((t for t, known in enumerate(reversed(full)) if not known), len(full))
+    return leading, trailing
 
 
 @torch.no_grad()
@@ -47,7 +48,7 @@ def inverse_with_known(block, z: Tensor, known: Tensor, mask: Tensor, condition:
     z, known, mask = block.order.apply(z), block.order.apply(known), block.order.apply(mask[None])[0]
     num_tokens, first = z.shape[1], block.first
     x = torch.where(mask, known, z)  # tokens before `first` pass unchanged
-    start, trailing = fixed_run(mask)
+    start, trailing = known_runs(mask)
     start = max(start, first)
     cache = block.new_cache(condition, 1)
     if start > first:  # the known prefix in one chunk: it fills the KV cache
