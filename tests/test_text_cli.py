@@ -69,6 +69,12 @@ def test_resumed_text_run_equals_an_uninterrupted_one(text_file, tmp_path):
     assert resumed["bits_per_char"] == whole["bits_per_char"]
 
 
+def test_class_conditional_text_model_is_refused(text_file, tmp_path, capsys):
+    code = main(["train", "--preset", "shakespeare", "--out", str(tmp_path / "run"), "--data-dir", str(text_file),
+                 *TINY, "--num-classes", "3"])
+    assert code == 2 and "text models are unconditional" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, message", [("", "is empty"), ("abc\n" * 10, "too short")])
 def test_empty_or_short_file_is_a_clear_error(content, message, tmp_path, capsys):
     file = tmp_path / "t.txt"

@@ -113,6 +113,8 @@ class FlowConfig:
             raise ConfigError(f"context={self.context} is not divisible by chars_per_token={self.chars_per_token}")
         if self.architecture != "flow" and self.modality != "text":
             raise ConfigError(f"architecture={self.architecture!r} applies to modality=text only")
+        if self.modality == "text" and self.num_classes:
+            raise ConfigError(f"text models are unconditional: set num_classes=0, not {self.num_classes}")
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 
