@@ -50,6 +50,9 @@ def test_train_eval_generate(preset, extra, text_file, tmp_path, capsys):
     assert main(["eval", str(run), "--no-progress"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["bits_per_char"] == result["bits_per_char"] and evaluated["bound"] == result["bound"]
+    assert main(["eval", str(run), "--split", "validation", "--no-progress"]) == 0
+    validation = load_text("text", "validation", 8, data_dir=str(text_file), vocabulary=model.config.vocabulary)
+    assert json.loads(capsys.readouterr().out)["windows"] == len(validation.windows(8))
 
     assert main(["generate", str(run), "--prompt", "ROMEO:", "--length", "20", "--temperature", "0.8"]) == 0
     captured = capsys.readouterr()

@@ -133,7 +133,8 @@ def add_eval_parser(sub) -> None:
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
-    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                        help="split (default test; validation: text models only)")
     parser.add_argument("--draws", type=number(int, minimum=1), default=1,
                         help="uniform dequantization draws per image (default 1)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise seed")
