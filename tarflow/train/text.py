@@ -151,7 +151,7 @@ def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, st
 
 
 def write_sample(model, data: TextData, path: Path, temperature: float, seed: int, length: int = 200) -> None:
-    """A sample of ``length`` characters after the test split's first line, to ``path``."""
+    """``length`` generated characters after the test split's first 32, to ``path`` as "PROMPT|CONTINUATION"."""
     prompt = data.ids[:min(32, len(data.ids))]
     ids = generate(model, prompt.to(model.device), length, temperature, torch.Generator().manual_seed(seed))
     tokenizer = data.tokenizer
