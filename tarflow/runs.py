@@ -35,7 +35,11 @@ def resolve_model_dir(path: str | Path) -> Path:
 def load_model(path: str | Path, device: str | torch.device = "auto"):
     """(model, its directory): the TarFlow of a run or saved model directory, on ``device`` (auto: the best)."""
     from .flows import TarFlow
+    from .flows.saving import read_config
     from .train.device import pick_device
 
     model_dir = resolve_model_dir(path)
+    if read_config(model_dir).modality == "text":
+        raise ConfigError(f"{path} holds a text model: use `tarflow generate` and `tarflow eval` (image commands such "
+                          f"as sample, calibrate and fid do not apply)")
     return TarFlow.from_pretrained(model_dir, map_location=pick_device(device)), model_dir

@@ -1,7 +1,7 @@
 """Shared fixtures: one tiny float64 model of every kind the config allows, with randomised weights.
 
 Kinds: every transform (affine with exp scale, affine with softplus scale and a soft clip, additive, Mix-1
-mixture) x block layout (one layer count with TarFlow's zero start and learned positions; one layer count
+mixture, Mix-d mixture) x block layout (one layer count with TarFlow's zero start and learned positions; one layer count
 per block with a learned start token and rotary positions) x token order (alternate, same) x conditioning
 (none, class, class on the last block only).
 
@@ -25,7 +25,8 @@ BATCH = 4
 TRANSFORMS = {"affine": {"transform": "affine"},
               "softplus": {"transform": "affine", "scale": "softplus", "log_scale_clip": 2.0},
               "additive": {"transform": "additive"},
-              "mixture": {"transform": "mixture", "mixture_components": 2}}
+              "mixture": {"transform": "mixture", "mixture_components": 2},
+              "mixture-d": {"transform": "mixture-d", "mixture_components": 2}}
 LAYOUTS = {"uniform": {"layers_per_block": 1},
            "per-block": {"layers_per_block": [1, 1, 2], "start_token": "learned", "positions": "rope"}}
 ORDERS = {"alternate": {"order": "alternate"}, "same": {"order": "same"}}

@@ -64,6 +64,7 @@ BASE = {
                           "--norm-groups", "4", "--out", "runs/ae", "--no-progress"],
     "autoencoder eval": ["ae", "--no-progress"],
     "autoencoder finetune-decoder": ["latent", "--steps", "1", "--batch-size", "2", "--no-progress"],
+    "generate": ["textmodel", "--length", "2", "--prompt", "ab"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 
@@ -97,6 +98,7 @@ ACCEPTED = {
     ("guidance-accuracy", "plot", "file"): "an existing output file is overwritten",
     ("guidance-accuracy", "plot", "truncated file"): "an existing output file is overwritten",
     ("score", "seed", "zero"): ZERO_OK,
+    ("generate", "seed", "zero"): ZERO_OK,
     ("score", "out", "file"): "an existing output file is overwritten",
     ("score", "out", "truncated file"): "an existing output file is overwritten",
     ("import-reference", "out", "truncated model"): "a tarflow model directory: its model is replaced (the "
@@ -200,6 +202,9 @@ def template(tmp_path_factory):
                         num_blocks=2, layers_per_block=1, head_dim=8, latent_scale=1.0)
     TarFlow(latent).save_pretrained(root / "latent", metadata={"dataset": "digits", "levels": 17,
                                                                "noise": "gaussian", "noise_std": 0.3})
+    text_model = TarFlow(FlowConfig(modality="text", vocabulary="ab\n", context=4, embed_dim=2, width=16, num_blocks=2,
+                                    layers_per_block=1, head_dim=8))
+    text_model.save_pretrained(root / "textmodel", metadata={"dataset": "text"})
     torch.save({k: v.float() for k, v in reference_state(3, True).items()}, root / "ref.pth")
     (root / "notes").mkdir()
     (root / "notes" / "notes.txt").write_text("the user's notes\n")

@@ -97,7 +97,7 @@ def naive_inverse(model, z, y=None, guidance: Guidance | None = None):
 def refuses_starflow_rule(model, rule, sampler=None) -> bool:
     """The STARFlow closed form is for Gaussian transforms: a mixture model refuses it with a clear error, and the
     test that asked has nothing more to compare (True)."""
-    if model.config.transform != "mixture" or rule != "starflow":
+    if model.config.transform not in ("mixture", "mixture-d") or rule != "starflow":
         return False
     with pytest.raises(ConfigError, match="rule='tarflow'"):
         (sampler or SequentialSampler(model)).sample(BATCH, make_labels(model), guidance=Guidance(1.0, rule))
@@ -288,7 +288,8 @@ def test_tweedie_matches_finite_difference_score(model):
     x = 0.5 * noise_like(model, seed=8)
     sigma = 0.1
     out = tweedie_denoise(model, x, y, sigma)
-    B, D, h = x.shape[0], x[0].numel(), 1e-4
+    # h: the truncation error falls as h^4; at 1e-4 it reached 2.6e-7 on the curved Mix-d kind, at 5e-5 1.8e-8
+    B, D, h = x.shape[0], x[0].numel(), 5e-5
     eye = torch.eye(D, dtype=torch.float64).view(1, D, *x.shape[1:])
     yy = None if y is None else y.repeat_interleave(D)
 

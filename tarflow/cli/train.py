@@ -38,6 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return e.exit_code
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
+    if "bits_per_char" in result:
+        print(f"test bits/char: {result['bits_per_char']:.4f} ± {result['stderr']:.4f} ({result['bound']}; "
+              f"{result['chars']:,} test characters)")
+        print(f"run directory: {run_dir}  (model/, samples.txt, metrics.jsonl, eval.json)")
+        return 0
     if "latent_nats_per_dim" in result:  # a continuous density of latents: not bits/dim, not comparable with pixels
         print(f"test latent nats/dim: {result['latent_nats_per_dim']:.4f} ± {result['stderr']:.4f} "
               f"({result['images']} {config.train.dataset} test images, latents + noise of the training std)")

@@ -14,14 +14,15 @@ from ..modalities import MODALITIES, build_modality
 from .orders import ORDERS
 from .priors import PRIORS
 
-TRANSFORM_NAMES = ("affine", "additive", "mixture")
+TRANSFORM_NAMES = ("affine", "additive", "mixture", "mixture-d")
 
 
 @dataclass
 class FlowConfig:
     # ----- modality: data <-> tokens (B, T, D)
-    modality: str = option("pixels", "what the data is: pixels (images patchified into tokens) or latents (the "
-                           "latent grid of a frozen autoencoder, STARFlow)", choices=MODALITIES)
+    modality: str = option("pixels", "what the data is: pixels (images patchified into tokens), latents (the "
+                           "latent grid of a frozen autoencoder, STARFlow) or text (token ids as learned Gaussian "
+                           "vectors, TarFlowLM)", choices=MODALITIES)
     image_size: int = option(8, "image height and width in pixels (square images); latents: the latent grid's side")
     channels: int = option(1, "image channels (1 grey, 3 RGB); latents: the autoencoder's latent channels")
     patch_size: int = option(2, "patch side p; tokens are p x p x channels, T = (size/p)^2")
@@ -30,6 +31,15 @@ class FlowConfig:
     latent_scale: float = option(0.0, "latents: z = (encode(x) - latent_shift) * latent_scale; 0: measured on the "
                                  "training data (1 / std) when training starts")
     latent_shift: float = option(0.0, "latents: the mean subtracted before scaling (measured with latent_scale)")
+    tokenizer: str = option("char", "text: char (one id per character of the vocabulary) or byte (the 256 byte values "
+                            "of UTF-8)", choices=("char", "byte"))
+    vocabulary: str = option("", "text, char tokenizer: the characters, in id order (set from the training text)")
+    context: int = option(256, "text: characters (or bytes) per example window")
+    chars_per_token: int = option(1, "text: characters k grouped into one flow token (patch), T = context / k")
+    embed_dim: int = option(8, "text: dimensions e of each character's vector; a flow token has k e")
+    architecture: str = option("flow", "text: flow (TarFlowLM) or autoregressive (a discrete causal Transformer over "
+                               "the ids with num_blocks x layers_per_block layers: the baseline)",
+                               choices=("flow", "autoregressive"))
     # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
     layers_per_block: int | list[int] = option(2, "Transformer layers in each flow block: one number for every "
@@ -52,12 +62,14 @@ class FlowConfig:
                                     "samples are generated before iterative denoising")
     # ----- per-token transform and prior
     transform: str = option("affine", "per-token transform: affine z=(x-b)/sigma, additive z=x-b (with a learned "
-                            "prior variance), or mixture z=Phi^-1(F(x)), F a per-dimension mixture-of-Gaussians CDF "
-                            "(Mix-1)", choices=TRANSFORM_NAMES)
+                            "prior variance), mixture z=Phi^-1(F(x)), F a per-dimension mixture-of-Gaussians CDF "
+                            "(Mix-1), or mixture-d (Mix-d: one mixture over the whole token vector, z_i = "
+                            "Phi^-1(F(x_i | x_<i)))", choices=TRANSFORM_NAMES)
     scale: str = option("exp", "affine scale: exp (sigma = exp(a)) or softplus (sigma = softplus(a + log(e-1)), "
                         "1 at a = 0)", choices=("exp", "softplus"))
     log_scale_clip: float = option(0.0, "affine: soft-clip a to c tanh(a/c) with this c > 0 (0: no clip)")
-    mixture_components: int = option(4, "mixture transform: Gaussian components K per token dimension")
+    mixture_components: int = option(4, "mixture transforms: Gaussian components K (per token dimension for Mix-1, "
+                                     "per token for Mix-d)")
     prior: str = option("auto", "prior of z: standard N(0, I), learned (diagonal Gaussian with a learned std per "
                         "token dimension), or auto (learned for additive transforms, standard otherwise)",
                         choices=PRIORS)
@@ -90,7 +102,7 @@ class FlowConfig:
     def __post_init__(self):
         check_choices(self)
         for name in ("image_size", "channels", "patch_size", "width", "num_blocks", "head_dim", "mlp_ratio",
-                     "mixture_components"):
+                     "mixture_components", "context", "chars_per_token", "embed_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.check_layers()
@@ -117,6 +129,12 @@ class FlowConfig:
                 or self.latent_shift != self.latent_shift:
             raise ConfigError(f"latent_scale must be a finite number >= 0 (0: measure) and latent_shift finite, got "
                               f"{self.latent_scale}, {self.latent_shift}")
+        if self.context % self.chars_per_token:
+            raise ConfigError(f"context={self.context} is not divisible by chars_per_token={self.chars_per_token}")
+        if self.architecture != "flow" and self.modality != "text":
+            raise ConfigError(f"architecture={self.architecture!r} applies to modality=text only")
+        if self.modality == "text" and self.num_classes:
+            raise ConfigError(f"text models are unconditional: set num_classes=0, not {self.num_classes}")
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 
@@ -139,6 +157,11 @@ class FlowConfig:
         if isinstance(self.layers_per_block, int):
             return [self.layers_per_block] * self.num_blocks
         return list(self.layers_per_block)
+
+    @property
+    def vocab_size(self) -> int:
+        """Text: ids in the vocabulary (256 bytes, or the characters of ``vocabulary``)."""
+        return 256 if self.tokenizer == "byte" else len(self.vocabulary)
 
     @property
     def num_tokens(self) -> int:

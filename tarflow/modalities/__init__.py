@@ -8,16 +8,19 @@ from __future__ import annotations
 from .base import Modality
 from .latents import Latents, measure_latent_scale
 from .pixels import Pixels
+from .text import Text
 
-MODALITIES = ("pixels", "latents")
+MODALITIES = ("pixels", "latents", "text")
 
 
 def build_modality(config) -> Modality:
-    """The modality a `FlowConfig` names, with its geometry."""
+    """The modality a `FlowConfig` names, with its geometry (and, for text, its learned codebook)."""
     if config.modality == "latents":
         return Latents(config.image_size, config.channels, config.patch_size, config.autoencoder, config.latent_scale,
                        config.latent_shift)
+    if config.modality == "text":
+        return Text(config.vocab_size, config.context, config.chars_per_token, config.embed_dim)
     return Pixels(config.image_size, config.channels, config.patch_size)
 
 
-__all__ = ["MODALITIES", "Latents", "Modality", "Pixels", "build_modality", "measure_latent_scale"]
+__all__ = ["MODALITIES", "Latents", "Modality", "Pixels", "Text", "build_modality", "measure_latent_scale"]

@@ -18,8 +18,10 @@ LOSS_WEIGHTS = ("one", "t", "t-squared", "t-normalised", "t-squared-normalised")
 @dataclass
 class TrainConfig:
     dataset: str = option("digits", "dataset: digits (built in), mnist, fashion-mnist, cifar10, or folder "
-                          "(images in class sub-folders of data_dir)")
-    data_dir: str = option("", "local copy of the dataset's files (no download); empty: the download cache")
+                          "(images in class sub-folders of data_dir); text models: shakespeare (tinyshakespeare) or "
+                          "text (data_dir a UTF-8 file)")
+    data_dir: str = option("", "local copy of the dataset's files (no download); empty: the download cache; "
+                           "text: the text file")
     flip: bool = option(False, "random horizontal flips of training images")
     on_bad_image: str = option("error", "an unreadable image in a folder dataset stops the run (error) or is "
                                "skipped and counted (skip)", choices=("error", "skip"))

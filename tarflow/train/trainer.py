@@ -51,6 +51,9 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     ``max_bad_steps`` in a row stop the run with the last good weights saved; a full or read-only disk
     raises `OutputError` with the previous checkpoint intact.
     """
+    if config.model.modality == "text":  # language models: their own loop over windows of ids (train/text.py)
+        from .text import train_text
+        return train_text(config, run_dir, progress, stop_at)
     train_config, model_config, run_dir = config.train, config.model, Path(run_dir)
     cluster, device = dist.setup(train_config.device, train_config.parallel, train_config.backend,
                                  train_config.dist_timeout_s)

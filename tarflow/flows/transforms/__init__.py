@@ -9,8 +9,9 @@ from .additive import Additive
 from .affine import Affine
 from .base import Params, Transform
 from .mixture import MixtureCDF
+from .mixture_d import MixtureVector
 
-TRANSFORMS = {"affine": Affine, "additive": Additive, "mixture": MixtureCDF}
+TRANSFORMS = {"affine": Affine, "additive": Additive, "mixture": MixtureCDF, "mixture-d": MixtureVector}
 
 
 def build_transform(config) -> Transform:
@@ -19,7 +20,9 @@ def build_transform(config) -> Transform:
         return Affine(config.scale, config.log_scale_clip)
     if config.transform == "mixture":
         return MixtureCDF(config.mixture_components)
+    if config.transform == "mixture-d":
+        return MixtureVector(config.mixture_components)
     return Additive()
 
 
-__all__ = ["Additive", "Affine", "MixtureCDF", "Params", "TRANSFORMS", "Transform", "build_transform"]
+__all__ = ["Additive", "Affine", "MixtureCDF", "MixtureVector", "Params", "TRANSFORMS", "Transform", "build_transform"]

@@ -71,6 +71,29 @@ def log_cdf_and_sf(x: Tensor, log_pi: Tensor, mu: Tensor, log_sigma: Tensor) -> 
     return log_cdf, log_sf, u
 
 
+@torch.no_grad()
+def invert_mixture_cdf(z: Tensor, log_pi: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
+    """x with F(x) = Phi(z) elementwise, F the mixture (log_pi, mu, log_sigma) (..., K) of each element, by bisection
+    to adjacent floats (absolute tolerance: the dtype's eps), in log-tail space; in z's dtype.
+
+    Bracket: F(x) <= Phi((x - min mu) / max sigma) below min mu, so x lies in
+    [min mu - (|z| + 1) max sigma, max mu + (|z| + 1) max sigma].
+    """
+    dtype = mu.dtype
+    target = z.to(dtype)
+    margin = (target.abs() + 1) * log_sigma.amax(dim=-1).exp()
+    low, high = mu.amin(dim=-1) - margin, mu.amax(dim=-1) + margin
+    log_tail = log_ndtr(-target.abs())  # log Phi(z) if z < 0, else log(1 - Phi(z))
+    steps = torch.log2((high - low).amax() / torch.finfo(dtype).eps).ceil()
+    for _ in range(int(steps.nan_to_num(0).clamp(0, MAX_BISECTIONS))):
+        middle = (low + high) / 2
+        log_cdf, log_sf, _ = log_cdf_and_sf(middle, log_pi, mu, log_sigma)
+        too_low = torch.where(target < 0, log_cdf < log_tail, log_sf > log_tail)
+        low = torch.where(too_low, middle, low)
+        high = torch.where(too_low, high, middle)
+    return ((low + high) / 2).to(z.dtype)
+
+
 class MixtureCDF(Transform):
     """z = Phi^{-1}(F(x)), F a K-component Gaussian mixture CDF per dimension; params (logits, mu, log sigma).
 
@@ -108,26 +131,11 @@ class MixtureCDF(Transform):
 
     @torch.no_grad()
     def inverse(self, z: Tensor, params: Params) -> Tensor:
-        """Bisection on F(x) = Phi(z), to adjacent floats (absolute tolerance: the dtype's eps); no gradient.
-
-        Bracket: F(x) <= Phi((x - min mu) / max sigma) below min mu, so x lies in
-        [min mu - (|z| + 1) max sigma, max mu + (|z| + 1) max sigma].
-        """
+        """Bisection on F(x) = Phi(z) (see `invert_mixture_cdf`); no gradient."""
         logits, mu, log_sigma = params
         dtype = torch.promote_types(z.dtype, mu.dtype)
         log_pi = torch.log_softmax(logits.to(dtype), dim=-1)
-        mu, log_sigma, target = mu.to(dtype), log_sigma.to(dtype), z.to(dtype)
-        margin = (target.abs() + 1) * log_sigma.amax(dim=-1).exp()
-        low, high = mu.amin(dim=-1) - margin, mu.amax(dim=-1) + margin
-        log_tail = log_ndtr(-target.abs())  # log Phi(z) if z < 0, else log(1 - Phi(z))
-        steps = torch.log2((high - low).amax() / torch.finfo(dtype).eps).ceil()
-        for _ in range(int(steps.nan_to_num(0).clamp(0, MAX_BISECTIONS))):
-            middle = (low + high) / 2
-            log_cdf, log_sf, _ = log_cdf_and_sf(middle, log_pi, mu, log_sigma)
-            too_low = torch.where(target < 0, log_cdf < log_tail, log_sf > log_tail)
-            low = torch.where(too_low, middle, low)
-            high = torch.where(too_low, high, middle)
-        return ((low + high) / 2).to(z.dtype)
+        return invert_mixture_cdf(z, log_pi, mu.to(dtype), log_sigma.to(dtype))
 
     def guide(self, params: Params, guidance, tokens: int | Tensor, num_tokens: int) -> Params:
         """TarFlow rule on every parameter: p = p_c + w (p_c - p_u); softmax makes it the same on logits or log pi."""
