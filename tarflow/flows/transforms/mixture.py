@@ -63,6 +63,13 @@ def probit_of_log(log_p: Tensor) -> Tensor:
     return newton_step(z, log_p)
 
 
+def probit_of_tails(log_cdf: Tensor, log_sf: Tensor) -> Tensor:
+    """z = Phi^{-1}(F) from log F and log (1 - F), through the smaller tail (accurate in both far tails)."""
+    lower = log_cdf < log_sf
+    z_lower = probit_of_log(torch.where(lower, log_cdf, log_sf))  # the probit of the smaller tail, <= 0
+    return torch.where(lower, z_lower, -z_lower)
+
+
 def log_cdf_and_sf(x: Tensor, log_pi: Tensor, mu: Tensor, log_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, L, D) -> (log F(x), log(1 - F(x)), standardized u (B, L, D, K)), u_k = (x - mu_k) / sigma_k."""
     u = (x.unsqueeze(-1) - mu) * torch.exp(-log_sigma)
@@ -122,9 +129,7 @@ class MixtureCDF(Transform):
         dtype = torch.promote_types(x.dtype, mu.dtype)
         log_pi = torch.log_softmax(logits.to(dtype), dim=-1)
         log_cdf, log_sf, u = log_cdf_and_sf(x.to(dtype), log_pi, mu.to(dtype), log_sigma.to(dtype))
-        lower = log_cdf < log_sf
-        z_lower = probit_of_log(torch.where(lower, log_cdf, log_sf))  # the probit of the smaller tail, <= 0
-        z = torch.where(lower, z_lower, -z_lower)
+        z = probit_of_tails(log_cdf, log_sf)
         log_density = torch.logsumexp(log_pi + log_normal(u) - log_sigma.to(dtype), dim=-1)
         logdet = log_density - log_normal(z)
         return z.to(x.dtype), logdet.sum(dim=(1, 2))

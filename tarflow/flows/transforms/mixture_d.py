@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from .base import Params, Transform
-from .mixture import invert_mixture_cdf, log_cdf_and_sf, log_normal, probit_of_log
+from .mixture import invert_mixture_cdf, log_cdf_and_sf, log_normal, probit_of_tails
 
 
 def component_weights(logits: Tensor, log_densities: Tensor) -> Tensor:
@@ -67,9 +67,7 @@ class MixtureVector(Transform):
         log_densities = log_normal(u) - log_sigma
         log_w = component_weights(logits.to(dtype), log_densities)
         log_cdf, log_sf, _ = log_cdf_and_sf(xs, log_w, mu, log_sigma)
-        lower = log_cdf < log_sf
-        z_lower = probit_of_log(torch.where(lower, log_cdf, log_sf))  # the probit of the smaller tail, <= 0
-        z = torch.where(lower, z_lower, -z_lower)
+        z = probit_of_tails(log_cdf, log_sf)
         log_density = torch.logsumexp(log_w + log_densities, dim=-1)  # log p(x_i | x_<i)
         logdet = log_density - log_normal(z)
         return z.to(x.dtype), logdet.sum(dim=(1, 2))
