@@ -59,7 +59,9 @@ def load_model(cls: type, path: str | Path, map_location: str | torch.device = "
     # assign=True keeps each saved tensor's dtype: a float64 save must not come back as float32.
     model.load_state_dict(read_weights(model_dir / WEIGHTS_NAME, model), strict=True, assign=True)
     model.metadata = data.get("metadata", {})
-    model.modality.found_in(Path(path))
+    modality = getattr(model, "modality", None)  # the discrete AR baseline of text models has none
+    if modality is not None:
+        modality.found_in(Path(path))
     return model.to(map_location).eval()
 
 

@@ -1,9 +1,9 @@
 """The flow's log-scales per block: how much each block stretches or shrinks every token dimension.
 
-For a block z_t = f(x_t; theta_t), applied elementwise, the log-scale of dimension i is
-log sigma_i = -log|dz_i/dx_i| (nats): log sigma itself for the affine transform z = (x - b) / sigma, 0 for the
-additive one, the log of the inverse map's local slope for the mixture. Their sum over a block is minus the
-block's log-determinant. Large magnitudes mean a block that collapses or explodes a direction.
+For a block z_t = f(x_t; theta_t) the log-scale of dimension i is log sigma_i = -log|dz_i/dx_i| (nats): log sigma
+itself for the affine transform z = (x - b) / sigma, 0 for the additive one, the log of the inverse map's local
+slope for the mixtures. Each token's Jacobian is diagonal (elementwise transforms) or lower triangular (Mix-d,
+dimension by dimension), so their sum over a block is minus the block's log-determinant. Large magnitudes mean a block that collapses or explodes a direction.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def log_scales(model, x: Tensor, y: Tensor | None = None, noise_level=None) -> l
             transformed = ordered[:, block.first:].detach().requires_grad_()
             with torch.enable_grad():
                 z, _ = block.transform.forward(transformed, params)
-                slope, = torch.autograd.grad(z.sum(), transformed)  # the Jacobian is diagonal: its diagonal
+                slope = torch.stack([torch.autograd.grad(z[..., i].sum(), transformed, retain_graph=True)[0][..., i]
+                                     for i in range(z.shape[-1])], dim=-1)  # the diagonal of a triangular Jacobian
             scales.append(-slope.abs().log())
             with torch.no_grad():
                 tokens, _ = block(tokens, condition)
