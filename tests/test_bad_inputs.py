@@ -32,7 +32,7 @@ from tarflow.cli import build_parser, main
 from tarflow.data import load_dataset
 from tarflow.flows.saving import OWNED_FILES, is_model_dir
 from tarflow.io import OutputError
-from tarflow.train.trainer import check_run_dir
+from tarflow.train.run_dir import check_run_dir
 from conftest import save_tiny_autoencoder
 from test_reference_import import reference_state
 

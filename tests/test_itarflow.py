@@ -7,13 +7,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from tarflow import ConfigError, FlowConfig, Guidance, InputError, IterativeDenoiser, SequentialSampler, TarFlow
+from tarflow import ConfigError, Guidance, InputError, IterativeDenoiser, SequentialSampler, TarFlow
 from tarflow import tweedie_denoise
 from tarflow.flows import Condition
 from tarflow.sampling import GSJacobiSampler, JacobiSampler, model_score

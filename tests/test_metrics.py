@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tarflow import FlowConfig, TarFlow
-from tarflow.data import dequantize
 from tarflow.metrics import evaluate_bpd
 
 K, LEVELS = 3, 17

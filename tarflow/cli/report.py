@@ -11,7 +11,7 @@ from ..errors import ConfigError
 def cmd_report(args: argparse.Namespace) -> int:
     from ..flows.saving import is_model_dir
     from ..report import write_report
-    from ..train.trainer import RUN_CONFIG
+    from ..train.run_dir import RUN_CONFIG
 
     run_dir = Path(args.path)
     if is_model_dir(run_dir) or not (run_dir / RUN_CONFIG).is_file():

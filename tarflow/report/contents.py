@@ -47,7 +47,7 @@ class RunContents:
 
 def read_run(run_dir: str | Path) -> RunContents:
     """Read ``run_dir``; a metric line cut short by a crash, or a result file that is not JSON, is left out."""
-    from ..train.trainer import load_run_config
+    from ..train.run_dir import load_run_config
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir).to_dict()  # a ConfigError names what is missing or damaged

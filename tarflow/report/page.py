@@ -6,7 +6,6 @@ import base64
 import html
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from .contents import RunContents, Sample, eval_command, fid_command, train_command

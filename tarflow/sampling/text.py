@@ -100,7 +100,7 @@ def generate_flow(model: TarFlow, prompt: Tensor, length: int, temperature: floa
     each next one keeps the previous window's last half as known vectors and generates the other half."""
     generator = generator or torch.Generator().manual_seed(0)
     modality = model.modality
-    context, keep = modality.context, modality.context // 2
+    keep = modality.context // 2
     ids = prompt.to(model.device)
     vectors = modality.encode(prompt[None].to(model.device), generator)[0][0].to(model.dtype)
     target = len(prompt) + length

@@ -1,6 +1,7 @@
 """Training: configs, the loop, checkpoints, devices."""
 
 from .config import RunConfig, TrainConfig
-from .trainer import load_run_config, train
+from .run_dir import load_run_config
+from .trainer import train
 
 __all__ = ["RunConfig", "TrainConfig", "load_run_config", "train"]

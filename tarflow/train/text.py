@@ -29,7 +29,8 @@ from .config import RunConfig
 from .device import pick_device
 from .faults import run_guards
 from .step import ema_copy, start_optimisation, train_step
-from .trainer import check_run_dir, every, start_run, trim_metrics
+from .run_dir import check_run_dir, start_run, trim_metrics
+from .trainer import every
 
 EVAL_BATCH = 64
 

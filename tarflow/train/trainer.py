@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -12,13 +11,11 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..data import bin_width, dequantize, flip_batch, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
 from ..flows import ClassConditioning, FlowConfig, TarFlow
-from ..flows.saving import is_model_dir
-from ..io import LOCK_FILE, OutputError, atomic_write_text, describe_entries, remove_temporaries
+from ..io import atomic_write_text
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
 from ..progress import progress_bar
@@ -27,17 +24,15 @@ from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
 from ..sampling.guidance import default_rule
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .config import RUNTIME_FIELDS, RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig
 from . import distributed as dist
 from .device import amp_dtype
 from .faults import StopSignals, run_guards
 from .latents import LatentData, evaluate_latent_nll, image_geometry, prepare_latents
 from .noise_levels import add_noise_levels
+from .run_dir import check_run_dir, start_run, trim_metrics
 from .step import ema_copy, start_optimisation, train_step
 from .tensorboard import TensorBoardLog
-
-RUN_CONFIG = "config.json"
-
 
 def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at: int | None = None
           ) -> dict[str, Any]:
@@ -258,71 +253,6 @@ def evaluate(model: TarFlow, test: ImageData | LatentData, model_config: FlowCon
                         world_size=cluster.world_size, noise_level=level, **kwargs)
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """Refuse a run directory that is a file, or that holds entries and is not a run (no config.json):
-    training would write its files among the user's. Called before the run's lock file is created."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"{run_dir} is a file, not a run directory: choose a new or empty directory "
-                          f"({run_dir} was not changed)")
-    ancestor = next(p for p in run_dir.absolute().parents if p.exists())
-    if not ancestor.is_dir():
-        raise OutputError(f"cannot create {run_dir}: {ancestor} is a file, not a directory")
-    if is_model_dir(run_dir):
-        raise OutputError(f"{run_dir} is a saved model directory, not a run directory: choose a new or empty "
-                          f"directory for the run (nothing was changed)")
-    if not run_dir.is_dir() or (run_dir / RUN_CONFIG).is_file():
-        return
-    if any(p.name != LOCK_FILE for p in run_dir.iterdir()):  # a lone lock: a run killed before its config
-        raise OutputError(f"{run_dir} is not empty and is not a tarflow run directory (no {RUN_CONFIG}); it holds "
-                          f"{describe_entries(run_dir)}: choose a new or empty directory (nothing was changed)")
-
-
-def start_run(run_dir: Path, config: RunConfig) -> Path | None:
-    """Create the run directory, or check that an existing one holds the same config; its checkpoint if any."""
-    file = run_dir / RUN_CONFIG
-    text = json.dumps({"tarflow_version": __version__, **config.to_dict()}, indent=2) + "\n"
-    if file.is_file():
-        saved = read_config_json(file)
-        with contextlib.suppress(ConfigError):  # fields added since the run started take their defaults
-            saved = RunConfig.from_dict(saved).to_dict()
-        if what_it_computes(saved) != what_it_computes(config.to_dict()):
-            diffs = [f"{section}.{k}: {v!r} saved, {getattr(getattr(config, section), k)!r} now"
-                     for section in ("model", "train") for k, v in saved.get(section, {}).items()
-                     if getattr(getattr(config, section), k, None) != v and k not in RUNTIME_FIELDS]
-            raise ConfigError(f"{run_dir} holds a run with a different config ({'; '.join(diffs) or 'other fields'}). "
-                              f"Resume it with `tarflow train --resume {run_dir}`, or choose a new --out directory.")
-        remove_temporaries(run_dir)  # left by writers killed mid-write (we hold the run's lock)
-        remove_temporaries(run_dir / "samples")
-        return find_checkpoint(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(file, text)
-    return None
-
-
-def what_it_computes(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config without the fields that say where it runs (device, data location, backend)."""
-    train = {k: v for k, v in config.get("train", {}).items() if k not in RUNTIME_FIELDS}
-    return {**config, "train": train}
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    file = Path(run_dir) / RUN_CONFIG
-    if not file.is_file():
-        raise ConfigError(f"{run_dir} is not a training run: {RUN_CONFIG} is missing")
-    return RunConfig.from_dict(read_config_json(file))
-
-
-def read_config_json(file: Path) -> dict[str, Any]:
-    try:
-        saved = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{file} is not valid JSON ({e}); it was edited or damaged") from None
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{file} does not hold a run config")
-    saved.pop("tarflow_version", None)
-    return saved
-
-
 def check_fits(model_config: FlowConfig, data: ImageData) -> None:
     if (model_config.image_size, model_config.channels) != (data.image_size, data.channels):
         raise ConfigError(f"dataset {data.name!r} has {data.channels}x{data.image_size}x{data.image_size} images "
@@ -423,18 +353,3 @@ def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowCon
     if model_config.modality == "latents":
         x = model.modality.decode(x)
     return save_grid(to_uint8(x, levels), path, nrow=model_config.num_classes or 10)
-
-
-def trim_metrics(run_dir: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint being resumed (they will be written again)."""
-    file = run_dir / "metrics.jsonl"
-    if file.is_file():
-        lines = [ln for ln in file.read_text().splitlines() if ln.strip()]
-        kept = []
-        for ln in lines:
-            try:
-                if json.loads(ln)["step"] <= step:
-                    kept.append(ln)
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut short by a crash
-        atomic_write_text(file, "".join(k + "\n" for k in kept))
