@@ -43,6 +43,19 @@ class Optimisation:
     def __post_init__(self):
         self.log_prob = self.log_prob or self.model.log_prob
 
+    def state(self, step: int, elapsed_s: float, optimizer_state: dict) -> dict:
+        """What a checkpoint holds besides the weights (``optimizer_state``: gathered across FSDP shards)."""
+        return {"step": step, "elapsed_s": elapsed_s, "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state()}, "bad_steps_in_a_row": self.bad_steps.in_a_row}
+
+    def restore(self, state: dict) -> None:
+        """The schedule, loss scaler and bad-step count of a checkpoint's `state` (the optimizer and RNG are
+        restored by the caller: they must be loaded before wrapping, or into shards)."""
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
+
 
 @dataclass
 class StepResult:

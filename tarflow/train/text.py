@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.text import TextData, load_text
 from ..errors import ConfigError
 from ..flows.language import bits_per_char, bound_name, build_language_model, log_likelihood
 from ..io import atomic_write_text
+from ..progress import progress_bar
 from ..sampling.text import generate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -90,13 +90,14 @@ def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, st
             step, elapsed = state["step"], state["elapsed_s"]
             torch.set_rng_state(state["rng"]["torch"])
             run.optimizer.load_state_dict(state["optimizer"])
-            run.scheduler.load_state_dict(state["scheduler"])
+            run.restore(state)
             print(f"resuming {run_dir} from step {step}")
         trim_metrics(run_dir, step)
         print(f"training {model_config.architecture} on {device}: {sum(p.numel() for p in model.parameters()):,} "
               f"parameters, {len(splits['train']):,} training tokens")
         log = open(run_dir / "metrics.jsonl", "a")
-        bar = tqdm(total=train_config.steps, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=train_config.steps, initial=step, desc="train", enabled=progress,
+                           every_steps=train_config.log_every, unit="step")  # a log file: a line every log_every steps
         t0, window = time.perf_counter() - elapsed, []
         model.train()
         while step < train_config.steps:
@@ -104,11 +105,11 @@ def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, st
             ids = splits["train"].random_windows(train_config.batch_size, model_config.context, generator)
             result = train_step(run, ids.to(device), None, step)
             step += 1
-            bar.update(1)
             record = {}
             if not result.skipped:
                 window.append(result.loss.item() / math.log(2))
-                bar.set_postfix(bits_per_char=f"{window[-1]:.3f}")
+                bar.set_postfix(bits_per_char=f"{window[-1]:.3f}", refresh=False)
+            bar.update(1)  # after the postfix, so a log line shows this step's figure
             if (step % train_config.log_every == 0 or step == train_config.steps) and window:
                 record.update(train_bits_per_char=sum(window) / len(window), lr=run.scheduler.get_last_lr()[0],
                               grad_norm=result.grad_norm.item())
@@ -125,9 +126,7 @@ def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, st
                 log.flush()
             halt = step == stop_at or stop.requested or run.bad_steps.exhausted
             if every(step, train_config.checkpoint_every, train_config.steps) or halt:
-                state = {"step": step, "elapsed_s": time.perf_counter() - t0, "optimizer": run.optimizer.state_dict(),
-                         "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-                         "rng": {"torch": torch.get_rng_state()}}
+                state = run.state(step, time.perf_counter() - t0, run.optimizer.state_dict())
                 save_checkpoint(run_dir, model.state_dict(), None if ema is None else ema.state_dict(), state)
             if halt:
                 break

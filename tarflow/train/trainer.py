@@ -96,9 +96,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     run = start_optimisation(model, train_config, device, amp_dtype(device, train_config.amp), ema, log_prob=net)
     if state is not None:
         dist.load_optimizer_state(model, run.optimizer, state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        run.scaler.load_state_dict(state["scaler"])
-        run.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
+        run.restore(state)
     if main:
         trim_metrics(run_dir, step)
         processes = f", {cluster.world_size} processes ({train_config.parallel})" if cluster.distributed else ""
@@ -181,10 +179,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         halt = dist.any_rank(step == stop_at or stop.requested or run.bad_steps.exhausted, device)
         if every(step, train_config.checkpoint_every, train_config.steps) or halt:
             weights, ema_weights = dist.full_state(model), None if ema is None else dist.full_state(ema)
-            state = {"step": step, "elapsed_s": time.perf_counter() - t0,
-                     "optimizer": dist.optimizer_state(model, run.optimizer), "scheduler": run.scheduler.state_dict(),
-                     "scaler": run.scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
-                     "bad_steps_in_a_row": run.bad_steps.in_a_row}
+            state = run.state(step, time.perf_counter() - t0, dist.optimizer_state(model, run.optimizer))
             if main:
                 save_checkpoint(run_dir, weights, ema_weights, state)
                 plot_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
