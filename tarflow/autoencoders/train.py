@@ -23,10 +23,11 @@ from ..configs import from_dict
 from ..data import dequantize, load_dataset, quantize
 from ..errors import CheckpointError, ConfigError, TarflowError
 from ..flows.saving import read_weights
-from ..progress import progress_bar
 from ..io import (OutputError, atomic_dir, atomic_write_text, describe_entries, dir_lock, existing_dir,
                   reporting_write_errors, write_bytes)
+from ..progress import progress_bar
 from ..train.device import pick_device
+from ..train.step import lr_factor  # the flows' schedule: linear warmup, then cosine to zero
 from ..viz import save_grid
 from .config import AutoencoderConfig, AutoencoderTrainConfig
 from .model import KLAutoencoder
@@ -37,13 +38,6 @@ RUN_CONFIG, CHECKPOINT = "config.json", "checkpoint"
 def to_model_space(levels_batch: torch.Tensor, levels: int) -> torch.Tensor:
     """Integer levels k -> bin centres 2 (k + 1/2) / L - 1 in [-1, 1] (what the autoencoder sees)."""
     return dequantize(levels_batch, levels, "gaussian", 0.0)
-
-
-def lr_factor(step: int, config: AutoencoderTrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def train_autoencoder(model_config: AutoencoderConfig, train_config: AutoencoderTrainConfig, run_dir: str | Path,

@@ -144,11 +144,22 @@ class MixtureCDF(Transform):
 
     def guide(self, params: Params, guidance, tokens: int | Tensor, num_tokens: int) -> Params:
         """TarFlow rule on every parameter: p = p_c + w (p_c - p_u); softmax makes it the same on logits or log pi."""
-        if guidance.rule != "tarflow":
-            raise ConfigError(f"guidance rule {guidance.rule!r} does not apply to the mixture transform: the STARFlow "
-                              "closed form is for Gaussian (affine/additive) transforms; use rule='tarflow'")
-        if isinstance(tokens, Tensor):
-            tokens = tokens.to(params[0].dtype).unsqueeze(-1)  # (L, 1) -> (L, 1, 1), against (B, L, D, K)
-        weight = guidance.weight_at(tokens, num_tokens)
-        halves = (param.chunk(2) for param in params)
-        return tuple(cond + weight * (cond - uncond) for cond, uncond in halves)
+        return guide_every_parameter(params, guidance, tokens, num_tokens, self.name)
+
+
+def guide_every_parameter(params: Params, guidance, tokens: int | Tensor, num_tokens: int, transform: str) -> Params:
+    """The TarFlow guidance rule on each raw parameter of a mixture transform: p = p_c + w_t (p_c - p_u), with
+    ``params`` holding the conditional then the unconditional rows; a chunk's tokens (L, 1) give one w per token.
+    The STARFlow rule is a closed form for Gaussians, so it is refused."""
+    if guidance.rule != "tarflow":
+        raise ConfigError(f"guidance rule {guidance.rule!r} does not apply to the {transform} transform: the STARFlow "
+                          "closed form is for Gaussian (affine/additive) transforms; use rule='tarflow'")
+    guided = []
+    for param in params:
+        position = tokens
+        if isinstance(tokens, Tensor):  # (L, 1) -> (L, 1, ..., 1), against (B, L, ...) of any rank
+            position = tokens.to(param.dtype).reshape(-1, *[1] * (param.dim() - 2))
+        weight = guidance.weight_at(position, num_tokens)
+        cond, uncond = param.chunk(2)
+        guided.append(cond + weight * (cond - uncond))
+    return tuple(guided)

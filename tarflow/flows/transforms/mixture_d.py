@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ...errors import ConfigError
 from .base import Params, Transform
-from .mixture import invert_mixture_cdf, log_cdf_and_sf, log_normal, probit_of_tails
+from .mixture import guide_every_parameter, invert_mixture_cdf, log_cdf_and_sf, log_normal, probit_of_tails
 
 
 def component_weights(logits: Tensor, log_densities: Tensor) -> Tensor:
@@ -90,14 +90,4 @@ class MixtureVector(Transform):
 
     def guide(self, params: Params, guidance, tokens: int | Tensor, num_tokens: int) -> Params:
         """TarFlow rule on every parameter: p = p_c + w (p_c - p_u), as for Mix-1."""
-        if guidance.rule != "tarflow":
-            raise ConfigError(f"guidance rule {guidance.rule!r} does not apply to the mixture-d transform: the "
-                              "STARFlow closed form is for Gaussian (affine/additive) transforms; use rule='tarflow'")
-        guided = []
-        for param in params:
-            weight = guidance.weight_at(tokens, num_tokens)
-            if isinstance(weight, Tensor):  # one w per token of a chunk: (L, 1) against (B, L, K) or (B, L, D, K)
-                weight = weight.to(param.dtype).reshape(-1, *[1] * (param.dim() - 2))
-            cond, uncond = param.chunk(2)
-            guided.append(cond + weight * (cond - uncond))
-        return tuple(guided)
+        return guide_every_parameter(params, guidance, tokens, num_tokens, self.name)
