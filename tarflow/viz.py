@@ -69,15 +69,23 @@ def save_figure(fig, path: str | Path) -> Path:
     return Path(path)
 
 
+CURVES = (  # (train key, held-out key, held-out label, unit) of metrics.jsonl, the first whose train key is there
+    ("nats_per_dim", "test_nats_per_dim", "test", "latent nats/dim"),
+    ("train_bits_per_char", "validation_bits_per_char", "validation", "bits/char"),
+    ("bpd", "test_bpd", "test", "bits/dim"),
+)
+
+
 def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
-    """Plot train bits/dim (raw and smoothed) and test bits/dim against step from a metrics JSONL file (latent
-    models: nats/dim)."""
+    """Plot the train figure (raw and smoothed) and the held-out one against step from a metrics JSONL file:
+    bits/dim and test bits/dim of image models, latent nats/dim of latent models, bits/char and validation
+    bits/char of text models (`CURVES`)."""
     plt = pyplot()
     rows = [json.loads(line) for line in Path(metrics_file).read_text().splitlines() if line.strip()]
-    latent = any("nats_per_dim" in r for r in rows)
-    key, unit = ("nats_per_dim", "latent nats/dim") if latent else ("bpd", "bits/dim")
+    key, held_out_key, held_out, unit = next((curve for curve in CURVES if any(curve[0] in r for r in rows)),
+                                             CURVES[-1])
     train = [(r["step"], r[key]) for r in rows if key in r]
-    test = [(r["step"], r["test_" + key]) for r in rows if "test_" + key in r]
+    test = [(r["step"], r[held_out_key]) for r in rows if held_out_key in r]
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
@@ -89,7 +97,7 @@ def plot_curves(metrics_file: str | Path, path: str | Path) -> Path | None:
         ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=2, label="train (smoothed)")
     if test:
         ts, tb = zip(*test)
-        ax.plot(ts, tb, "o-", color="tab:orange", lw=2, label="test")
+        ax.plot(ts, tb, "o-", color="tab:orange", lw=2, label=held_out)
     lo, hi = np.percentile(bpd, 1), np.percentile(bpd, 99)
     if test:
         lo, hi = min(lo, min(tb)), max(hi, max(tb))

@@ -11,7 +11,7 @@ import torch
 from tarflow import FlowConfig, TarFlow
 from tarflow.cli import main
 from tarflow.data import dequantize, load_dataset
-from tarflow.metrics import auroc, bits_per_dim, evaluate_bpd, score_bpd
+from tarflow.metrics import auroc, bits_per_dim, evaluate_bpd, score_bpd, typicality_auroc
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,35 @@ def test_auroc_refuses_empty_or_nan():
         auroc([], [1.0])
     with pytest.raises(ValueError, match="finite"):
         auroc([1.0, float("nan")], [1.0])
+
+
+# ----- typicality test -------------------------------------------------------------------------------
+def test_typicality_auroc_of_single_images_hand_computed():
+    # |bpd - 2|: in [1, 0, 1], out [3, 0]; out 3 beats all three, out 0 ties the 0 and loses to the ones
+    assert typicality_auroc([1, 2, 3], [5, 2], entropy=2.0) == pytest.approx(3.5 / 6)
+
+
+def test_typicality_auroc_groups_are_shuffled_means():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(23, generator=g), torch.randn(31, generator=g) + 0.3
+    expected = []
+    for scores in (a, b):
+        order = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(7))
+        groups = scores.numel() // 5
+        expected.append((scores[order[:groups * 5]].view(groups, 5).mean(1) - 0.1).abs())
+    assert typicality_auroc(a, b, 0.1, group_size=5, seed=7) == pytest.approx(auroc(*expected), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 40"):
+        typicality_auroc(a, b, 0.1, group_size=40)
+
+
+def test_typicality_catches_data_that_is_too_likely():
+    # the out images get *fewer* bits/dim than the in images (the Fashion-MNIST -> MNIST failure): plain bits/dim
+    # ranks them as less anomalous, single images are barely told apart by typicality, groups of 50 are
+    g = torch.Generator().manual_seed(3)
+    in_bpd, out_bpd = 3 + torch.randn(2000, generator=g), 2.5 + torch.randn(2000, generator=g)
+    assert auroc(in_bpd, out_bpd) < 0.4
+    assert typicality_auroc(in_bpd, out_bpd, entropy=3.0, group_size=1) < 0.6
+    assert typicality_auroc(in_bpd, out_bpd, entropy=3.0, group_size=50) > 0.95
 
 
 # ----- per-image bits/dim -----------------------------------------------------------------------------
@@ -152,3 +181,32 @@ def test_score_datasets_from_python_matches_the_cli(digits_model, tmp_path, caps
     result = score_datasets(model, "digits", ood="digits", count=30)
     assert result["auroc"] == cli["auroc"] == 0.5 and result["in"] == cli["in"]
     assert [f"{row['bits_per_dim']:.6f}" for row in result["rows"]] == [row["bits_per_dim"] for row in read_csv(out)]
+
+
+def test_score_typicality_reference_rows_and_auroc(digits_model, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert main(["score", str(digits_model), "--out", str(out), "--ood", "digits", "--count", "50",
+                 "--typicality", "40", "--group-sizes", "1", "5", "--device", "cpu", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = read_csv(out)
+    reference = [r for r in rows if r["set"] == "reference"]
+    assert len(reference) == 40 and {r["split"] for r in reference} == {"train"}
+    model = TarFlow.from_pretrained(digits_model)
+    train = load_dataset("digits", "train")
+    index = [int(r["index"]) for r in reference]
+    expected = score_bpd(model, train.images[index], 17)
+    assert torch.allclose(torch.tensor([float(r["bits_per_dim"]) for r in reference], dtype=torch.float64),
+                          expected, atol=1e-5)
+    typicality = summary["typicality"]
+    assert typicality["reference"]["images"] == 40
+    assert typicality["reference"]["mean_bits_per_dim"] == pytest.approx(expected.mean().item(), abs=1e-9)
+    assert typicality["auroc_by_group_size"] == {"1": 0.5, "5": 0.5}  # identical in and out sets
+
+
+@pytest.mark.parametrize("extra, message", [(["--typicality", "10"], "give the out-of-distribution one"),
+                                            (["--typicality", "10", "--ood", "digits", "--split", "train"],
+                                             "score the test split")])
+def test_score_typicality_refuses_without_ood_or_on_the_train_split(digits_model, tmp_path, capsys, extra, message):
+    out = tmp_path / "s.csv"
+    assert main(["score", str(digits_model), "--out", str(out), "--device", "cpu", *extra]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

@@ -72,6 +72,26 @@ def test_resumed_text_run_equals_an_uninterrupted_one(text_file, tmp_path):
     assert resumed["bits_per_char"] == whole["bits_per_char"]
 
 
+def test_text_run_report_has_bits_per_char_curves_and_text_samples(text_file, tmp_path):
+    import html
+
+    from tarflow.report import REPORT_FILE
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare", "--out", str(run), "--data-dir", str(text_file), *TINY,
+                 "--steps", "4", "--eval-every", "2", "--sample-every", "2", "--log-every", "1"]) == 0
+    samples = [run / "samples" / "step_000002.txt", run / "samples" / "step_000004.txt", run / "samples.txt"]
+    assert all(sample.read_text().count("|") >= 1 for sample in samples)
+    page = (run / REPORT_FILE).read_text()
+    for sample in samples:  # every text sample, escaped, in the page
+        assert html.escape(sample.read_text()) in page
+    result = json.loads((run / "eval.json").read_text())
+    assert f"{result['bits_per_char']:.4f} ± {result['stderr']:.4f} ({result['chars']:,} characters" in page
+    assert "bits/char against step: train (raw, smoothed) and validation" in page
+    assert page.count("<img src=\"data:image/png;base64,") == 2  # bits/char curves, lr and gradient norm
+    assert "characters/s" in page and "tarflow train --preset shakespeare" in page
+
+
 def test_class_conditional_text_model_is_refused(text_file, tmp_path, capsys):
     code = main(["train", "--preset", "shakespeare", "--out", str(tmp_path / "run"), "--data-dir", str(text_file),
                  *TINY, "--num-classes", "3"])

@@ -166,10 +166,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise ConfigError("--ood-data-dir is the location of the --ood dataset: give --ood NAME too")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     result = score_datasets(model, name, args.split, args.ood, args.count, args.draws, args.seed, args.batch_size,
-                            data_dir, args.ood_data_dir, progress=not args.no_progress)
+                            data_dir, args.ood_data_dir, progress=not args.no_progress, typicality=args.typicality,
+                            group_sizes=tuple(args.group_sizes))
     rows = [{**row, "bits_per_dim": f"{row['bits_per_dim']:.6f}"} for row in result.pop("rows")]
     out = write_scores_csv(args.out, rows)
-    auroc = {key: result.pop(key) for key in ("auroc", "auroc_means") if key in result}
+    auroc = {key: result.pop(key) for key in ("auroc", "auroc_means", "typicality") if key in result}
     print(json.dumps({"model": str(model_dir), **result, "csv": str(out), **auroc}, indent=2))
     return 0
 
@@ -264,6 +265,11 @@ def add_score_parser(sub) -> None:
     parser.add_argument("--ood-data-dir", default=None, help="local copy of the --ood dataset's files")
     parser.add_argument("--count", type=number(int, minimum=1), default=None,
                         help="score this many images of each, drawn at random")
+    parser.add_argument("--typicality", type=number(int, minimum=1), default=None, metavar="N",
+                        help="also the typicality test: score N training images of the dataset (their mean bits/dim "
+                        "is the reference H) and give the AUROC of |mean bits/dim of a group - H| (needs --ood)")
+    parser.add_argument("--group-sizes", type=number(int, minimum=1), nargs="+", default=[1, 10], metavar="M",
+                        help="images per group of the typicality test (default 1 10)")
     parser.add_argument("--draws", type=number(int, minimum=1), default=1,
                         help="uniform dequantization draws per image (default 1)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise and subset seed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -46,19 +47,22 @@ def summary(contents: RunContents) -> str:
     rows = [("status", status), ("run directory", str(contents.run_dir)),
             ("dataset", train["dataset"]), ("tarflow version", contents.version or "unknown")]
     evaluation = contents.evaluation if contents.finished else None
-    key, unit = figure_of(contents)
+    figure = figure_of(contents)
     if evaluation:
-        rows.append((f"test {unit}", f"{evaluation[key]:.4f} ± {evaluation['stderr']:.4f} "
-                                     f"({evaluation['images']:,} images, {evaluation['draws']} draw(s))"))
-    record_key = "test_bpd" if key == "bits_per_dim" else "test_nats_per_dim"
-    tests = [record for record in contents.records if record_key in record]
-    if tests and not evaluation:
-        rows.append((f"latest test {unit}", f"{tests[-1][record_key]:.4f} at step {tests[-1]['step']:,}"))
+        counted = (f"{evaluation['chars']:,} characters, {evaluation['bound']}" if figure.key == "bits_per_char"
+                   else f"{evaluation['images']:,} images")
+        rows.append((f"test {figure.unit}", f"{evaluation[figure.key]:.4f} ± {evaluation['stderr']:.4f} "
+                                            f"({counted}, {evaluation['draws']} draw(s))"))
+    held_out = [record for record in contents.records if figure.record_key in record]
+    if held_out and not evaluation:
+        rows.append((f"latest {figure.record_name}", f"{held_out[-1][figure.record_key]:.4f} at step "
+                                                     f"{held_out[-1]['step']:,}"))
     if "elapsed_s" in last:
         seconds = last["elapsed_s"]
         per_step = seconds / max(1, last["step"])
+        examples = train["batch_size"] * (contents.config["model"]["context"] if figure.key == "bits_per_char" else 1)
         rows.append(("time", f"{duration(seconds)} for {last['step']:,} steps ({per_step:.3f} s per step, "
-                             f"{train['batch_size'] / per_step:,.1f} images/s, evaluations and samples included)"))
+                             f"{examples / per_step:,.1f} {figure.examples}/s, evaluations and samples included)"))
     if evaluation and "train_time_s" in evaluation:
         rows.append(("time with the final evaluation", duration(evaluation["train_time_s"])))
     if evaluation and "device" in evaluation:
@@ -68,18 +72,39 @@ def summary(contents: RunContents) -> str:
     return section("Summary", table(rows))
 
 
-def figure_of(contents: RunContents) -> tuple[str, str]:
-    """The run's test figure: (key in eval.json, unit); latent models report nats/dim, not bits/dim."""
-    if contents.config["model"].get("modality") == "latents":
-        return "latent_nats_per_dim", "latent nats/dim"
-    return "bits_per_dim", "bits/dim"
+@dataclass(frozen=True)
+class Figure:
+    """A run's figure: its key in eval.json and unit, the held-out figure logged during training (key in
+    metrics.jsonl and the split it is measured on), and what the trainer counts per second."""
+
+    key: str
+    unit: str
+    record_key: str
+    held_out: str
+    examples: str
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.held_out} {self.unit}"
+
+
+def figure_of(contents: RunContents) -> Figure:
+    """Latent models report nats/dim, text models bits/char (validation during training), images bits/dim."""
+    modality = contents.config["model"].get("modality")
+    if modality == "latents":
+        return Figure("latent_nats_per_dim", "latent nats/dim", "test_nats_per_dim", "test", "images")
+    if modality == "text":
+        return Figure("bits_per_char", "bits/char", "validation_bits_per_char", "validation", "characters")
+    return Figure("bits_per_dim", "bits/dim", "test_bpd", "test", "images")
 
 
 def curves(contents: RunContents) -> str:
     records = contents.records
     if not records:
         return section("Curves", "<p class=\"muted\">no metric records yet (metrics.jsonl)</p>")
-    parts = [picture(bits_per_dim_plot(records), f"{figure_of(contents)[1]} against step: train (raw, smoothed) and test"),
+    figure = figure_of(contents)
+    parts = [picture(bits_per_dim_plot(records), f"{figure.unit} against step: train (raw, smoothed) and "
+                                                 f"{figure.held_out}"),
              picture(optimisation_plot(records), "learning rate and gradient norm against step"),
              picture(entropy_plot(records, contents.config["train"]["entropy_warn"]),
                      "attention entropy per block and layer (solid: mean over heads; dashed: minimum)")]
@@ -109,12 +134,12 @@ def results(contents: RunContents) -> str:
     """The final evaluation, saved FID results and other result plots, each with the command that repeats it."""
     parts = []
     if contents.evaluation:
-        key, unit = figure_of(contents)
+        figure = figure_of(contents)
         data_dir = contents.config["train"]["data_dir"]
         repeat = ("written by the training run (tarflow eval does not take latent models yet)"
-                  if key == "latent_nats_per_dim" else
+                  if figure.key == "latent_nats_per_dim" else
                   "repeat: " + code(eval_command(contents.evaluation, contents.run_dir, data_dir)))
-        parts.append(f"<h3>Test {unit} (eval.json)</h3>" + table(flat(contents.evaluation)) + f"<p>{repeat}</p>")
+        parts.append(f"<h3>Test {figure.unit} (eval.json)</h3>" + table(flat(contents.evaluation)) + f"<p>{repeat}</p>")
     for path, result in contents.fids:
         parts.append(f"<h3>FID ({escape(path.name)})</h3>" + table(flat(result))
                      + "<p>repeat: " + code(fid_command(result, contents.run_dir)) + "</p>")

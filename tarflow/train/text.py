@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..flows.language import bits_per_char, bound_name, build_language_model, log_likelihood
 from ..io import atomic_write_text
 from ..progress import progress_bar
+from ..report import write_report
 from ..sampling.text import generate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
@@ -120,10 +121,17 @@ def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, st
                 record["validation_bits_per_char"] = evaluated["bits_per_char"]
                 bar.write(f"step {step}: validation bits/char {evaluated['bits_per_char']:.4f}")
                 model.train()
+            if every(step, train_config.sample_every, train_config.steps):
+                write_sample(ema if ema is not None else model, splits["test"],
+                             run_dir / "samples" / f"step_{step:06d}.txt", train_config.sample_temperature,
+                             train_config.seed)
+                model.train()
             if record:
                 record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+            if "validation_bits_per_char" in record:
+                write_report(run_dir)  # RUN/report.html, refreshed at every evaluation
             halt = step == stop_at or stop.requested or run.bad_steps.exhausted
             if every(step, train_config.checkpoint_every, train_config.steps) or halt:
                 state = run.state(step, time.perf_counter() - t0, run.optimizer.state_dict())
@@ -147,11 +155,14 @@ def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, st
         atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
         write_sample(final, splits["test"], run_dir / "samples.txt", train_config.sample_temperature,
                      train_config.seed)
+        write_report(run_dir)
         return result
 
 
 def write_sample(model, data: TextData, path: Path, temperature: float, seed: int, length: int = 200) -> None:
     """``length`` generated characters after the test split's first 32, to ``path`` as "PROMPT|CONTINUATION"."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
     prompt = data.ids[:min(32, len(data.ids))]
     ids = generate(model, prompt.to(model.device), length, temperature, torch.Generator().manual_seed(seed))
     tokenizer = data.tokenizer
