@@ -74,6 +74,34 @@ def test_sample_writes_a_grid(run_dir, tmp_path, capsys):
     assert not np.array_equal(cli, grid(0))  # so a CLI ignoring --seed (drawing with 0) fails the line above
 
 
+def test_sample_without_flags_draws_the_runs_own_grid(tmp_path, capsys):
+    """A model stores the settings of its run's sample grids (guidance, rule, temperature); `tarflow sample` uses
+    them when no flag is given, so with the grid's count and seed it redraws samples.png pixel for pixel, Tweedie
+    denoising included for a model trained with gaussian noise. A flag overrides its stored setting."""
+    import numpy as np
+    from PIL import Image
+
+    from tarflow.runs import load_model
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY, "--noise", "gaussian", "--noise-std", "0.1",
+                 "--sample-guidance", "1.5", "--sample-temperature", "0.8", "--num-samples", "20"]) == 0
+    model, _ = load_model(run, "cpu")
+    assert model.metadata["sampling"] == {"temperature": 0.8, "guidance": 1.5, "guidance_rule": "tarflow"}
+    capsys.readouterr()
+    out = tmp_path / "again.png"
+    assert main(["sample", str(run), "--out", str(out), "--count", "20", "--sampler", "sequential"]) == 0
+    said = capsys.readouterr().out
+    assert "stored with the model: guidance 1.5, guidance rule tarflow, temperature 0.8" in said
+    assert "guidance w=1.5 (tarflow)" in said and "denoise on (sigma=0.1)" in said
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(run / "samples.png")))
+    assert main(["sample", str(run), "--out", str(out), "--count", "20", "--sampler", "sequential",
+                 "--guidance", "0", "--temperature", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "no guidance" in said and "temperature 1," in said and "stored with the model" not in said
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(run / "samples.png")))
+
+
 def test_eval_prints_json(run_dir, capsys):
     """`tarflow eval --seed 5` reports what evaluate_bpd gives on the same model, test split and seed."""
     from tarflow.data import load_dataset

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import (DEVICE_HELP, GUIDANCE_HELP, TEMPERATURE_HELP, add_denoise_options, add_sampler_options,
-                      check_output_file, number, parse_label)
+from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, check_output_file, number, parse_label
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -25,10 +24,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     metadata, config = model.metadata, model.config
     levels = int(metadata.get("levels", 256))
     y = sample_labels(config.num_classes, args.label, args.count)
+    stored, settings = stored_settings(model, args)
     guidance = None
-    rule = args.guidance_rule or default_rule(config)
-    if args.guidance or args.attn_temp != 1.0:
-        guidance = Guidance(args.guidance, rule, args.annealed, args.attn_temp)
+    rule = settings["guidance_rule"] or default_rule(config)
+    if settings["guidance"] or args.attn_temp != 1.0:
+        guidance = Guidance(settings["guidance"], rule, args.annealed, args.attn_temp)
     denoiser, sigma, denoised = choose_denoiser(model, args)
     sampler, why = choose_sampler(model, model_dir, args.sampler, args.count, guidance, args.calibration, args.tol,
                                   args.modules)
@@ -39,16 +39,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
         learned = model.modality.denoising_decoder(sigma)
         denoised = f"on (sigma={sigma:.4g}, fine-tuned decoder)" if learned else denoised
     started = time.perf_counter()
-    x = sampler.sample(args.count, y, args.temperature, guidance, None if learned else sigma,
+    x = sampler.sample(args.count, y, settings["temperature"], guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))
     if config.modality == "latents":  # images of the autoencoder; a fine-tuned decoder denoises instead of Tweedie
         x = model.modality.decode(x, learned)
     seconds = time.perf_counter() - started
     save_grid(to_uint8(x, levels), out, nrow=config.num_classes or 10)
-    how = f"guidance w={args.guidance} ({rule})" if guidance else "no guidance"
-    print(f"{args.count} samples in {seconds:.2f} s with the {why}, "
-          f"temperature {args.temperature}, {how}, denoise {denoised} -> {out}")
+    how = f"guidance w={settings['guidance']:g} ({rule})" if guidance else "no guidance"
+    print(f"{args.count} samples in {seconds:.2f} s with the {why}, temperature {settings['temperature']:g}, {how}, "
+          f"denoise {denoised}{stored} -> {out}")
     return 0
+
+
+def stored_settings(model, args: argparse.Namespace) -> tuple[str, dict]:
+    """The guidance weight, rule and temperature to sample with: each flag given, else the setting stored with the
+    model (metadata "sampling": those of its run's sample grids, or a preset's recommendation), else no guidance
+    and temperature 1; and a phrase naming the stored settings used ("" if none)."""
+    stored = model.metadata.get("sampling", {})
+    given = {"guidance": args.guidance, "guidance_rule": args.guidance_rule, "temperature": args.temperature}
+    defaults = {"guidance": 0.0, "guidance_rule": None, "temperature": 1.0}
+    used = [name for name, value in given.items() if value is None and name in stored]
+    settings = {name: value if value is not None else stored.get(name, defaults[name])
+                for name, value in given.items()}
+    if not settings["guidance"] and "guidance_rule" in used:  # the rule of no guidance says nothing
+        used.remove("guidance_rule")
+    if not used:
+        return "", settings
+    return (" (stored with the model: " + ", ".join(f"{name.replace('_', ' ')} {stored[name]}" for name in used)
+            + "; flags override)"), settings
 
 
 def choose_denoiser(model, args: argparse.Namespace) -> tuple[object, float | None, str]:
@@ -158,10 +176,14 @@ def add_sample_parser(sub) -> None:
     parser.add_argument("--label", type=parse_label, default=None, metavar="{K,null}",
                         help="class of every sample (default: cycle through the classes); null, or the class count, "
                         "is the null class: unconditional samples of a class-conditional model")
-    parser.add_argument("--temperature", type=number(float, above=0), default=1.0, help=TEMPERATURE_HELP)
-    parser.add_argument("--guidance", type=number(float, minimum=0), default=0.0, help=GUIDANCE_HELP)
+    parser.add_argument("--temperature", type=number(float, above=0), default=None,
+                        help="scale of the prior noise, > 0 (default: the model's stored setting, else 1)")
+    parser.add_argument("--guidance", type=number(float, minimum=0), default=None,
+                        help="classifier-free guidance weight w >= 0 (default: the model's stored setting, else 0: "
+                        "no guidance)")
     parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None,
-                        help="guidance rule (default: starflow for latent models, tarflow otherwise)")
+                        help="guidance rule (default: the model's stored one, else starflow for latent models and "
+                        "tarflow otherwise)")
     parser.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
     parser.add_argument("--attn-temp", type=number(float, above=0), default=1.0,
                         help="attention temperature of the unconditional branch (guides unconditional models too)")

@@ -202,7 +202,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
 
     final = dist.plain_copy(ema if ema is not None else model)
     metadata = {"dataset": train_config.dataset, "levels": data.levels, "noise": train_config.noise,
-                "noise_std": noise_std(train_config, data), "steps": step}
+                "noise_std": noise_std(train_config, data), "steps": step,
+                "sampling": sampling_settings(train_config, model_config)}
     if train_config.dataset == "folder":
         metadata["data_dir"] = train_config.data_dir  # a folder dataset is known only by its path
     if main:
@@ -335,13 +336,25 @@ def every(step: int, interval: int, last: int) -> bool:
     return step == last or (interval > 0 and step % interval == 0)
 
 
+def sampling_settings(train_config: TrainConfig, model_config: FlowConfig) -> dict[str, Any]:
+    """The settings of the run's sample grids, stored with the model (metadata "sampling") for `tarflow sample`:
+    temperature, and for a class-conditional model the guidance weight and rule."""
+    settings: dict[str, Any] = {"temperature": train_config.sample_temperature}
+    if model_config.num_classes:
+        settings.update(guidance=train_config.sample_guidance, guidance_rule=default_rule(model_config))
+    return settings
+
+
 def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowConfig, levels: int, path: Path) -> Path:
-    """A grid of ``num_samples`` samples; for a class-conditional model, one class per column."""
+    """A grid of ``num_samples`` samples drawn with `sampling_settings`, denoised by one Tweedie step when the
+    model was trained with gaussian noise; for a class-conditional model, one class per column."""
     n = train_config.num_samples
     y = torch.arange(n) % model_config.num_classes if model_config.num_classes else None
-    guided = train_config.sample_guidance and model_config.num_classes
-    guidance = Guidance(train_config.sample_guidance, default_rule(model_config)) if guided else None
-    x = SequentialSampler(model).sample(n, y, train_config.sample_temperature, guidance,
+    settings = sampling_settings(train_config, model_config)
+    guided = settings.get("guidance")
+    guidance = Guidance(settings["guidance"], settings["guidance_rule"]) if guided else None
+    sigma = train_config.noise_std if train_config.noise == "gaussian" and not model_config.noise_conditioning else None
+    x = SequentialSampler(model).sample(n, y, settings["temperature"], guidance, sigma,
                                         generator=torch.Generator().manual_seed(train_config.seed))
     if model_config.noise_conditioning:  # generated at t1: 10 ODE steps of iterative denoising
         x = IterativeDenoiser().denoise(model, x, y)
