@@ -2,8 +2,8 @@
 
 One module per command group parses arguments, calls the library and prints: train (train), sample (sample and
 the sampler choice), evaluate (eval, fid, guidance-accuracy, score), autoencoder (autoencoder train | eval |
-finetune-decoder), models (import-reference, calibrate, presets), report (report), demo (demo) and text
-(generate, and eval of text models); options holds the argument types shared by all of them.
+finetune-decoder), sweep (sweep-sampling), models (import-reference, calibrate, presets), report (report), demo
+(demo) and text (generate, and eval of text models); options holds the argument types shared by all of them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .models import add_calibrate_parser, add_import_reference_parser, add_prese
 from .options import SECTIONS, config_from_args, number, parse_bool, parse_ints, parse_label
 from .report import add_report_parser
 from .sample import add_sample_parser
+from .sweep import add_sweep_parser
 from .text import add_generate_parser
 from .train import add_train_parser
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tarflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_sample_parser, add_calibrate_parser, add_eval_parser,
-                add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_score_parser,
+                add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_sweep_parser,
+                add_score_parser,
                 add_presets_parser, add_report_parser, add_demo_parser,
                 add_autoencoder_parser, add_generate_parser):
         add(sub)

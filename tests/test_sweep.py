@@ -1,0 +1,91 @@
+"""`tarflow sweep-sampling`: the grid of settings, each row's figures against the commands that measure one
+setting (guidance-accuracy, fid), the picture, the cache, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tarflow.cli import main
+from tarflow.metrics.sweep import Setting, settings_grid
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")]
+TINY = ["--preset", "tiny", "--steps", "10", "--eval-every", "0", "--sample-every", "0", "--no-progress"]
+SWEEP = ["--guidance", "0,2", "--temperature", "0.9,1", "--count", "20", "--classifier-steps", "30",
+         "--sampler", "sequential", "--sample-batch", "8", "--no-progress"]
+
+
+class Pool(torch.nn.Module):
+    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features, shaped (N, 48, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("sweep") / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def pool_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fx") / "pool.pt"
+    torch.jit.save(torch.jit.script(Pool()), str(path))
+    return path
+
+
+def test_grid_varies_the_rule_only_with_guidance():
+    grid = settings_grid([0, 1], ["tarflow", "starflow"], [0.9, 1.0])
+    assert grid == [Setting(0, "tarflow", 0.9), Setting(0, "tarflow", 1.0), Setting(1, "tarflow", 0.9),
+                    Setting(1, "tarflow", 1.0), Setting(1, "starflow", 0.9), Setting(1, "starflow", 1.0)]
+    assert [setting.name for setting in grid[1:3]] == ["w=0, T=1", "w=1 tarflow, T=0.9"]
+
+
+def test_rows_match_guidance_accuracy_and_fid_and_a_rerun_reads_the_cache(run_dir, pool_weights, tmp_path, capsys,
+                                                                          monkeypatch):
+    out = tmp_path / "sweep"
+    assert main(["sweep-sampling", str(run_dir), *SWEEP, "--weights", str(pool_weights), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "sweep.json").read_text())
+    rows = result["rows"]
+    assert [row["setting"] for row in rows] == ["w=0, T=0.9", "w=0, T=1", "w=2 tarflow, T=0.9", "w=2 tarflow, T=1"]
+    assert printed.splitlines()[0].split() == ["setting", "consistency", "FID"]
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    for row in rows:  # each row is what the one-setting commands measure with the same options
+        common = ["--count", "20", "--temperature", f"{row['temperature']:g}", "--sampler", "sequential",
+                  "--sample-batch", "8", "--no-progress"]
+        assert main(["guidance-accuracy", str(run_dir), "--guidance", f"{row['guidance']:g}", "--classifier-steps",
+                     "30", "--plot", str(tmp_path / "accuracy.png"), *common]) == 0
+        accuracy = json.loads(capsys.readouterr().out)["rows"][0]["accuracy"]
+        assert row["consistency"] == pytest.approx(accuracy, abs=1e-6)
+        assert main(["fid", str(run_dir), "--weights", str(pool_weights), "--split", "test",
+                     "--guidance", f"{row['guidance']:g}", *common]) == 0
+        assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"], rel=1e-3, abs=1e-3)
+    assert len({row["consistency"] for row in rows} | {row["fid"] for row in rows}) > 2  # the settings matter
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a cached setting was sampled again")
+
+    monkeypatch.setattr("tarflow.metrics.sweep.generate_levels", no_sampling)
+    assert main(["sweep-sampling", str(run_dir), *SWEEP, "--weights", str(pool_weights), "--out", str(out)]) == 0
+    assert json.loads((out / "sweep.json").read_text())["rows"] == rows
+    with pytest.raises(AssertionError, match="sampled again"):  # another seed is another cache entry
+        main(["sweep-sampling", str(run_dir), *SWEEP, "--seed", "1", "--weights", str(pool_weights),
+              "--out", str(out)])
+
+
+def test_unconditional_model_needs_fid_and_bad_lists_are_errors(tmp_path, capsys):
+    run = tmp_path / "uncond"
+    assert main(["train", "--out", str(run), *TINY, "--num-classes", "0"]) == 0
+    capsys.readouterr()
+    assert main(["sweep-sampling", str(run), *SWEEP]) == 2
+    assert "give an Inception feature extractor (--weights FILE)" in capsys.readouterr().err
+    assert main(["sweep-sampling", str(run), "--guidance-rule", "tarflow,cfg"]) == 2
+    assert "--guidance-rule takes tarflow, starflow or both" in capsys.readouterr().err
+    assert main(["sweep-sampling", str(run), "--temperature", "0.9,-1"]) == 2
+    assert "positive finite" in capsys.readouterr().err
