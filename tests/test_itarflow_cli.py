@@ -91,7 +91,9 @@ def test_eval_at_a_noise_level(run_dir, capsys):
     (["eval", "RUN", "--no-progress"], r"pass --noise-level t.*\[0.01, 0.3\]"),
     (["eval", "RUN", "--no-progress", "--noise-level", "0.5"], r"0.5 lies outside the trained range \[0.01, 0.3\]"),
     (["sample", "RUN", "--count", "2", "--denoise", "tweedie", "--dynamics", "sde"], "apply to --denoise iterative"),
-    (["eval", "PLAIN", "--no-progress", "--noise-level", "0.1"], "need a noise-conditioned model"),
+    (["eval", "PLAIN", "--no-progress", "--noise-level", "0.1"], "needs a model trained with gaussian noise, or a "
+                                                                  "noise-conditioned one"),
+    (["eval", "PLAIN", "--no-progress", "--extrapolate"], "--extrapolate needs a noise-conditioned model"),
     (["sample", "PLAIN", "--count", "2", "--denoise", "iterative"], "needs a noise-conditioned model"),
 ])
 def test_clear_errors(run_dir, plain_run, tmp_path, capsys, command, said):
@@ -103,6 +105,24 @@ def test_clear_errors(run_dir, plain_run, tmp_path, capsys, command, said):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and re.search(said, err), err
+
+
+def test_eval_of_a_fixed_noise_model_at_its_training_noise(tmp_path, capsys):
+    """A model trained with gaussian noise sigma: `eval --noise-level sigma` gives the bits/dim of its training
+    objective (the test data with that noise added, the model not told), and a Bayes accuracy on noisy images."""
+    run = tmp_path / "gaussian"
+    assert main(["train", "--preset", "tiny", "--steps", "5", "--eval-every", "0", "--sample-every", "0",
+                 "--no-progress", "--noise", "gaussian", "--noise-std", "0.2", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--noise-level", "0.2", "--no-progress", "--seed", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model, _ = load_model(run / "model", "cpu")
+    images, labels, levels = digits_test(model)
+    api = evaluate_bpd(model, images, labels, levels, noise_level=0.2, seed=3, mixture=True)
+    assert result["bits_per_dim"] == pytest.approx(api["bits_per_dim"], rel=1e-12)
+    assert result["bayes_accuracy"] == api["bayes_accuracy"] and "fixed noise std 0.2" in result["density"]
+    clean = evaluate_bpd(model, images, labels, levels, seed=3)["bits_per_dim"]
+    assert clean != pytest.approx(api["bits_per_dim"], rel=1e-6)  # the noise is really added
 
 
 def test_eval_extrapolates_with_a_warning(run_dir, capsys):

@@ -39,7 +39,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if is_text_model(args.path):
         return cmd_eval_text(args)
     model, model_dir, name, data_dir = load_model_for_metrics(args)
-    noise_conditioned = check_noise_level_option(model, args)
+    noise_level, density = check_noise_level_option(model, args)
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=model.config.image_size,
                         channels=model.config.channels, progress=not args.no_progress)
     check_data_fits(model, data, name)
@@ -49,31 +49,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = data.labels if config.num_classes else None
     result = evaluate_bpd(model, data.images, labels, data.levels, draws=args.draws, seed=args.seed,
                           mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress,
-                          noise_level=args.noise_level if noise_conditioned else None, extrapolate=args.extrapolate)
+                          noise_level=noise_level, extrapolate=args.extrapolate)
     result.update(dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
                   likelihood_prior=config.likelihood_prior)
-    if noise_conditioned:
-        result["density"] = "p_t of x + t eps: x uniformly dequantized test images, eps ~ N(0, I), t = noise_level"
+    if density:
+        result["density"] = density
     print(json.dumps(result, indent=2))
     return 0
 
 
-def check_noise_level_option(model, args: argparse.Namespace) -> bool:
-    """Whether `eval` measures bits/dim at a noise level: --noise-level for a noise-conditioned model (required,
-    in its trained range unless --extrapolate), refused for other models."""
+def check_noise_level_option(model, args: argparse.Namespace) -> tuple[float | None, str | None]:
+    """The noise level at which `eval` measures bits/dim, and what density that is: --noise-level t for a
+    noise-conditioned model (required, in its trained range unless --extrapolate) or for a model trained with
+    gaussian noise (optional: its own training noise std makes the figure that of its training objective); refused
+    for other models."""
     config = model.config
     if not config.noise_conditioning:
-        if args.noise_level is not None or args.extrapolate:
-            raise ConfigError("--noise-level and --extrapolate need a noise-conditioned model (noise_conditioning="
-                              "true, iTARFlow); this one models the data at one fixed noise")
-        return False
+        if args.extrapolate:
+            raise ConfigError("--extrapolate needs a noise-conditioned model (noise_conditioning=true, iTARFlow)")
+        if args.noise_level is None:
+            return None, None
+        if model.metadata.get("noise") != "gaussian":
+            raise ConfigError("--noise-level needs a model trained with gaussian noise, or a noise-conditioned one "
+                              "(iTARFlow); this one was trained on uniformly dequantized data, whose bits/dim "
+                              "`tarflow eval` gives without it")
+        return args.noise_level, (f"p of x + t eps: x uniformly dequantized test images, eps ~ N(0, I), t = "
+                                  f"noise_level, under a model trained at a fixed noise std "
+                                  f"{float(model.metadata.get('noise_std', 0.0)):g}")
     if args.noise_level is None:
         raise ConfigError(f"this model is noise-conditioned (iTARFlow): pass --noise-level t, the noise std of the "
                           f"data to evaluate, in its trained range [{config.noise_level_min:g}, "
                           f"{config.noise_level_max:g}] (the lowest, {config.noise_level_min:g}, is closest to the "
                           f"clean data)")
     model.check_noise_level(args.noise_level, 1, args.extrapolate)
-    return True
+    return args.noise_level, "p_t of x + t eps: x uniformly dequantized test images, eps ~ N(0, I), t = noise_level"
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -191,10 +200,12 @@ def add_eval_parser(sub) -> None:
                         "the model's likelihood_prior; imports of apple/ml-tarflow use standard, as its bits/dim)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--noise-level", type=number(float, above=0), default=None, metavar="T",
-                        help="noise-conditioned models (iTARFlow; required for them): bits/dim of the noisy test "
-                        "data x + T eps (x uniformly dequantized, eps ~ N(0, I)) under the model's density p_T, "
-                        "with the 8-bit bin width as for clean data; a continuous density of noisy data, not a "
-                        "clean-data likelihood (which these models do not give exactly)")
+                        help="bits/dim of the noisy test data x + T eps (x uniformly dequantized, eps ~ N(0, I)), "
+                        "with the 8-bit bin width as for clean data: a continuous density of noisy data, not a "
+                        "clean-data likelihood. Noise-conditioned models (iTARFlow; required for them): under "
+                        "their density p_T; models trained with gaussian noise: under their one density (T = "
+                        "their training noise std is their training objective, and the Bayes accuracy then that "
+                        "of the reference MNIST notebook)")
     parser.add_argument("--extrapolate", action="store_true",
                         help="allow a --noise-level outside the model's trained range (a warning instead of an error)")
     parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,

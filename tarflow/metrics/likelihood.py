@@ -62,9 +62,10 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
                  batch_size: int = 256, seed: int = 0, mixture: bool = False, progress: bool = False,
                  rank: int = 0, world_size: int = 1, noise_block: int = NOISE_BLOCK, noise_level: float | None = None,
                  extrapolate: bool = False) -> dict[str, float]:
-    """Test bits/dim with uniform dequantization, averaged over every image and ``draws`` noise draws; for a
-    noise-conditioned model, bpd_t of the data at ``noise_level`` t (module docstring; ``extrapolate`` allows a t
-    outside the trained range, with a warning).
+    """Test bits/dim with uniform dequantization, averaged over every image and ``draws`` noise draws. With
+    ``noise_level`` t the data get t eps more noise (module docstring): a noise-conditioned model gives bpd_t of
+    its density p_t (``extrapolate`` allows a t outside the trained range, with a warning), another model (one
+    trained with gaussian noise) its one density of the noisy data.
 
     ``images`` are integer levels (N, C, H, W) in 0..levels-1. The standard error is over images (each
     image's bits/dim averaged over its draws first). The noise of each image depends only on (seed, draw,
@@ -80,7 +81,8 @@ def evaluate_bpd(model, images: Tensor, labels: Tensor | None, levels: int, draw
     model.eval()
     n, dims, bin_size = images.shape[0], images[0].numel(), bin_width(levels)
     num_classes = model.config.num_classes if mixture else 0
-    at_level = {} if noise_level is None else dict(noise_level=noise_level, extrapolate=extrapolate)
+    conditioned = noise_level is not None and model.config.noise_conditioning
+    at_level = dict(noise_level=noise_level, extrapolate=extrapolate) if conditioned else {}
     per_image = torch.zeros(n, dtype=torch.float64)
     per_image_mix = torch.zeros(n, dtype=torch.float64)
     correct = torch.zeros(n, dtype=torch.float64)
