@@ -42,7 +42,7 @@ NUMBER_VALUES = {"nan": "nan", "inf": "inf", "negative": "-1", "zero": "0", "hug
 PATH_VALUES = {"missing": "missing/x", "file": "file.txt", "foreign dir": "notes", "dot": ".",
                "unwritable": "/proc/version/x", "truncated model": "broken", "truncated file": "broken.pth"}
 PATH_DESTS = {"path", "checkpoint", "out", "resume", "plot", "weights", "data_dir", "ood_data_dir", "calibration"}
-NUMBER_LISTS = {("guidance-accuracy", "guidance")}  # comma-separated weights, parsed by the command
+NUMBER_LISTS = {("guidance-accuracy", "guidance"), ("sweep-sampling", "guidance"), ("sweep-sampling", "temperature")}  # comma-separated weights, parsed by the command
 OUTPUT_FILES = {("sample", "out"), ("score", "out"), ("guidance-accuracy", "plot"), ("autoencoder eval", "out")}  # overwritten if they exist
 
 # Valid, cheap arguments of each command; each case changes one option of these.
@@ -57,6 +57,8 @@ BASE = {
     "guidance-accuracy": ["model", "--count", "2", "--guidance", "0", "--classifier-steps", "2",
                           "--plot", "ga.png", "--no-progress"],
     "score": ["model", "--count", "2", "--out", "scores.csv", "--no-progress"],
+    "sweep-sampling": ["model", "--count", "2", "--guidance", "0", "--classifier-steps", "2", "--sampler",
+                       "sequential", "--out", "sweep", "--no-progress"],
     "presets": [],
     "report": ["run"],
     "demo": ["model", "--device", "cpu"],
@@ -110,16 +112,24 @@ ACCEPTED[("autoencoder finetune-decoder", "seed", "zero")] = ZERO_OK
 ACCEPTED[("autoencoder train", "kl_weight", "huge")] = "finite: the KL term dominates the loss (AdamW steps stay lr)"
 for variant in ("file", "truncated file"):
     ACCEPTED[("autoencoder eval", "out", variant)] = "an existing output file is overwritten"
+ACCEPTED[("sweep-sampling", "seed", "zero")] = ZERO_OK
+ACCEPTED[("sweep-sampling", "guidance", "zero")] = "w = 0 is no guidance"
+ACCEPTED[("sweep-sampling", "temperature", "huge")] = "finite: saturated samples"
+ACCEPTED[("sweep-sampling", "guidance", "huge")] = "finite: the guided step saturates every pixel"
+for variant in ("foreign dir", "dot", "truncated model"):
+    ACCEPTED[("sweep-sampling", "out", variant)] = ("an output directory: sweep.json, sweep.png and cache/ are "
+                                                    "written into it, the files already there are kept")
 NEW_OUTPUT = "a new output path: created, with its parent directories"
 RUN_DIR = "a directory holding model/ is read as a run directory (here the world holds one)"
 BUILT_IN = "digits is built in: an existing --data-dir is not read"
 for command, dest in (("train", "out"), ("sample", "out"), ("import-reference", "out"), ("guidance-accuracy", "plot"),
                       ("score", "out"), ("calibrate", "out"), ("autoencoder train", "out"),
-                      ("autoencoder eval", "out")):
+                      ("autoencoder eval", "out"), ("sweep-sampling", "out")):
     ACCEPTED[(command, dest, "missing")] = NEW_OUTPUT
-for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score", "demo"):
+for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score", "demo", "sweep-sampling"):
     ACCEPTED[(command, "path", "dot")] = RUN_DIR
 for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-accuracy", "data_dir"),
+                      ("sweep-sampling", "data_dir"),
                       ("score", "data_dir"), ("autoencoder train", "data_dir"), ("autoencoder eval", "data_dir"),
                       ("autoencoder finetune-decoder", "data_dir")):
     for variant in ("foreign dir", "dot", "truncated model"):

@@ -173,10 +173,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     if args.ood_data_dir is not None and not args.ood:
         raise ConfigError("--ood-data-dir is the location of the --ood dataset: give --ood NAME too")
+    if args.group_sizes is not None and not args.typicality:
+        raise ConfigError("--group-sizes are the group sizes of the typicality test: give --typicality N too")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     result = score_datasets(model, name, args.split, args.ood, args.count, args.draws, args.seed, args.batch_size,
                             data_dir, args.ood_data_dir, progress=not args.no_progress, typicality=args.typicality,
-                            group_sizes=tuple(args.group_sizes))
+                            group_sizes=tuple(args.group_sizes or (1, 10)))
     rows = [{**row, "bits_per_dim": f"{row['bits_per_dim']:.6f}"} for row in result.pop("rows")]
     out = write_scores_csv(args.out, rows)
     auroc = {key: result.pop(key) for key in ("auroc", "auroc_means", "typicality") if key in result}
@@ -279,8 +281,8 @@ def add_score_parser(sub) -> None:
     parser.add_argument("--typicality", type=number(int, minimum=1), default=None, metavar="N",
                         help="also the typicality test: score N training images of the dataset (their mean bits/dim "
                         "is the reference H) and give the AUROC of |mean bits/dim of a group - H| (needs --ood)")
-    parser.add_argument("--group-sizes", type=number(int, minimum=1), nargs="+", default=[1, 10], metavar="M",
-                        help="images per group of the typicality test (default 1 10)")
+    parser.add_argument("--group-sizes", type=number(int, minimum=1), nargs="+", default=None, metavar="M",
+                        help="with --typicality: images per group of the test (default 1 10)")
     parser.add_argument("--draws", type=number(int, minimum=1), default=1,
                         help="uniform dequantization draws per image (default 1)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise and subset seed")
