@@ -56,6 +56,23 @@ def test_samples_are_the_samplers_own(model_dir, tmp_path, label, guidance):
     assert "12 samples, seed 7, sequential" in how
 
 
+def test_the_stored_guidance_rule_is_used(model_dir, tmp_path):
+    """A model that stores STARFlow's rule (metadata "sampling") is guided by it, not by the default."""
+    model = TarFlow.from_pretrained(model_dir)
+    stored = tmp_path / "starflow"
+    model.save_pretrained(stored, metadata={**model.metadata, "sampling": {"guidance": 2.0, "temperature": 0.7,
+                                                                             "guidance_rule": "starflow"}})
+    demo = Demo(str(stored), "cpu")
+    assert demo.stored["guidance"] == 2.0 and demo.stored["temperature"] == 0.7  # the sliders' start values
+    grid, _ = demo.sample("3", 2.0, 0.7, "sequential", 1, 10)
+    x = SequentialSampler(model).sample(10, torch.full((10,), 3), 0.7, Guidance(2.0, "starflow"),
+                                        generator=torch.Generator().manual_seed(1))
+    path = save_grid(to_uint8(x, 17), tmp_path / "expected.png", nrow=10)
+    assert np.array_equal(grid, np.asarray(Image.open(path).convert("RGB")))
+    default_rule, _ = Demo(str(model_dir), "cpu").sample("3", 2.0, 0.7, "sequential", 1, 10)
+    assert not np.array_equal(grid, default_rule)  # the rule matters here, so the first check means something
+
+
 def test_an_uploaded_test_image_scores_as_the_dataset_image(model_dir):
     demo = Demo(str(model_dir), "cpu")
     test = load_dataset("digits", "test")

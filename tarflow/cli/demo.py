@@ -31,6 +31,7 @@ class Demo:
         self.model, self.model_dir = load_model(path, device)
         self.levels = int(self.model.metadata.get("levels", 256))
         self.num_classes = self.model.config.num_classes
+        self.stored = self.model.metadata.get("sampling", {})  # the page starts from the model's stored settings
 
     def label_choices(self) -> list[str]:
         return [CYCLE, *map(str, range(self.num_classes)), NULL] if self.num_classes else [NULL]
@@ -41,6 +42,7 @@ class Demo:
         import torch
 
         from ..sampling import DenoisedSampler, Guidance
+        from ..sampling.guidance import default_rule
         from ..viz import grid_image, to_uint8
         from .sample import choose_denoiser, choose_sampler, sample_labels
 
@@ -49,7 +51,8 @@ class Demo:
         count, seed = int(count), int(seed)
         wanted = None if label == CYCLE or not self.num_classes else "null" if label == NULL else int(label)
         labels = sample_labels(self.num_classes, wanted, count)
-        guided = Guidance(guidance) if guidance else None
+        rule = self.stored.get("guidance_rule") or default_rule(self.model.config)
+        guided = Guidance(guidance, rule) if guidance else None
         chosen, how = choose_sampler(self.model, self.model_dir, sampler, count, guided)
         denoiser, sigma, denoised = choose_denoiser(self.model, MODEL_DEFAULT_DENOISING)
         if denoiser is not None:
@@ -108,8 +111,8 @@ def build_app(demo: Demo):
                 sampler = gr.Dropdown(list(SAMPLERS), value="sequential", label="sampler")
                 seed = gr.Number(0, precision=0, minimum=0, label="seed")
             with gr.Row():
-                guidance = gr.Slider(0, 5, 0, step=0.1, label="guidance weight (0: none)")
-                temperature = gr.Slider(0.1, 1.5, 1.0, step=0.05, label="temperature")
+                guidance = gr.Slider(0, 5, demo.stored.get("guidance", 0.0), step=0.1, label="guidance weight (0: none)")
+                temperature = gr.Slider(0.1, 1.5, demo.stored.get("temperature", 1.0), step=0.05, label="temperature")
                 count = gr.Slider(1, 100, 20, step=1, label="samples")
             button = gr.Button("Sample", variant="primary")
             grid = gr.Image(label="samples", type="numpy", format="png")  # lossless, unlike the default webp
