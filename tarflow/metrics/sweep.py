@@ -22,11 +22,11 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from ..sampling import Guidance, SequentialSampler
+from ..sampling import Guidance
 from .classifier import TrainBudget, dataset_classifier
 from .fid import FeatureExtractor, dataset_statistics, fid_from_stats
 from .model_data import denoise_std_of, folder_size, model_levels
-from .samples import generate_levels
+from .samples import default_sampler, generate_levels
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,12 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
                    seed: int = 0, batch_size: int = 256, classifier_steps: int = 1000,
                    data_dir: str | os.PathLike | None = None,
                    sampler_for: Callable[[Guidance | None], Any] | None = None, sampler_name: str = "sequential",
-                   cache_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+                   cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                   decoding: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure each setting: "consistency" (accuracy of the dataset's small classifier against the classes drawn
     for, class-conditional models) and "fid" (against ``ref_count`` images of ``split``, with ``extractor``).
+    ``decoding``: for a latent model, how ``sampler_for``'s samples are decoded to images (e.g. the denoising and
+    the decoder's weights), part of the cache key and of the result.
 
     ``cache_dir``: each setting's row and its picture strip (the first samples, one per class) are kept there,
     keyed by the model file, the data and these options; a rerun measures only the settings it lacks.
@@ -84,8 +87,10 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
         reference, _ = dataset_statistics(extractor, dataset, split, ref_count, seed=0, data_dir=data_dir,
                                           progress=progress, **size)
     key = cache_key(model, dataset, split, ref_count, count, seed, batch_size, sampler_name, extractor)
+    if decoding is not None:  # absent for pixel models, whose cached rows keep their key
+        key["decoding"] = decoding
     cache = Path(cache_dir) if cache_dir is not None else None
-    sampler_for = sampler_for or (lambda guidance: SequentialSampler(model))
+    sampler_for = sampler_for or (lambda guidance: default_sampler(model))
     labels = torch.arange(count) % config.num_classes if config.num_classes else None
     rows = []
     for index, setting in enumerate(settings):
@@ -109,7 +114,7 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
             write_cached_row(cache, key, setting, row)
         rows.append(row)
     return {"dataset": dataset, "split": split, "samples": count, "seed": seed, "sampler": sampler_name,
-            "denoise_std": denoise_std, "rows": rows,
+            "denoise_std": denoise_std, **(decoding or {}), "rows": rows,
             "classifier": None if classifier_info is None else {"test_accuracy": classifier_info["test_accuracy"],
                                                                 "file": classifier_info["path"]}}
 

@@ -50,5 +50,9 @@ class Pixels(Modality):
         data = tokens.reshape(tokens.shape[0], side, side, p, p, self.channels).permute(0, 5, 1, 3, 2, 4)
         return data.reshape(tokens.shape[0], self.channels, self.image_size, self.image_size)
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model's images: its data's own."""
+        return self.channels, self.image_size, self.image_size
+
     def bin_width(self, levels: int) -> float:
         return 2 / levels

@@ -125,7 +125,7 @@ def flag_value(value: Any) -> str:
 
 
 def eval_command(evaluation: dict[str, Any], run_dir: Path, data_dir: str) -> str:
-    """The `tarflow eval` command that repeats the trainer's final evaluation."""
+    """The `tarflow eval` command that repeats the trainer's final evaluation (a latent model's too: one draw)."""
     words = ["tarflow", "eval", str(run_dir), "--draws", str(evaluation.get("draws", 1))]
     return join(words + (["--data-dir", data_dir] if data_dir else []))
 
@@ -137,7 +137,8 @@ def fid_command(result: dict[str, Any], run_dir: Path) -> str:
              "--count", str(result["samples"])]
     options = {"--split": reference.get("split"), "--ref-count": reference.get("images"),
                "--guidance": result.get("guidance") or None, "--guidance-rule": result.get("guidance_rule"),
-               "--temperature": result.get("temperature"), "--seed": result.get("seed")}
+               "--temperature": result.get("temperature"), "--seed": result.get("seed"),
+               "--denoise": result.get("denoise") if result.get("denoise") in ("tweedie", "none") else None}
     for option, value in options.items():
         if value is not None:
             words += [option, str(value)]

@@ -136,9 +136,7 @@ def results(contents: RunContents) -> str:
     if contents.evaluation:
         figure = figure_of(contents)
         data_dir = contents.config["train"]["data_dir"]
-        repeat = ("written by the training run (tarflow eval does not take latent models yet)"
-                  if figure.key == "latent_nats_per_dim" else
-                  "repeat: " + code(eval_command(contents.evaluation, contents.run_dir, data_dir)))
+        repeat = "repeat: " + code(eval_command(contents.evaluation, contents.run_dir, data_dir))
         parts.append(f"<h3>Test {figure.unit} (eval.json)</h3>" + table(flat(contents.evaluation)) + f"<p>{repeat}</p>")
     for path, result in contents.fids:
         parts.append(f"<h3>FID ({escape(path.name)})</h3>" + table(flat(result))

@@ -1,10 +1,11 @@
 """Samplers, kept apart from the model: they draw noise, guide, and denoise."""
 
+from .decoded import DecodedSampler, choose_denoising
 from .denoise import tweedie_denoise
 from .guidance import Guidance
 from .iterative import DenoisedSampler, IterativeDenoiser, model_score
 from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
 
-__all__ = ["BlockStrategy", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser", "JacobiSampler",
-           "SequentialSampler", "model_score", "tweedie_denoise"]
+__all__ = ["BlockStrategy", "DecodedSampler", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser",
+           "JacobiSampler", "SequentialSampler", "choose_denoising", "model_score", "tweedie_denoise"]

@@ -84,6 +84,14 @@ def encode_images(modality: Latents, data: ImageData, batch_size: int = 256, pro
     return torch.cat(chunks)
 
 
+def encode_split(modality: Latents, data: ImageData, progress: bool = False) -> LatentData:
+    """A split as the flow's data: its images encoded and scaled by the model's own shift and scale, (z - shift) *
+    scale, as `prepare_latents` makes the test split during training."""
+    raw = encode_images(modality, data, progress=progress)
+    latents = (raw - modality.shift) * modality.scale
+    return LatentData(data.name, data.split, latents, data.labels, data.levels, data.num_classes, data.classes)
+
+
 def prepare_latents(model_config: FlowConfig, train_config, data: ImageData, test: ImageData,
                     device: torch.device | str = "cpu", progress: bool = False
                     ) -> tuple[FlowConfig, LatentData, LatentData]:
