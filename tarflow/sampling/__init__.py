@@ -5,6 +5,7 @@ from .guidance import Guidance
 from .iterative import DenoisedSampler, IterativeDenoiser, model_score
 from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
+from .trajectory import TrajectorySampler
 
 __all__ = ["BlockStrategy", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser", "JacobiSampler",
-           "SequentialSampler", "model_score", "tweedie_denoise"]
+           "SequentialSampler", "TrajectorySampler", "model_score", "tweedie_denoise"]
