@@ -102,8 +102,8 @@ PRESETS: dict[str, dict] = {
                       checkpoint_every=500, sample_temperature=0.8),
     },
     # Normalizing Trajectory Model on 8x8 digits (K = 4 steps, cosine signal schedule): a shallow transporter of
-    # 2 alternating blocks x 1 layer and a 4-layer predictor shared by every step; a smoke run of minutes on 2 CPU
-    # cores. Test bits/dim is the trajectory bound's (an upper bound).
+    # 2 alternating blocks x 1 layer and a 4-layer predictor shared by every step; meant as a smoke run of minutes on
+    # 2 CPU cores (a full run not yet measured). Test bits/dim is the trajectory bound's (an upper bound).
     "digits-ntm": {
         "model": dict(architecture="ntm", image_size=8, channels=1, patch_size=2, width=64, num_blocks=2,
                       layers_per_block=1, head_dim=32, start_token="learned", predictor_layers=4, trajectory_steps=4,

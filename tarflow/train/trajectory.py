@@ -56,7 +56,8 @@ def train_trajectory(config: RunConfig, run_dir: str | Path, progress: bool = Tr
     device = pick_device(train_config.device)
     data, test = (load_dataset(train_config.dataset, split, data_dir=train_config.data_dir or None,
                                image_size=model_config.image_size, channels=model_config.channels,
-                               on_bad_image=train_config.on_bad_image, progress=progress) for split in ("train", "test"))
+                               on_bad_image=train_config.on_bad_image, progress=progress)
+                  for split in ("train", "test"))
     check_fits(model_config, data)
     check_run_dir(run_dir)
     with run_guards(run_dir) as stop:
