@@ -101,6 +101,25 @@ PRESETS: dict[str, dict] = {
         "train": dict(dataset="shakespeare", steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, eval_every=500,
                       checkpoint_every=500, sample_temperature=0.8),
     },
+    # Normalizing Trajectory Model on 8x8 digits (K = 4 steps, cosine signal schedule): a shallow transporter of
+    # 2 alternating blocks x 1 layer and a 4-layer predictor shared by every step; meant as a smoke run of minutes on
+    # 2 CPU cores (a full run not yet measured). Test bits/dim is the trajectory bound's (an upper bound).
+    "digits-ntm": {
+        "model": dict(architecture="ntm", image_size=8, channels=1, patch_size=2, width=64, num_blocks=2,
+                      layers_per_block=1, head_dim=32, start_token="learned", predictor_layers=4, trajectory_steps=4,
+                      num_classes=10),
+        "train": dict(dataset="digits", steps=600, batch_size=64, lr=2e-3, warmup_steps=50, eval_every=200,
+                      sample_every=200, checkpoint_every=200, sample_guidance=1.0, entropy_every=0),
+    },
+    # MNIST 28x28 (patch 4) as an NTM, meant as about one hour on 2 CPU cores by its cost per step against the mnist
+    # preset (2 x 2 transporter layers and 6 predictor layers on K B = 4 x 64 rows); not yet measured.
+    "mnist-ntm": {
+        "model": dict(architecture="ntm", image_size=28, channels=1, patch_size=4, width=128, num_blocks=2,
+                      layers_per_block=2, head_dim=64, start_token="learned", predictor_layers=6, trajectory_steps=4,
+                      num_classes=10),
+        "train": dict(dataset="mnist", steps=2000, batch_size=64, lr=1e-3, warmup_steps=200, eval_every=500,
+                      sample_every=500, checkpoint_every=250, sample_guidance=1.0, entropy_every=0),
+    },
     # Seconds on a CPU: for smoke tests of the whole pipeline, not for results.
     "tiny": {
         "model": dict(image_size=8, channels=1, patch_size=2, width=32, num_blocks=2, layers_per_block=1,

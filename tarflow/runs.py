@@ -32,14 +32,32 @@ def resolve_model_dir(path: str | Path) -> Path:
                       f"(config.json + model.safetensors)")
 
 
-def load_model(path: str | Path, device: str | torch.device = "auto"):
-    """(model, its directory): the TarFlow of a run or saved model directory, on ``device`` (auto: the best)."""
-    from .flows import TarFlow
+def load_model(path: str | Path, device: str | torch.device = "auto", trajectory: bool = False):
+    """(model, its directory): the TarFlow of a run or saved model directory, on ``device`` (auto: the best).
+
+    A Normalizing Trajectory Model (architecture=ntm) is returned when ``trajectory`` is true (the commands that
+    support it) and refused with a ConfigError otherwise; text models are refused.
+    """
+    from .flows import NormalizingTrajectoryModel, TarFlow
     from .flows.saving import read_config
     from .train.device import pick_device
 
     model_dir = resolve_model_dir(path)
-    if read_config(model_dir).modality == "text":
+    config = read_config(model_dir)
+    if config.modality == "text":
         raise ConfigError(f"{path} holds a text model: use `tarflow generate` and `tarflow eval` (image commands such "
                           f"as sample, calibrate and fid do not apply)")
+    if config.architecture == "ntm":
+        if not trajectory:
+            raise ConfigError(f"{path} holds a Normalizing Trajectory Model (architecture=ntm): so far `tarflow "
+                              f"sample` and `tarflow eval` support it, not this command")
+        return NormalizingTrajectoryModel.from_pretrained(model_dir, map_location=pick_device(device)), model_dir
     return TarFlow.from_pretrained(model_dir, map_location=pick_device(device)), model_dir
+
+
+def is_trajectory_model(path: str | Path) -> bool:
+    """Whether the run or model directory ``path`` holds a Normalizing Trajectory Model (errors for a bad path, as
+    loading would)."""
+    from .flows.saving import read_config
+
+    return read_config(resolve_model_dir(path)).architecture == "ntm"

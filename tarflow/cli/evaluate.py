@@ -34,10 +34,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..metrics import evaluate_bpd
     from ..metrics.model_data import check_data_fits
+    from ..runs import is_trajectory_model
     from .text import cmd_eval_text, is_text_model
+    from .trajectory import cmd_eval_trajectory
 
     if is_text_model(args.path):
         return cmd_eval_text(args)
+    if is_trajectory_model(args.path):
+        return cmd_eval_trajectory(args)
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     if model.config.modality == "latents":  # a continuous density of latents: nats/dim, not bits/dim
         return cmd_eval_latents(args, model, model_dir, name, data_dir)
@@ -208,7 +212,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def add_eval_parser(sub) -> None:
     parser = sub.add_parser("eval", help="test bits/dim (text: bits/char and the bound's name; latent models: latent "
-                            "nats/dim, as their trainer's eval.json) of a trained model, as JSON")
+                            "nats/dim, as their trainer's eval.json; ntm: the trajectory bound's bits/dim and its "
+                            "name) of a trained model, as JSON")
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")

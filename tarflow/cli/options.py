@@ -82,6 +82,14 @@ def parse_ints(text: str) -> int | list[int]:
 parse_ints.number_kind = int
 
 
+def parse_floats(text: str) -> list[float]:
+    """"0.9,0.6,0.3,0" -> [0.9, 0.6, 0.3, 0.0]: finite numbers, one per item (e.g. NTM's signal levels)."""
+    return [number(float)(part) for part in text.split(",")]
+
+
+parse_floats.number_kind = float
+
+
 def parse_weights_list(text: str) -> list[float]:
     """"0,1,2,4" -> [0.0, 1.0, 2.0, 4.0]: guidance weights, each finite and >= 0."""
     try:
@@ -108,6 +116,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 kind, metavar = parse_bool, "{true,false}"
             elif kind == int | list[int]:
                 kind, metavar = parse_ints, "INT[,INT...]"
+            elif kind == list[float] | None:
+                kind, metavar = parse_floats, "FLOAT[,FLOAT...]"
             elif kind in (int, float):
                 kind = number(kind)
             default = getattr(defaults, field.name)

@@ -14,11 +14,14 @@ from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, chec
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from ..runs import load_model
+    from ..runs import is_trajectory_model, load_model
     from ..sampling import DenoisedSampler, Guidance
     from ..sampling.guidance import default_rule
     from ..viz import save_grid, to_uint8
+    from .trajectory import cmd_sample_trajectory
 
+    if is_trajectory_model(args.path):
+        return cmd_sample_trajectory(args)
     out = check_output_file(args.out or Path(args.path) / "sample.png", "--out")
     model, model_dir = load_model(args.path, args.device)
     metadata, config = model.metadata, model.config

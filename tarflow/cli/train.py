@@ -43,7 +43,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{result['chars']:,} test characters)")
         print(f"run directory: {run_dir}  (model/, samples.txt, metrics.jsonl, eval.json)")
         return 0
-    if "latent_nats_per_dim" in result:  # a continuous density of latents: not bits/dim, not comparable with pixels
+    if "trajectory_steps" in result:  # a Normalizing Trajectory Model: bits/dim of its bound
+        print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} ({result['bound']}; "
+              f"{result['images']} {config.train.dataset} test images, {result['draws']} draw(s))")
+    elif "latent_nats_per_dim" in result:  # a continuous density of latents: not bits/dim, not comparable with pixels
         print(f"test latent nats/dim: {result['latent_nats_per_dim']:.4f} ± {result['stderr']:.4f} "
               f"({result['images']} {config.train.dataset} test images, latents + noise of the training std)")
     else:

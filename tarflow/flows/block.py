@@ -35,11 +35,14 @@ class ARFlowBlock(nn.Module):
 
     ``layers`` Transformer layers (pre-norm; attention or an AFT mixer; optional sigma-Reparam and XSA),
     learned or rotary positions, a class embedding when ``conditioned``, a noise-level embedding with
-    ``config.noise_conditioning`` (iTARFlow), an optional final LayerNorm,
+    ``config.noise_conditioning`` (iTARFlow), a projection of per-token context features when ``context_width``
+    > 0 (NTM: the features of `Condition.context` that give token t its parameters are token t's own, added at
+    the position that outputs them), an optional final LayerNorm,
     and a zero-initialised output projection, so every block starts as the identity.
     """
 
-    def __init__(self, config: FlowConfig, layers: int, order: Order, transform: Transform, conditioned: bool):
+    def __init__(self, config: FlowConfig, layers: int, order: Order, transform: Transform, conditioned: bool,
+                 context_width: int = 0):
         super().__init__()
         width, token_dim, num_tokens = config.width, config.token_dim, config.num_tokens
         self.order, self.transform = order, transform
@@ -57,6 +60,7 @@ class ARFlowBlock(nn.Module):
             self.class_embed = nn.Embedding(config.num_classes + 1, width)  # last row: the null class
             nn.init.normal_(self.class_embed.weight, std=0.02)
         self.noise_embed = NoiseLevelEmbedding(width) if config.noise_conditioning else None
+        self.context_proj = nn.Linear(context_width, width) if context_width else None
         self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, num_tokens,
                                                      config.aft_window, config.exclusive_attention,
                                                      config.sigma_reparam, config.positions == "rope")
@@ -86,6 +90,8 @@ class ARFlowBlock(nn.Module):
                 h = h + self.class_embed(condition.labels)[:, None]
             if self.noise_embed is not None:
                 h = h + self.noise_embed(condition.noise_level)[:, None]
+            if self.context_proj is not None:
+                h = h + self.context_bias(condition, pos, length)
         elif cache.input_bias is not None:  # both at once, summed when the cache was made
             h = h + cache.input_bias[:, pos:pos + length]
         rows = h.reshape(batch * length, h.shape[-1])  # the layers work on rows (R L, W): one addmm per linear
@@ -93,6 +99,12 @@ class ARFlowBlock(nn.Module):
             rows = layer(rows, condition.attn_temp, None if cache is None else cache.layer(index), pos, (batch, length))
         out = linear(self.proj_out, rows if self.norm is None else layer_norm(self.norm, rows))
         return out.view(batch, length, -1)
+
+    def context_bias(self, condition: Condition, pos: int, length: int) -> Tensor:
+        """The projected context (R, length, W) for positions pos .. pos+length-1: the features of the tokens whose
+        params they output, tokens pos+first .. pos+first+length-1 in the block's order."""
+        start = pos + self.first
+        return self.context_proj(self.order.apply(condition.context)[:, start:start + length])
 
     def params(self, x: Tensor, condition: Condition, cache: KVCache | None = None, pos: int = 0) -> Params:
         """`step`, split into the transform's parameters."""
@@ -118,14 +130,18 @@ class ARFlowBlock(nn.Module):
 
     def input_bias(self, condition: Condition) -> Tensor | None:
         """What the Transformer's input gets added at every position: the position embedding (1, T, W), the
-        class embedding (R, 1, W) and the noise-level embedding (R, 1, W), summed in that order to (R or 1, T, W);
-        None when the block has none of them."""
+        class embedding (R, 1, W), the noise-level embedding (R, 1, W) and the projected context (R, T, W; zero at
+        the last ``first`` positions, which output no params), summed in that order to (R or 1, T, W); None when
+        the block has none of them."""
         bias = None if self.pos_embed is None else self.pos_embed[None]
         embeddings = []
         if self.class_embed is not None:
             embeddings.append(self.class_embed(condition.labels)[:, None])
         if self.noise_embed is not None:
             embeddings.append(self.noise_embed(condition.noise_level)[:, None])
+        if self.context_proj is not None:
+            context = self.context_bias(condition, 0, self.num_tokens - self.first)
+            embeddings.append(nn.functional.pad(context, (0, 0, 0, self.first)))
         for embedding in embeddings:
             bias = embedding.expand(-1, self.num_tokens, -1) if bias is None else bias + embedding
         return bias

@@ -1,7 +1,8 @@
 """What a flow block reads besides its tokens, and the component that owns class labels.
 
 `Condition` carries one row per batch row (several guidance branches stacked: n B rows); models add fields
-here (iTARFlow's noise level; later a text prefix) instead of new arguments on every block method.
+here (iTARFlow's noise level, NTM's per-token context; later a text prefix) instead of new arguments on every
+block method.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from ..errors import InputError
 @dataclass
 class Condition:
     """labels (R,) with the null class for unconditional rows; attn_temp (R,) divides attention logits;
-    noise_level (R,) the noise std t of each row's data (noise-conditioned models, iTARFlow)."""
+    noise_level (R,) the noise std t of each row's data (noise-conditioned models, iTARFlow); context (R, T, W)
+    features per token, in canonical token order, that blocks built with a context width read (NTM: the
+    trajectory predictor's features of the step's noisier image)."""
 
     labels: Tensor | None = None
     attn_temp: Tensor | None = None
     noise_level: Tensor | None = None
+    context: Tensor | None = None
 
     def rows(self, default: int) -> int:
         """Rows the condition holds (``default`` when it holds none)."""
-        for values in (self.labels, self.attn_temp, self.noise_level):
+        for values in (self.labels, self.attn_temp, self.noise_level, self.context):
             if values is not None:
                 return len(values)
         return default

@@ -6,6 +6,7 @@ per-token transform and the prior, and the Transformer inside each block.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..configs import check_choices, option
@@ -15,6 +16,7 @@ from .orders import ORDERS
 from .priors import PRIORS
 
 TRANSFORM_NAMES = ("affine", "additive", "mixture", "mixture-d")
+ARCHITECTURES = ("flow", "autoregressive", "ntm")
 
 
 @dataclass
@@ -37,9 +39,11 @@ class FlowConfig:
     context: int = option(256, "text: characters (or bytes) per example window")
     chars_per_token: int = option(1, "text: characters k grouped into one flow token (patch), T = context / k")
     embed_dim: int = option(8, "text: dimensions e of each character's vector; a flow token has k e")
-    architecture: str = option("flow", "text: flow (TarFlowLM) or autoregressive (a discrete causal Transformer over "
-                               "the ids with num_blocks x layers_per_block layers: the baseline)",
-                               choices=("flow", "autoregressive"))
+    architecture: str = option("flow", "flow (TarFlow; TarFlowLM for text), autoregressive (text: a discrete causal "
+                               "Transformer over the ids with num_blocks x layers_per_block layers, the baseline) or "
+                               "ntm (pixels: a Normalizing Trajectory Model, each reverse step of a noising "
+                               "trajectory of trajectory_steps steps a shallow conditional flow, see docs/ntm.md)",
+                               choices=ARCHITECTURES)
     # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
     layers_per_block: int | list[int] = option(2, "Transformer layers in each flow block: one number for every "
@@ -60,6 +64,14 @@ class FlowConfig:
                                     "data in [-1, 1])")
     noise_level_max: float = option(0.3, "noise-conditioned models: the highest trained noise level t1, at which "
                                     "samples are generated before iterative denoising")
+    # ----- Normalizing Trajectory Models (architecture=ntm)
+    trajectory_steps: int = option(4, "ntm: steps K of the noising trajectory x_0 (data) -> x_K (noise); the model "
+                                   "generates in K steps")
+    trajectory_signal: list[float] | None = option(None, "ntm: the signal level a_k of x_k = a_k x_0 + sqrt(1 - a_k^2) "
+                                                   "eps for k = 1..K, strictly decreasing in [0, 1), e.g. "
+                                                   "0.9,0.6,0.3,0; none: a_k = cos(pi k / 2K)")
+    predictor_layers: int = option(4, "ntm: Transformer layers of the deep predictor shared by every step, which "
+                                   "reads x_k and gives step k's flow its per-token features and Gaussian")
     # ----- per-token transform and prior
     transform: str = option("affine", "per-token transform: affine z=(x-b)/sigma, additive z=x-b (with a learned "
                             "prior variance), mixture z=Phi^-1(F(x)), F a per-dimension mixture-of-Gaussians CDF "
@@ -131,8 +143,9 @@ class FlowConfig:
                               f"{self.latent_scale}, {self.latent_shift}")
         if self.context % self.chars_per_token:
             raise ConfigError(f"context={self.context} is not divisible by chars_per_token={self.chars_per_token}")
-        if self.architecture != "flow" and self.modality != "text":
+        if self.architecture == "autoregressive" and self.modality != "text":
             raise ConfigError(f"architecture={self.architecture!r} applies to modality=text only")
+        self.check_trajectory()
         if self.modality == "text" and self.num_classes:
             raise ConfigError(f"text models are unconditional: set num_classes=0, not {self.num_classes}")
         if self.width % self.head_dim:
@@ -150,6 +163,46 @@ class FlowConfig:
             raise ConfigError(f"layers_per_block lists {len(layers)} blocks but num_blocks={self.num_blocks}: give "
                               f"one layer count per block, or one number for all")
         self.layers_per_block = list(layers)
+
+    def check_trajectory(self) -> None:
+        """The NTM fields: K >= 1, a signal schedule of K strictly decreasing levels in [0, 1), and what NTM
+        does not combine with."""
+        steps = self.trajectory_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"trajectory_steps (K, the steps of the noising trajectory) must be an integer of at "
+                              f"least 1, got {steps!r}")
+        if self.predictor_layers < 1:
+            raise ConfigError(f"predictor_layers must be at least 1, got {self.predictor_layers}")
+        signal = self.trajectory_signal
+        if signal is not None:
+            if not isinstance(signal, (list, tuple)) or not all(
+                    isinstance(a, (int, float)) and not isinstance(a, bool) for a in signal):
+                raise ConfigError(f"trajectory_signal must be a list of numbers (a_1 .. a_K), got {signal!r}")
+            signal = self.trajectory_signal = [float(a) for a in signal]
+            if len(signal) != steps:
+                raise ConfigError(f"trajectory_signal lists {len(signal)} levels but trajectory_steps={steps}: give "
+                                  f"one signal level a_k per step, or none for the cosine schedule")
+            if not all(0 <= a < 1 for a in signal):
+                raise ConfigError(f"trajectory_signal levels a_k must lie in [0, 1) (a_0 = 1 is the data), got "
+                                  f"{signal}")
+            if any(later >= earlier for earlier, later in zip(signal, signal[1:])):
+                raise ConfigError(f"trajectory_signal must decrease strictly from a_1 to a_K (each step noisier "
+                                  f"than the one before), got {signal}")
+        if self.architecture != "ntm":
+            return
+        if self.modality != "pixels":
+            raise ConfigError(f"architecture=ntm models images: set modality=pixels, not {self.modality!r}")
+        if self.noise_conditioning or self.condition_top_only:
+            raise ConfigError("architecture=ntm takes the noise level and the class through its predictor: set "
+                              "noise_conditioning=false and condition_top_only=false")
+
+    @property
+    def signal_levels(self) -> list[float]:
+        """a_1 .. a_K of the noising trajectory: ``trajectory_signal``, or the cosine schedule cos(pi k / 2K)."""
+        if self.trajectory_signal is not None:
+            return list(self.trajectory_signal)
+        steps = self.trajectory_steps
+        return [math.cos(math.pi * k / (2 * steps)) if k < steps else 0.0 for k in range(1, steps + 1)]
 
     @property
     def block_layers(self) -> list[int]:

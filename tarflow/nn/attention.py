@@ -80,6 +80,9 @@ class Attention(nn.Module):
 
     ``rotary``: a `Rotary` turns queries and keys by their positions (RoPE); the cache holds turned keys.
 
+    ``causal=False`` lets every position see every other (an encoder, e.g. the trajectory predictor of
+    `tarflow.flows.trajectory`); it is for the training pass only, not the KV cache.
+
     ``linear_type`` builds the two projections (`nn.Linear`, or `SigmaReparamLinear` for sigma-Reparam).
     With ``record_entropy`` set, forward uses an explicit softmax and stores the attention entropy
     per head, H = -sum_j A_ij log A_ij averaged over queries and samples, in ``entropy`` (heads,);
@@ -87,9 +90,10 @@ class Attention(nn.Module):
     """
 
     def __init__(self, width: int, head_dim: int, exclusive: bool = False, linear_type: type[nn.Linear] = nn.Linear,
-                 rotary: Rotary | None = None):
+                 rotary: Rotary | None = None, causal: bool = True):
         super().__init__()
         self.heads, self.head_dim, self.exclusive = width // head_dim, head_dim, exclusive
+        self.causal = causal
         self.rotary = rotary
         self.qkv = linear_type(width, 3 * width)
         self.proj = linear_type(width, width)
@@ -112,7 +116,7 @@ class Attention(nn.Module):
             if self.record_entropy:
                 y = self.explicit(q, k, v)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:  # sampling: the cache holds the earlier keys and values, and the query scale (with attn_temp)
             q = q * cache.query_scale
             cache.keys[:, :, pos:pos + L] = k
@@ -129,10 +133,11 @@ class Attention(nn.Module):
         return out if shape is not None else out.view(B, L, W)
 
     def explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Causal attention with the weights A materialised; stores their entropy per head in ``entropy``."""
+        """Attention with the weights A materialised; stores their entropy per head in ``entropy``."""
         L, S = q.shape[2], k.shape[2]
         s = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
-        visible = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        visible = torch.ones(L, S, dtype=torch.bool, device=q.device)
+        visible = visible.tril() if self.causal else visible
         a = torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1)
         self.entropy = -torch.special.xlogy(a, a).detach().sum(-1).mean(dim=(0, 2))
         return a @ v

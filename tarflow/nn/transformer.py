@@ -28,11 +28,12 @@ class MLP(nn.Module):
 class TransformerLayer(nn.Module):
     """One pre-norm layer. ``mixer``: "attention" (optionally ``exclusive``, XSA) or "aft-{full,local,simple,conv}"
     over ``num_tokens`` positions (``aft_window`` for local and conv); ``sigma_reparam``: every linear layer
-    is a `SigmaReparamLinear`. The mixer is always the attribute ``attn``."""
+    is a `SigmaReparamLinear`; ``causal=False``: attention sees every position (attention mixer only). The mixer is
+    always the attribute ``attn``."""
 
     def __init__(self, width: int, head_dim: int, mlp_ratio: int, mixer: str = "attention",
                  num_tokens: int | None = None, aft_window: int = 8, exclusive: bool = False,
-                 sigma_reparam: bool = False, rotary: bool = False):
+                 sigma_reparam: bool = False, rotary: bool = False, causal: bool = True):
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
@@ -40,8 +41,10 @@ class TransformerLayer(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         if mixer == "attention":
             self.attn = Attention(width, head_dim, exclusive, linear_type,
-                                  Rotary(head_dim, num_tokens) if rotary else None)
+                                  Rotary(head_dim, num_tokens) if rotary else None, causal)
         else:
+            if not causal:
+                raise ValueError("AFT mixers are causal: causal=False needs the attention mixer")
             if num_tokens is None:
                 raise ValueError("an AFT mixer needs num_tokens")
             if exclusive or rotary:

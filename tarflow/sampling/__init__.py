@@ -6,6 +6,8 @@ from .guidance import Guidance
 from .iterative import DenoisedSampler, IterativeDenoiser, model_score
 from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
+from .trajectory import TrajectorySampler
 
 __all__ = ["BlockStrategy", "DecodedSampler", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser",
-           "JacobiSampler", "SequentialSampler", "choose_denoising", "model_score", "tweedie_denoise"]
+           "JacobiSampler", "SequentialSampler", "TrajectorySampler", "choose_denoising", "model_score",
+           "tweedie_denoise"]

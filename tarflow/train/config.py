@@ -116,6 +116,9 @@ class RunConfig:
         if self.model.noise_conditioning and self.train.noise != "uniform":
             raise ConfigError("a noise-conditioned model (noise_conditioning=true) adds its own gaussian noise t eps "
                               "to uniformly dequantized images: set noise=uniform")
+        if self.model.architecture == "ntm" and self.train.noise != "uniform":
+            raise ConfigError("a Normalizing Trajectory Model (architecture=ntm) noises uniformly dequantized images "
+                              "along its own trajectory: set noise=uniform")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -49,6 +49,9 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     if config.model.modality == "text":  # language models: their own loop over windows of ids (train/text.py)
         from .text import train_text
         return train_text(config, run_dir, progress, stop_at)
+    if config.model.architecture == "ntm":  # Normalizing Trajectory Models: their own loop (train/trajectory.py)
+        from .trajectory import train_trajectory
+        return train_trajectory(config, run_dir, progress, stop_at)
     train_config, model_config, run_dir = config.train, config.model, Path(run_dir)
     cluster, device = dist.setup(train_config.device, train_config.parallel, train_config.backend,
                                  train_config.dist_timeout_s)
