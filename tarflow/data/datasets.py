@@ -125,18 +125,20 @@ def load_digits(split: str, o: Options = Options()) -> ImageData:
 Decoded = dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]]  # split -> (images, labels, meta)
 
 
-def cached(name: str, split: str, shape: tuple[int, int, int], source: str, decode: Callable[[], Decoded],
+def cached(name: str, split: str, shape: tuple[int, ...], source: str, decode: Callable[[], Decoded],
            o: Options) -> tuple[np.ndarray, np.ndarray, dict[str, Any], Path]:
-    """``split`` from the decoded cache; on a miss, ``decode()`` and cache every split it returns."""
+    """``split`` from the decoded cache; on a miss, ``decode()`` and cache every split it returns. ``shape`` is
+    one item's: (C, H, W) for images, (F, C, H, W) for video clips."""
     path = cache.cache_path(o.cache_dir, name, split, shape, source)
-    hit = cache.load(path)
+    ndim = len(shape) + 1
+    hit = cache.load(path, ndim)
     if hit is None:
         decoded = decode()
         for s, (x, y, meta) in decoded.items():
             p = cache.cache_path(o.cache_dir, name, s, shape, source)
-            if len(x) and (s == split or cache.load(p) is None):
+            if len(x) and (s == split or cache.load(p, ndim) is None):
                 if cache.save(p, x, y, {"name": name, "split": s, **meta}) and s == split:
-                    hit = cache.load(p)
+                    hit = cache.load(p, ndim)
         if hit is None:  # not writable, or empty
             x, y, meta = decoded[split]
             hit = x, y, {**meta, "count": len(x)}
@@ -282,7 +284,7 @@ def load_images(name: str, root: Path, split: str, size: int, channels: int, o: 
 
 
 def assemble(results: list[np.ndarray | str], labels: list[int], shown: list[str], classes: list[str],
-             shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+             shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One split's (images, labels, meta) from decoded arrays or failure reasons; failures go in meta["skipped"]."""
     good = [(r, lab) for r, lab in zip(results, labels) if not isinstance(r, str)]
     x = np.stack([r for r, _ in good]) if good else np.zeros((0, *shape), np.uint8)
