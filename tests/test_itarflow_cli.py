@@ -164,7 +164,7 @@ def test_fid_samples_are_denoised_like_sample(run_dir, plain_run):
     model, _ = load_model(run_dir / "model", "cpu")
     base = SequentialSampler(model)
     sampler, said = fid_denoising(model, base, options())
-    assert sampler.denoiser == IterativeDenoiser(10, "ode") and said.startswith("iterative (10 ode")
+    assert sampler.denoiser == IterativeDenoiser(10, "ode") and said["denoise"].startswith("iterative (10 ode")
     assert fid_denoising(model, base, options("tweedie"))[0].denoiser == IterativeDenoiser(1)
     assert fid_denoising(model, base, options("none"))[0] is base
     sampler = fid_denoising(model, base, options("iterative", 2, "sde"))[0]
@@ -176,6 +176,6 @@ def test_fid_samples_are_denoised_like_sample(run_dir, plain_run):
     assert torch.equal(images, quantize(x.float(), 17))
     plain, _ = load_model(plain_run / "model", "cpu")
     plain_sampler = SequentialSampler(plain)
-    assert fid_denoising(plain, plain_sampler, options()) == (plain_sampler, None)  # fid's own denoising, as before
+    assert fid_denoising(plain, plain_sampler, options()) == (plain_sampler, {})  # fid's own denoising, as before
     with pytest.raises(ConfigError, match="for noise-conditioned models"):
         fid_denoising(plain, SequentialSampler(plain), options("iterative"))
