@@ -27,7 +27,7 @@ from ..progress import progress_bar
 from ..report import write_report
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .faults import run_guards
+from .faults import raise_if_stopped, run_guards
 from .run_dir import start_run, trim_metrics
 from .step import StepResult, ema_copy, start_optimisation, train_step
 from .trainer import every
@@ -161,10 +161,7 @@ def train_one_process(job: OneProcessJob, stop_at: int | None = None) -> dict[st
                 break
         bar.close()
         log.close()
-        if stop.requested:
-            raise stop.error(run_dir, step)
-        if run.bad_steps.exhausted:
-            raise run.bad_steps.error(run_dir, step, train_config)
+        raise_if_stopped(stop, run.bad_steps, run_dir, step, train_config)
         if step < train_config.steps:
             return {"step": step}
         result = job.finish(ema if ema is not None else model, step, t0)
