@@ -119,3 +119,12 @@ class BadSteps:
             f"training stopped at step {step}: {self.in_a_row} steps in a row ({first}..{step}) were skipped, the "
             f"last because {self.last_reason} (each is logged in {run_dir}/metrics.jsonl as bad_step). The last "
             f"good weights are saved in {run_dir}/checkpoint. Likely causes: " + "; ".join(causes) + ".", step)
+
+
+def raise_if_stopped(stop: StopSignals, bad_steps: BadSteps, run_dir: Path, step: int, config: TrainConfig) -> None:
+    """After a training loop: raise its `TrainingStopped` when a signal or ``max_bad_steps`` bad steps in a row
+    ended it (the checkpoint of ``step`` is saved by then)."""
+    if stop.requested:
+        raise stop.error(run_dir, step)
+    if bad_steps.exhausted:
+        raise bad_steps.error(run_dir, step, config)

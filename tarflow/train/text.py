@@ -1,4 +1,5 @@
-"""The training loop of text models (TarFlowLM and its discrete baseline), read top to bottom.
+"""Training text models (TarFlowLM and its discrete baseline): what they do their own way in the one-process loop
+(`loop.train_one_process`).
 
 The same optimisation step as images (`step.train_step`: AdamW, warmup + cosine, clipping, EMA, bad-step
 skipping), with a batch of random windows of ``context`` ids and the loss -log p(ids) / context in nats per
@@ -9,7 +10,6 @@ test bits/char use every non-overlapping window of their split. A run directory 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -22,16 +22,11 @@ from ..data.text import TextData, load_text
 from ..errors import ConfigError
 from ..flows.language import bits_per_char, bound_name, build_language_model, log_likelihood
 from ..io import atomic_write_text
-from ..progress import progress_bar
-from ..report import write_report
 from ..sampling.text import generate
-from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .device import pick_device
-from .faults import run_guards
-from .step import ema_copy, start_optimisation, train_step
-from .run_dir import check_run_dir, start_run, trim_metrics
-from .trainer import every
+from .loop import OneProcessJob, train_one_process
+from .run_dir import check_run_dir
 
 EVAL_BATCH = 64
 
@@ -70,93 +65,77 @@ def evaluate_text(model, data: TextData, context: int, seed: int = 0, draws: int
 
 def train_text(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at: int | None = None
                ) -> dict[str, Any]:
-    """Train (or resume) a text model in ``run_dir``; return the final test evaluation (see the module doc).
+    """Train (or resume) a text model in ``run_dir`` with `loop.train_one_process`; return the final test evaluation
+    (see the module doc).
 
     One process, in float32 (the codebook's distances lose too much in bf16); not under torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("text models train in one process: run `tarflow train` without torchrun")
     config, splits = load_splits(config)
-    train_config, model_config, run_dir = config.train, config.model, Path(run_dir)
+    run_dir = Path(run_dir)
     check_run_dir(run_dir)
-    device = pick_device(train_config.device)
-    with run_guards(run_dir) as stop:
-        torch.manual_seed(train_config.seed)
-        model = build_language_model(model_config).to(device)
-        ema = ema_copy(model, train_config)
-        step, elapsed = 0, 0.0
-        checkpoint = start_run(run_dir, config)
-        run = start_optimisation(model, train_config, device, None, ema, lambda ids, _: log_likelihood(model, ids))
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model, ema)
-            step, elapsed = state["step"], state["elapsed_s"]
-            torch.set_rng_state(state["rng"]["torch"])
-            run.optimizer.load_state_dict(state["optimizer"])
-            run.restore(state)
-            print(f"resuming {run_dir} from step {step}")
-        trim_metrics(run_dir, step)
-        print(f"training {model_config.architecture} on {device}: {sum(p.numel() for p in model.parameters()):,} "
-              f"parameters, {len(splits['train']):,} training tokens")
-        log = open(run_dir / "metrics.jsonl", "a")
-        bar = progress_bar(total=train_config.steps, initial=step, desc="train", enabled=progress,
-                           every_steps=train_config.log_every, unit="step")  # a log file: a line every log_every steps
-        t0, window = time.perf_counter() - elapsed, []
-        model.train()
-        while step < train_config.steps:
-            generator = torch.Generator().manual_seed(train_config.seed * 1_000_003 + 7_919 * (step + 1))
-            ids = splits["train"].random_windows(train_config.batch_size, model_config.context, generator)
-            result = train_step(run, ids.to(device), None, step)
-            step += 1
-            record = {}
-            if not result.skipped:
-                window.append(result.loss.item() / math.log(2))
-                bar.set_postfix(bits_per_char=f"{window[-1]:.3f}", refresh=False)
-            bar.update(1)  # after the postfix, so a log line shows this step's figure
-            if (step % train_config.log_every == 0 or step == train_config.steps) and window:
-                record.update(train_bits_per_char=sum(window) / len(window), lr=run.scheduler.get_last_lr()[0],
-                              grad_norm=result.grad_norm.item())
-                window = []
-            if every(step, train_config.eval_every, train_config.steps):
-                evaluated = evaluate_text(ema if ema is not None else model, splits["validation"],
-                                          model_config.context, train_config.seed)
-                record["validation_bits_per_char"] = evaluated["bits_per_char"]
-                bar.write(f"step {step}: validation bits/char {evaluated['bits_per_char']:.4f}")
-                model.train()
-            if every(step, train_config.sample_every, train_config.steps):
-                write_sample(ema if ema is not None else model, splits["test"],
-                             run_dir / "samples" / f"step_{step:06d}.txt", train_config.sample_temperature,
-                             train_config.seed)
-                model.train()
-            if record:
-                record.update(step=step, elapsed_s=round(time.perf_counter() - t0, 3))
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if "validation_bits_per_char" in record:
-                write_report(run_dir)  # RUN/report.html, refreshed at every evaluation
-            halt = step == stop_at or stop.requested or run.bad_steps.exhausted
-            if every(step, train_config.checkpoint_every, train_config.steps) or halt:
-                state = run.state(step, time.perf_counter() - t0, run.optimizer.state_dict())
-                save_checkpoint(run_dir, model.state_dict(), None if ema is None else ema.state_dict(), state)
-            if halt:
-                break
-        bar.close()
-        log.close()
-        if stop.requested:
-            raise stop.error(run_dir, step)
-        if run.bad_steps.exhausted:
-            raise run.bad_steps.error(run_dir, step, train_config)
-        if step < train_config.steps:
-            return {"step": step}
-        final = ema if ema is not None else model
+    device = pick_device(config.train.device)
+    return train_one_process(TextJob(config, run_dir, device, progress, amp=None, splits=splits), stop_at)
+
+
+@dataclasses.dataclass
+class TextJob(OneProcessJob):
+    """What a text model does its own way in the training loop: random windows of ids, bits/char figures, validation
+    bits/char at evaluations, a generated continuation as samples, and test bits/char as the result."""
+
+    splits: dict[str, TextData]
+
+    def build(self):
+        return build_language_model(self.config.model).to(self.device)
+
+    def log_prob(self, model, ids, labels):
+        return log_likelihood(model, ids)
+
+    def batch(self, model, step):
+        """``batch_size`` random windows of ``context`` ids, drawn with a generator seeded by (seed, step)."""
+        train_config = self.config.train
+        generator = torch.Generator().manual_seed(train_config.seed * 1_000_003 + 7_919 * (step + 1))
+        ids = self.splits["train"].random_windows(train_config.batch_size, self.config.model.context, generator)
+        return ids.to(self.device), None
+
+    def describe(self, model):
+        return self.config.model.architecture, f"{len(self.splits['train']):,} training tokens"
+
+    def figure(self, loss):
+        """Bits/char: loss / ln 2 (the loss is in nats per character)."""
+        return loss / math.log(2)
+
+    def postfix(self, loss, figure):
+        return {"bits_per_char": f"{figure:.3f}"}
+
+    def log_record(self, result, figure, lr):
+        return {"train_bits_per_char": figure, "lr": lr, "grad_norm": result.grad_norm.item()}
+
+    def skipped(self, result, step, say):
+        """Nothing: text runs do not log skipped steps (images and trajectory models do), as before the shared loop."""
+        return {}
+
+    def evaluate(self, model, step, say):
+        evaluated = evaluate_text(model, self.splits["validation"], self.config.model.context, self.config.train.seed)
+        say(f"step {step}: validation bits/char {evaluated['bits_per_char']:.4f}")
+        return {"validation_bits_per_char": evaluated["bits_per_char"]}
+
+    def sample(self, model, step):
+        self.sample_file(model, self.run_dir / "samples" / f"step_{step:06d}.txt")
+
+    def finish(self, model, step, started):
+        train_config = self.config.train
         metadata = {"dataset": train_config.dataset, "data_dir": train_config.data_dir, "steps": step}
-        final.save_pretrained(run_dir / "model", metadata)
-        result = evaluate_text(final, splits["test"], model_config.context, train_config.seed, train_config.eval_draws)
-        result.update(dataset=train_config.dataset, split="test", steps=step, device=str(device),
-                      train_time_s=round(time.perf_counter() - t0, 1))
-        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
-        write_sample(final, splits["test"], run_dir / "samples.txt", train_config.sample_temperature,
-                     train_config.seed)
-        write_report(run_dir)
+        model.save_pretrained(self.run_dir / "model", metadata)
+        result = evaluate_text(model, self.splits["test"], self.config.model.context, train_config.seed,
+                               train_config.eval_draws)
+        result.update(dataset=train_config.dataset, split="test", steps=step, device=str(self.device),
+                      train_time_s=round(time.perf_counter() - started, 1))
+        self.sample_file(model, self.run_dir / "samples.txt")
         return result
+
+    def sample_file(self, model, path: Path) -> None:
+        write_sample(model, self.splits["test"], path, self.config.train.sample_temperature, self.config.train.seed)
 
 
 def write_sample(model, data: TextData, path: Path, temperature: float, seed: int, length: int = 200) -> None:

@@ -27,7 +27,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
 from . import distributed as dist
 from .device import amp_dtype
-from .faults import StopSignals, run_guards
+from .faults import StopSignals, raise_if_stopped, run_guards
 from .latents import LatentData, evaluate_latent_nll, image_geometry, prepare_latents
 from .noise_levels import add_noise_levels
 from .run_dir import check_run_dir, start_run, trim_metrics
@@ -196,10 +196,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         log.close()
     if board is not None:
         board.close()
-    if stop.requested:
-        raise stop.error(run_dir, step)
-    if run.bad_steps.exhausted:
-        raise run.bad_steps.error(run_dir, step, train_config)
+    raise_if_stopped(stop, run.bad_steps, run_dir, step, train_config)
     if step < train_config.steps:
         return {"step": step}
 
