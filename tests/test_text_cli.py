@@ -92,6 +92,36 @@ def test_text_run_report_has_bits_per_char_curves_and_text_samples(text_file, tm
     assert "characters/s" in page and "tarflow train --preset shakespeare" in page
 
 
+def test_a_bad_text_step_is_skipped_and_logged_as_for_images(text_file, tmp_path, monkeypatch):
+    """A non-finite loss at step 2 skips that step and is logged as bad_step (grad_norm null), and every metrics
+    line is strict JSON (no Infinity)."""
+    import tarflow.train.text as text_training
+
+    calls = []
+    exact = text_training.log_likelihood
+
+    def broken_at_step_two(model, ids, *rest):
+        value = exact(model, ids, *rest)
+        if model.training:
+            calls.append(1)
+            if len(calls) == 2:
+                return value * float("nan")
+        return value
+
+    monkeypatch.setattr(text_training, "log_likelihood", broken_at_step_two)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare", "--out", str(run), "--data-dir", str(text_file), *TINY,
+                 "--steps", "4", "--log-every", "1"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    records = [json.loads(line, parse_constant=refuse) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    second = next(record for record in records if record["step"] == 2)
+    assert second["bad_step"] == "the loss is nan" and second.get("grad_norm") is None
+    assert all("bad_step" not in record for record in records if record["step"] != 2)
+
+
 def test_class_conditional_text_model_is_refused(text_file, tmp_path, capsys):
     code = main(["train", "--preset", "shakespeare", "--out", str(tmp_path / "run"), "--data-dir", str(text_file),
                  *TINY, "--num-classes", "3"])

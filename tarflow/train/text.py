@@ -109,11 +109,8 @@ class TextJob(OneProcessJob):
         return {"bits_per_char": f"{figure:.3f}"}
 
     def log_record(self, result, figure, lr):
-        return {"train_bits_per_char": figure, "lr": lr, "grad_norm": result.grad_norm.item()}
-
-    def skipped(self, result, step, say):
-        """Nothing: text runs do not log skipped steps (images and trajectory models do), as before the shared loop."""
-        return {}
+        return {"train_bits_per_char": figure, "lr": lr,
+                "grad_norm": None if result.skipped else result.grad_norm.item()}
 
     def evaluate(self, model, step, say):
         evaluated = evaluate_text(model, self.splits["validation"], self.config.model.context, self.config.train.seed)
