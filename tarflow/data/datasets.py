@@ -293,17 +293,19 @@ def assemble(results: list[np.ndarray | str], labels: list[int], shown: list[str
     return x, y, {"classes": classes, "total": len(results), "skipped": skipped}
 
 
-def report_bad(name: str, root: Path, split: str, meta: dict[str, Any], on_bad_image: str, path: Path) -> None:
-    """Unreadable images: a DataError listing them (on_bad_image="error"), else one warning with the count."""
+def report_bad(name: str, root: Path, split: str, meta: dict[str, Any], policy: str, path: Path, items: str = "images",
+               option: str = "on_bad_image", hint: str = "", warning: type[Warning] | None = None) -> None:
+    """Unusable ``items`` of a folder dataset: a DataError listing them (``option`` = "error"), else one warning
+    (``warning``, default BadImageWarning) with the count; ``hint`` adds a way to fix them."""
     skipped = meta["skipped"]
     if not skipped:
         return
     shown = "; ".join(f"{p} ({why})" for p, why in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-    if on_bad_image == "error":
-        raise DataError(f"{name}: {len(skipped)} of the {meta['total']} {split} images in {root} cannot be used: "
-                        f"{shown}. Fix or remove them, or set on_bad_image='skip' to leave them out.")
-    warnings.warn(f"{name}: skipped {len(skipped)} of the {meta['total']} {split} images in {root} that cannot be "
-                  f"used: {shown} (full list: {path / 'meta.json'})", BadImageWarning, stacklevel=3)
+    if policy == "error":
+        raise DataError(f"{name}: {len(skipped)} of the {meta['total']} {split} {items} in {root} cannot be used: "
+                        f"{shown}. Fix or remove them, {hint}or set {option}='skip' to leave them out.")
+    warnings.warn(f"{name}: skipped {len(skipped)} of the {meta['total']} {split} {items} in {root} that cannot be "
+                  f"used: {shown} (full list: {path / 'meta.json'})", warning or BadImageWarning, stacklevel=3)
 
 
 class BadImageWarning(UserWarning):

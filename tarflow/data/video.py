@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from ..errors import ConfigError, DataError, InputError
 from ..progress import progress_bar
 from ..video_io import VIDEO_SUFFIXES, read_frames
 from . import moving_mnist
-from .datasets import SOURCES, Decoded, Options, assemble, cached, load_dataset
+from .datasets import SOURCES, Decoded, Options, assemble, cached, load_dataset, report_bad
 from .download import default_cache_dir
 from .images import BadImage, center_square, decode, layout, to_mode
 
@@ -152,20 +151,6 @@ class BadClipWarning(UserWarning):
     """Clips left out of a video dataset because they cannot be decoded or are too short (on_bad_clip="skip")."""
 
 
-def report_bad_clips(root: Path, split: str, meta: dict[str, Any], on_bad_clip: str, path: Path) -> None:
-    """Unusable clips: a DataError listing them (on_bad_clip="error"), else one warning with the count."""
-    skipped = meta["skipped"]
-    if not skipped:
-        return
-    shown = "; ".join(f"{p} ({why})" for p, why in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-    if on_bad_clip == "error":
-        raise DataError(f"video-folder: {len(skipped)} of the {meta['total']} {split} clips in {root} cannot be "
-                        f"used: {shown}. Fix or remove them, lower frame_count or frame_stride if they are too "
-                        f"short, or set on_bad_clip='skip' to leave them out.")
-    warnings.warn(f"video-folder: skipped {len(skipped)} of the {meta['total']} {split} clips in {root} that cannot "
-                  f"be used: {shown} (full list: {path / 'meta.json'})", BadClipWarning, stacklevel=3)
-
-
 def load_video_folder(split: str, root: Path, image_size: int, frame_count: int, channels: int, frame_stride: int,
                       on_bad_clip: str, cache_dir: Path, progress: bool) -> VideoData:
     """A split of a folder of clips; the layout (class sub-folders, train/ and test/, else 1 in 10 clips held out
@@ -196,7 +181,8 @@ def load_video_folder(split: str, root: Path, image_size: int, frame_count: int,
         return {split: assemble(results, [labels[i] for i in chosen], shown, classes, shape)}
 
     x, y, meta, path = cached("video-folder", split, shape, source, decode_split, Options(cache_dir=cache_dir))
-    report_bad_clips(root, split, meta, on_bad_clip, path)
+    report_bad("video-folder", root, split, meta, on_bad_clip, path, "clips", "on_bad_clip",
+               "lower frame_count or frame_stride if they are too short, ", BadClipWarning)
     if not len(x):
         raise DataError(f"video-folder: the {split} split of {root} holds no usable clips ({meta['total']} found, "
                         f"{len(meta['skipped'])} unusable). Without train/ and test/ folders 1 in 10 clips is held "
