@@ -76,6 +76,34 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+class Pool(torch.nn.Module):
+    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features, shaped (N, 48, 1, 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
+
+
+def scripted(module, path):
+    """``module`` saved as a TorchScript file at ``path`` (a feature extractor as FID reads one)."""
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pool_weights(tmp_path_factory):
+    """The scripted `Pool`, as a FID feature-extractor file."""
+    return scripted(Pool(), tmp_path_factory.mktemp("fx") / "pool.pt")
+
+
+def latent_config(autoencoder, **options) -> FlowConfig:
+    """4x4x4 latents of 8x8 digits (the tiny autoencoder downsamples x2), patch 1, a deep-shallow stack."""
+    settings = dict(modality="latents", autoencoder=str(autoencoder), image_size=4, channels=4, patch_size=1,
+                    width=16, num_blocks=3, layers_per_block=[1, 1, 2], head_dim=8, num_classes=10,
+                    condition_top_only=True, start_token="learned", positions="rope", scale="softplus",
+                    log_scale_clip=4.0, latent_scale=2.0, latent_shift=0.25)
+    return FlowConfig(**{**settings, **options})
+
+
 def save_tiny_autoencoder(path, channels: int = 1, latent_channels: int = 4, seed: int = 0, metadata=None):
     """A random KL autoencoder (downsample x2) saved in ``path``, for latent models."""
     from tarflow.autoencoders import AutoencoderConfig, KLAutoencoder

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import save_tiny_autoencoder
+from conftest import Pool, save_tiny_autoencoder
 from tarflow.autoencoders import (AutoencoderConfig, AutoencoderTrainConfig, KLAutoencoder, autoencoder_geometry,
                                   load_autoencoder)
 from tarflow.autoencoders.train import evaluate_psnr, to_model_space, train_autoencoder
@@ -271,12 +271,6 @@ def test_latent_flow_over_a_diffusers_autoencoder_round_trips(tmp_path):
 
 
 # ----- FID of reconstructions --------------------------------------------------------------------
-
-class Pool(torch.nn.Module):
-    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features (N, 48, 1, 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")

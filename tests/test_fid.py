@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import scripted
 from tarflow import FlowConfig, TarFlow
 from tarflow.cli import main
 from tarflow.metrics.fid import (TF_INPUT_RANGE, FeatureExtractor, FeatureExtractorError, FIDStats, RunningStats,
@@ -124,26 +125,12 @@ class Probe(torch.nn.Module):
         return torch.cat([flat.amin(dim=(1, 2))[:, None], flat.amax(dim=(1, 2))[:, None], flat.mean(2), size], 1)
 
 
-class Pool(torch.nn.Module):
-    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features, shaped (N, 48, 1, 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
-
 
 class Flat(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(1, 2, 3))  # (N,): not a feature matrix
 
 
-def scripted(module, path):
-    torch.jit.save(torch.jit.script(module), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def pool_weights(tmp_path_factory):
-    return scripted(Pool(), tmp_path_factory.mktemp("fx") / "pool.pt")
 
 
 def test_extractor_input_convention(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import randomise, save_tiny_autoencoder
+from conftest import latent_config, randomise, save_tiny_autoencoder
 from tarflow import ConfigError, FlowConfig, TarFlow
 from tarflow.autoencoders import load_autoencoder
 from tarflow.cli import main
@@ -26,32 +26,12 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 SIGMA = 0.3
 
 
-class Pool(torch.nn.Module):
-    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features, shaped (N, 48, 1, 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
-
-
-@pytest.fixture(scope="module")
-def pool_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fx") / "pool.pt"
-    torch.jit.save(torch.jit.script(Pool()), str(path))
-    return path
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
 
-
-def latent_config(autoencoder, **options) -> FlowConfig:
-    """4x4x4 latents of 8x8 digits (the tiny autoencoder downsamples x2), patch 1, a deep-shallow stack."""
-    settings = dict(modality="latents", autoencoder=str(autoencoder), image_size=4, channels=4, patch_size=1,
-                    width=16, num_blocks=3, layers_per_block=[1, 1, 2], head_dim=8, num_classes=10,
-                    condition_top_only=True, start_token="learned", positions="rope", scale="softplus",
-                    log_scale_clip=4.0, latent_scale=2.0, latent_shift=0.25)
-    return FlowConfig(**{**settings, **options})
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_tiny_autoencoder
+from conftest import latent_config, save_tiny_autoencoder
 from tarflow import CheckpointError, ConfigError, FlowConfig, InputError, TarFlow
 from tarflow.autoencoders import load_autoencoder
 from tarflow.cli import main
@@ -24,14 +24,6 @@ from tarflow.train.latents import encode_images, evaluate_latent_nll, prepare_la
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def latent_config(autoencoder, **options) -> FlowConfig:
-    """4x4x4 latents of 8x8 digits (the tiny autoencoder downsamples x2), patch 1, a deep-shallow stack."""
-    settings = dict(modality="latents", autoencoder=str(autoencoder), image_size=4, channels=4, patch_size=1,
-                    width=16, num_blocks=3, layers_per_block=[1, 1, 2], head_dim=8, num_classes=10,
-                    condition_top_only=True, start_token="learned", positions="rope", scale="softplus",
-                    log_scale_clip=4.0, latent_scale=2.0, latent_shift=0.25)
-    return FlowConfig(**{**settings, **options})
 
 
 def test_encode_and_decode_are_the_autoencoders_scaled(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tarflow.cli import main
 from tarflow.metrics.sweep import Setting, settings_grid
@@ -18,12 +17,6 @@ SWEEP = ["--guidance", "0,2", "--temperature", "0.9,1", "--count", "20", "--clas
          "--sampler", "sequential", "--sample-batch", "8", "--no-progress"]
 
 
-class Pool(torch.nn.Module):
-    """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features, shaped (N, 48, 1, 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(x.shape[0], 48, 1, 1)
-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -31,12 +24,6 @@ def run_dir(tmp_path_factory):
     assert main(["train", "--out", str(run), *TINY]) == 0
     return run
 
-
-@pytest.fixture(scope="module")
-def pool_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fx") / "pool.pt"
-    torch.jit.save(torch.jit.script(Pool()), str(path))
-    return path
 
 
 def test_grid_varies_the_rule_only_with_guidance():
