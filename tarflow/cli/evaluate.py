@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .latents import cmd_eval_latents, latent_decoding
 from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
                       add_sampling_options, check_output_file, number, parse_weights_list)
-from .sample import choose_denoiser, choose_sampler
+from .sample import choose_denoiser, choose_sampler, sampler_per_guidance
 
 
 def load_model_for_metrics(args: argparse.Namespace):
@@ -164,13 +164,7 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
     rule = args.guidance_rule or default_rule(model.config)
     decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
     batch = min(args.sample_batch, args.count)
-    samplers = {}  # one choice (and at most one note) per guidance setting
-
-    def sampler_for(guidance):
-        if (guidance is None) not in samplers:
-            sampler = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)[0]
-            samplers[guidance is None] = decoding.wrap(sampler) if decoding else sampler
-        return samplers[guidance is None]
+    sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
 
     result = guidance_accuracy(model, name, weights, args.count, rule, sampler_for, args.temperature, args.seed,
                                batch, args.classifier_steps, data_dir, progress=not args.no_progress)

@@ -161,6 +161,21 @@ def choose_sampler(model, model_dir: Path, name: str, batch: int, guidance, cali
     return sampler, f"{described} sampler, chosen automatically (from {file}: {entry['reason']})"
 
 
+def sampler_per_guidance(model, model_dir: Path, args: argparse.Namespace, batch: int, decoding=None):
+    """``sampler_for(guidance)`` for the metric commands that draw with several settings: `choose_sampler`'s
+    choice (and at most one note) once for guided and once for unguided settings, wrapped by a latent model's
+    ``decoding`` (see cli/latents.py) when given."""
+    samplers = {}
+
+    def sampler_for(guidance):
+        if (guidance is None) not in samplers:
+            sampler = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)[0]
+            samplers[guidance is None] = decoding.wrap(sampler) if decoding else sampler
+        return samplers[guidance is None]
+
+    return sampler_for
+
+
 def calibrate_command(model_dir: Path, batch: int, guidance) -> str:
     """The `tarflow calibrate` command line that measures the entry ``choose_sampler`` looked for."""
     command = f"tarflow calibrate {model_dir} --count {batch}"

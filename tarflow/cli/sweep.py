@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .options import add_latent_denoise_option, add_sampler_options, check_output_file, number, parse_weights_list
-from .sample import choose_sampler
+from .sample import sampler_per_guidance
 
 
 def cmd_sweep_sampling(args: argparse.Namespace) -> int:
@@ -30,13 +30,7 @@ def cmd_sweep_sampling(args: argparse.Namespace) -> int:
     decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
     extractor = FeatureExtractor(args.weights, device=model.device) if args.weights else None
     batch = min(args.sample_batch, args.count)
-    samplers = {}
-
-    def sampler_for(guidance):
-        if (guidance is None) not in samplers:
-            sampler = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)[0]
-            samplers[guidance is None] = decoding.wrap(sampler) if decoding else sampler
-        return samplers[guidance is None]
+    sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
 
     decoded = None  # how the samples were decoded, with the decoder's weights: part of the cache key
     if decoding:

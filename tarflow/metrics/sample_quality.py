@@ -82,18 +82,8 @@ def guidance_accuracy(model, dataset: str, weights: list[float] = (0, 1, 2, 4), 
     if not config.num_classes:
         raise ConfigError("guidance-accuracy measures whether samples show the class they were drawn for: it needs a "
                           "class-conditional model, and this one is unconditional")
-    budget = TrainBudget(steps=classifier_steps)
-    classifier, info = dataset_classifier(dataset, data_dir=data_dir, budget=budget, progress=progress,
-                                          **folder_size(model, dataset))
-    fitted = classifier.config
-    channels, side = image_geometry(model)
-    if (fitted.channels, fitted.image_size, fitted.num_classes) != (channels, side, config.num_classes):
-        raise ConfigError(f"dataset {dataset!r} ({fitted.channels}x{fitted.image_size}x{fitted.image_size}, "
-                          f"{fitted.num_classes} classes) does not fit the model ({channels}x{side}x{side}, "
-                          f"{config.num_classes} classes): pass the dataset it was trained on with --dataset")
+    classifier, info = fitted_classifier(model, dataset, classifier_steps, data_dir, progress)
     levels = model_levels(model)
-    if levels != fitted.levels:
-        raise ConfigError(f"the model's data has {levels} levels, dataset {dataset!r} has {fitted.levels}")
     sampler_for = sampler_for or (lambda guidance: default_sampler(model))
     labels = torch.arange(count) % config.num_classes
     rows = []
@@ -108,3 +98,22 @@ def guidance_accuracy(model, dataset: str, weights: list[float] = (0, 1, 2, 4), 
                      "samples": count})
     return {"dataset": dataset, "temperature": temperature, "guidance_rule": rule, "seed": seed, "rows": rows,
             "classifier": {"test_accuracy": info["test_accuracy"], "cached": info["cached"], "file": info["path"]}}
+
+
+def fitted_classifier(model, dataset: str, classifier_steps: int = 1000, data_dir: str | os.PathLike | None = None,
+                      progress: bool = True):
+    """(classifier, info): the small classifier of ``dataset`` (trained once and cached, see `dataset_classifier`),
+    checked to fit the images the class-conditional ``model`` draws: channels, size, classes and pixel levels."""
+    config = model.config
+    classifier, info = dataset_classifier(dataset, data_dir=data_dir, budget=TrainBudget(steps=classifier_steps),
+                                          progress=progress, **folder_size(model, dataset))
+    fitted = classifier.config
+    channels, side = image_geometry(model)
+    if (fitted.channels, fitted.image_size, fitted.num_classes) != (channels, side, config.num_classes):
+        raise ConfigError(f"dataset {dataset!r} ({fitted.channels}x{fitted.image_size}x{fitted.image_size}, "
+                          f"{fitted.num_classes} classes) does not fit the model ({channels}x{side}x{side}, "
+                          f"{config.num_classes} classes): pass the dataset it was trained on with --dataset")
+    levels = model_levels(model)
+    if levels != fitted.levels:
+        raise ConfigError(f"the model's data has {levels} levels, dataset {dataset!r} has {fitted.levels}")
+    return classifier, info

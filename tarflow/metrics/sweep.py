@@ -23,9 +23,9 @@ import torch
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..sampling import Guidance
-from .classifier import TrainBudget, dataset_classifier
 from .fid import FeatureExtractor, dataset_statistics, fid_from_stats
 from .model_data import denoise_std_of, folder_size, model_levels
+from .sample_quality import fitted_classifier
 from .samples import default_sampler, generate_levels
 
 
@@ -80,8 +80,7 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
     size = folder_size(model, dataset)
     classifier, classifier_info = None, None
     if config.num_classes:
-        classifier, classifier_info = dataset_classifier(dataset, data_dir=data_dir, progress=progress,
-                                                         budget=TrainBudget(steps=classifier_steps), **size)
+        classifier, classifier_info = fitted_classifier(model, dataset, classifier_steps, data_dir, progress)
     reference = None
     if extractor is not None:
         reference, _ = dataset_statistics(extractor, dataset, split, ref_count, seed=0, data_dir=data_dir,
