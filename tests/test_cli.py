@@ -178,3 +178,18 @@ def test_resume_may_change_where_a_run_executes_not_what_it_computes(tmp_path, c
     assert main(["train", "--resume", str(run), "--lr", "0.1"]) == 2
     assert "only --data-dir, --device" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--device", "cpu", "--no-progress"]) == 0
+
+
+def test_the_sample_guidance_rule_is_stored():
+    """--sample-guidance-rule picks the rule stored with the model; auto keeps each modality's default."""
+    import dataclasses
+
+    from tarflow.presets import get_preset
+    from tarflow.train.trainer import sampling_settings
+
+    config = get_preset("tiny")
+    assert sampling_settings(config.train, config.model)["guidance_rule"] == "tarflow"
+    starflow = dataclasses.replace(config.train, sample_guidance_rule="starflow")
+    assert sampling_settings(starflow, config.model)["guidance_rule"] == "starflow"
+    latent = dataclasses.replace(config.model, modality="latents", autoencoder="ae")
+    assert sampling_settings(config.train, latent)["guidance_rule"] == "starflow"

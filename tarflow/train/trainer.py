@@ -341,7 +341,9 @@ def sampling_settings(train_config: TrainConfig, model_config: FlowConfig) -> di
     temperature, and for a class-conditional model the guidance weight and rule."""
     settings: dict[str, Any] = {"temperature": train_config.sample_temperature}
     if model_config.num_classes:
-        settings.update(guidance=train_config.sample_guidance, guidance_rule=default_rule(model_config))
+        rule = train_config.sample_guidance_rule
+        settings.update(guidance=train_config.sample_guidance,
+                        guidance_rule=default_rule(model_config) if rule == "auto" else rule)
     return settings
 
 
