@@ -215,12 +215,13 @@ def test_guidance_accuracy_classifies_decoded_samples(latent_model, tmp_path, ca
         assert row["accuracy"] == pytest.approx((predicted == torch.arange(20) % 10).double().mean().item())
 
 
-def test_pixel_models_refuse_the_latent_denoise_option(tmp_path, capsys):
+def test_pixel_models_without_gaussian_noise_refuse_the_denoise_option(tmp_path, capsys):
+    """Nothing to denoise: the model was trained with uniform dequantization (its metadata has no noise)."""
     TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=1, head_dim=8,
                        num_classes=10)).save_pretrained(tmp_path / "pixels", {"dataset": "digits", "levels": 17})
     assert main(["guidance-accuracy", str(tmp_path / "pixels"), "--denoise", "tweedie", "--plot",
                  str(tmp_path / "a.png"), "--no-progress"]) == 2
-    assert "chooses how a latent model's samples are decoded" in capsys.readouterr().err
+    assert "trained without gaussian noise, so its samples have none to remove" in capsys.readouterr().err
 
 
 def test_sweep_measures_decoded_samples_and_a_new_decoder_is_a_new_cache_entry(latent_model, pool_weights, tmp_path,

@@ -76,3 +76,49 @@ def test_unconditional_model_needs_fid_and_bad_lists_are_errors(tmp_path, capsys
     assert "--guidance-rule takes tarflow, starflow or both" in capsys.readouterr().err
     assert main(["sweep-sampling", str(run), "--temperature", "0.9,-1"]) == 2
     assert "positive finite" in capsys.readouterr().err
+
+
+def test_no_denoise_measures_the_raw_samples_of_a_gaussian_noise_model(pool_weights, tmp_path, capsys):
+    """--no-denoise on a pixel model trained with gaussian noise skips its one Tweedie step, in sweep-sampling,
+    guidance-accuracy and fid alike: the rows are those of the raw samples, not the denoised ones, and the cache
+    keeps the two apart."""
+    from tarflow.metrics.classifier import TrainBudget, dataset_classifier
+    from tarflow.metrics.samples import generate_levels
+    from tarflow.runs import load_model
+    from tarflow.sampling import SequentialSampler
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *TINY, "--noise", "gaussian", "--noise-std", "0.3"]) == 0
+    model, _ = load_model(run, "cpu")
+    classifier, _ = dataset_classifier("digits", budget=TrainBudget(steps=30), progress=False)
+    labels = __import__("torch").arange(20) % 10
+
+    def consistency(denoise_std):
+        images = generate_levels(SequentialSampler(model), 20, labels, 17, 1.0, None, denoise_std, 8, 0,
+                                 progress=False)
+        return (classifier.predict(images) == labels).double().mean().item(), images
+
+    raw, raw_images = consistency(None)
+    denoised, denoised_images = consistency(0.3)
+    assert not raw_images.equal(denoised_images)  # so the step matters here
+    out = tmp_path / "sweep"
+    sweep = ["sweep-sampling", str(run), "--guidance", "0", "--count", "20", "--classifier-steps", "30",
+             "--sampler", "sequential", "--sample-batch", "8", "--no-progress", "--out", str(out)]
+    assert main([*sweep, "--no-denoise"]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert (result["denoise"], result["denoise_std"]) == ("none", None)
+    assert result["rows"][0]["consistency"] == pytest.approx(raw)
+    assert main(sweep) == 0  # the same cache, denoised: a new row, not the cached raw one
+    assert json.loads((out / "sweep.json").read_text())["rows"][0]["consistency"] == pytest.approx(denoised)
+    capsys.readouterr()
+    assert main(["guidance-accuracy", str(run), "--guidance", "0", "--count", "20", "--classifier-steps", "30",
+                 "--sampler", "sequential", "--sample-batch", "8", "--no-progress", "--no-denoise",
+                 "--plot", str(tmp_path / "accuracy.png")]) == 0
+    accuracy = json.loads(capsys.readouterr().out)
+    assert accuracy["denoise"] == "none" and accuracy["rows"][0]["accuracy"] == pytest.approx(raw)
+    fids = []
+    for denoise in ([], ["--denoise", "none"]):
+        assert main(["fid", str(run), "--weights", str(pool_weights), "--split", "test", "--count", "20",
+                     "--sampler", "sequential", "--sample-batch", "8", "--no-progress", *denoise]) == 0
+        fids.append(json.loads(capsys.readouterr().out)["fid"])
+    assert fids[0] != fids[1]

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .latents import cmd_eval_latents, latent_decoding
+from .latents import cmd_eval_latents, latent_decoding, pixel_denoising
 from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
                       add_sampling_options, check_output_file, number, parse_weights_list)
 from .sample import choose_denoiser, choose_sampler, sampler_per_guidance
@@ -129,11 +129,10 @@ def fid(args: argparse.Namespace, cluster) -> int:
 def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, dict[str, str]]:
     """The sampler with the --denoise choice, and the JSON fields saying which. A noise-conditioned model: default
     iterative, 10 ode steps; tweedie is one step at t1. A latent model: its samples decoded to images (fine-tuned
-    decoder or one Tweedie step by default, see `latent_decoding`). Other models keep fid's denoising (one Tweedie
-    step when trained with gaussian noise) and refuse the options."""
+    decoder or one Tweedie step by default, see `latent_decoding`). A pixel model trained with gaussian noise: one
+    Tweedie step, or none with --denoise none (`pixel_denoising`); others refuse the options."""
     from ..sampling import DenoisedSampler, IterativeDenoiser
 
-    given = args.denoise is not None or args.denoise_steps is not None or args.dynamics is not None
     if model.config.modality == "latents":
         if args.denoise_steps is not None or args.dynamics is not None or args.denoise_clip:
             raise ConfigError("--denoise-steps, --dynamics and --denoise-clip are for --denoise iterative of "
@@ -141,11 +140,13 @@ def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, dic
         decoding = latent_decoding(model, args.denoise)
         return decoding.wrap(sampler), decoding.fields()
     if not model.config.noise_conditioning:
-        if given or args.denoise_clip:
-            raise ConfigError("fid's --denoise options are for noise-conditioned models (iTARFlow) and latent "
-                              "models; a pixel model trained with gaussian noise is denoised by one Tweedie step, "
-                              "others not at all")
-        return sampler, {}
+        if args.denoise == "iterative" or args.denoise_steps is not None or args.dynamics is not None \
+                or args.denoise_clip:
+            raise ConfigError("--denoise iterative and its options are for noise-conditioned models (iTARFlow); a "
+                              "pixel model trained with gaussian noise takes --denoise tweedie (its one step, the "
+                              "default) or none, a latent model tweedie or none")
+        without = pixel_denoising(model, args.denoise)
+        return (without.wrap(sampler), without.fields()) if without else (sampler, {})
     denoiser, sigma, denoised = choose_denoiser(model, args)
     if sigma is not None:
         denoiser = IterativeDenoiser(steps=1)  # one Tweedie step at t1

@@ -76,8 +76,50 @@ class Decoding:
         return weights_sha256(getattr(self.autoencoder, "vae", self.autoencoder))
 
 
-def latent_decoding(model, denoise: str | None) -> Decoding | None:
-    """The `Decoding` of a latent model's samples (None for a pixel model, which refuses ``denoise``).
+@dataclass
+class WithoutTweedie:
+    """A pixel model trained with gaussian noise, sampled without its one Tweedie step (--denoise none), to measure
+    what the step does: `Decoding`'s interface, so the metric commands take either."""
+
+    def wrap(self, sampler):
+        """``sampler`` -> the same sampler, never denoising."""
+        return UndenoisedSampler(sampler)
+
+    def fields(self) -> dict[str, Any]:
+        """What the JSON results say (and what a cached sweep row is keyed by)."""
+        return {"denoise": "none", "denoise_std": None}
+
+    def weights_sha256(self) -> str:
+        return ""  # no decoder: the samples are the flow's own
+
+
+@dataclass
+class UndenoisedSampler:
+    """``sampler.sample`` with denoise_std ignored: the raw samples x + sigma eps of a gaussian-noise model."""
+
+    sampler: Any
+
+    @property
+    def model(self):
+        return self.sampler.model
+
+    def sample(self, n, y=None, temperature=1.0, guidance=None, denoise_std=None, generator=None, z=None):
+        return self.sampler.sample(n, y, temperature, guidance, None, generator, z)
+
+
+def pixel_denoising(model, denoise: str | None) -> WithoutTweedie | None:
+    """A pixel model trained with gaussian noise gets one Tweedie step (default, or --denoise tweedie), or none
+    (--denoise none: `WithoutTweedie`); other pixel models have no noise to remove and refuse --denoise."""
+    gaussian = model.metadata.get("noise") == "gaussian" and not model.config.noise_conditioning
+    if denoise is not None and not gaussian:
+        raise ConfigError("--denoise here chooses how a latent model's samples are decoded, or whether a pixel "
+                          "model trained with gaussian noise gets its one Tweedie step; this model was trained "
+                          "without gaussian noise, so its samples have none to remove")
+    return WithoutTweedie() if denoise == "none" else None
+
+
+def latent_decoding(model, denoise: str | None) -> Decoding | WithoutTweedie | None:
+    """The `Decoding` of a latent model's samples; for a pixel model, `pixel_denoising`.
 
     ``denoise`` None: the model's fine-tuned decoder when it has one for its training noise std, else one Tweedie
     step in latent space, as `tarflow sample`; "tweedie" forces the step (to compare it with the decoder); "none"
@@ -87,10 +129,7 @@ def latent_decoding(model, denoise: str | None) -> Decoding | None:
     from ..sampling import choose_denoising
 
     if model.config.modality != "latents":
-        if denoise is not None:
-            raise ConfigError("--denoise here chooses how a latent model's samples are decoded; a pixel model "
-                              "trained with gaussian noise is always denoised by one Tweedie step, others not at all")
-        return None
+        return pixel_denoising(model, denoise)
     if denoise == "iterative":
         raise ConfigError("--denoise iterative is for noise-conditioned pixel models (iTARFlow); a latent model's "
                           "samples are denoised by its fine-tuned decoder (the default when it has one), one Tweedie "

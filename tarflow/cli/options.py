@@ -28,7 +28,8 @@ RULE_HELP = "guidance rule (default: starflow for latent models, tarflow otherwi
 LATENT_DENOISE_HELP = ("latent models: how samples become images. Default: the model's fine-tuned decoder "
                        "(model/denoising_decoder, made for its training noise std) when it has one, else one Tweedie "
                        "step in latent space; tweedie forces the Tweedie step (to compare it with the decoder); none "
-                       "decodes the noisy latents. The JSON says which (denoise, decoder)")
+                       "decodes the noisy latents. Pixel models trained with gaussian noise: tweedie (default, one "
+                       "step) or none (the raw samples, to measure what the step does). The JSON says which")
 
 
 def number(kind: type, minimum: float | None = None, above: float | None = None):
@@ -177,7 +178,7 @@ def add_latent_denoise_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--denoise", nargs="?", const="tweedie", default=None, choices=("tweedie", "none"),
                         help=LATENT_DENOISE_HELP)
     parser.add_argument("--no-denoise", dest="denoise", action="store_const", const="none",
-                        help="latent models: decode the noisy latents (as --denoise none)")
+                        help="no denoising (as --denoise none)")
 
 
 def add_denoise_options(parser: argparse.ArgumentParser, denoise_help: str) -> None:
