@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import randomise, tiny_config
+from conftest import latent_config, randomise, tiny_config
 from torch.autograd.functional import jacobian
 
 from tarflow import TarFlow
@@ -32,13 +32,21 @@ def caption_model(text_encoder: str = "learned", seed: int = 0, **options) -> Ta
     return randomise(TarFlow(config).double(), seed).eval()
 
 
-@pytest.fixture(scope="module", params=list(LAYOUTS), ids=list(LAYOUTS))
+@pytest.fixture(scope="module", params=[*LAYOUTS, "latents"])
 def model(request):
-    return caption_model(**LAYOUTS[request.param])
+    if request.param in LAYOUTS:
+        return caption_model(**LAYOUTS[request.param])
+    # STARFlow: 4-channel latents of a tiny random autoencoder, deep-shallow stack, the prefix on the deep block
+    config = latent_config(request.getfixturevalue("tiny_autoencoder_dir"), text_encoder="learned", captions="digits",
+                           caption_length=5, text_layers=1)
+    torch.manual_seed(0)
+    return randomise(TarFlow(config).double(), 0).eval()
 
 
-def images(seed: int = 1, batch: int = 4) -> torch.Tensor:
-    return torch.randn(batch, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def images(seed: int = 1, batch: int = 4, model: TarFlow | None = None) -> torch.Tensor:
+    """Random data (batch, C, S, S) of ``model``'s modality (default: the pixel models' 2 x 4 x 4)."""
+    shape = (2, 4, 4) if model is None else (model.config.channels, model.config.image_size, model.config.image_size)
+    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def test_prefix_sits_on_the_last_block_only(model):
@@ -47,14 +55,14 @@ def test_prefix_sits_on_the_last_block_only(model):
 
 
 def test_inverse_of_forward(model):
-    x = images()
+    x = images(model=model)
     z, _ = model(x, PROMPTS)
     assert not torch.allclose(z, x, atol=1e-3)
     assert torch.allclose(model.inverse(z, PROMPTS), x, atol=1e-10)
 
 
 def test_logdet_matches_autograd_jacobian(model):
-    x = images()
+    x = images(model=model)
     _, logdet = model(x, PROMPTS)
     for i in range(len(x)):
         def f(v, i=i):
@@ -67,7 +75,7 @@ def test_logdet_matches_autograd_jacobian(model):
 def test_kv_cache_matches_the_uncached_pass(model):
     """Params of every token, one token at a time from a cache that holds the prefix, equal the training pass."""
     block = model.blocks[-1]
-    tokens = block.order.apply(model.patchify(images()))
+    tokens = block.order.apply(model.patchify(images(model=model)))
     condition = Condition(model.conditioning.check(PROMPTS, 4, model.device))
     full = block.step(block.inputs(tokens, block.first, tokens.shape[1]), condition)
     cache = block.new_cache(condition, 4)
@@ -91,7 +99,7 @@ def test_save_load_round_trip(model, tmp_path):
     path = model.save_pretrained(tmp_path / "model")
     loaded = TarFlow.from_pretrained(path)
     assert loaded.config == model.config
-    assert torch.equal(loaded.log_prob(images(), PROMPTS), model.log_prob(images(), PROMPTS))
+    assert torch.equal(loaded.log_prob(images(model=model), PROMPTS), model.log_prob(images(model=model), PROMPTS))
 
 
 def test_prefix_is_read_by_tokens_but_never_reads_them(model):
@@ -99,7 +107,7 @@ def test_prefix_is_read_by_tokens_but_never_reads_them(model):
     block = model.blocks[-1]
     hidden = []
     hook = block.layers[-1].register_forward_hook(lambda module, inputs, output: hidden.append(output))
-    x, other_x = images(1), images(2)
+    x, other_x = images(1, model=model), images(2, model=model)
     try:
         z = model(x, PROMPTS)[0]
         model(other_x, PROMPTS)
@@ -120,7 +128,7 @@ def test_labels_read_as_first_phrasing_and_null_class_as_null_caption(model):
     ids = captions.check(torch.tensor([7, 10]), 2, model.device)
     assert torch.equal(ids[0], captions.tokenize([phrasings("digits", "train")[7][0]])[0])
     assert (ids[1] == NULL).all()
-    x = images(batch=2)
+    x = images(batch=2, model=model)
     assert torch.equal(model.log_prob(x, torch.tensor([7, 10])),
                        model.log_prob(x, torch.cat([captions.tokenize(["a handwritten seven"]), captions.null(1)])))
 
@@ -157,7 +165,7 @@ def test_prompt_errors_and_unknown_words(model):
     with pytest.raises(InputError, match="caption_length"):
         captions.check(["one two three four five six"], 1, model.device)
     with pytest.raises(InputError, match="caption-conditioned"):
-        model.log_prob(images(batch=1), None)
+        model.log_prob(images(batch=1, model=model), None)
     with pytest.warns(UserWarning, match="banana"):
         ids = captions.check(["a banana seven"], 1, model.device)
     assert ids[0].tolist()[:3] == [captions.tokenizer.ids["a"], 0, captions.tokenizer.ids["seven"]]
@@ -211,7 +219,7 @@ def test_pretrained_encoder_contract(kind, tmp_path):
     directory = save_tiny_encoder(tmp_path / kind, kind)
     model = caption_model(str(directory))
     assert not any("encoder.model" in name for name in model.state_dict())  # frozen weights stay in their directory
-    x = images()
+    x = images(model=model)
     z, logdet = model(x, PROMPTS)
     assert torch.allclose(model.inverse(z, PROMPTS), x, atol=1e-10)
     block = model.blocks[-1]
