@@ -26,7 +26,7 @@ LAYOUTS = {"zero-start": {"layers_per_block": 1},
 
 
 def caption_model(text_encoder: str = "learned", seed: int = 0, **options) -> TarFlow:
-    config = tiny_config(num_classes=10, text_encoder=text_encoder, captions="digits", caption_length=5,
+    config = tiny_config(num_classes=10, text_encoder=text_encoder, captions="digits", caption_length=6,
                          text_layers=1, **options)
     torch.manual_seed(seed)
     return randomise(TarFlow(config).double(), seed).eval()
@@ -38,7 +38,7 @@ def model(request):
         return caption_model(**LAYOUTS[request.param])
     # STARFlow: 4-channel latents of a tiny random autoencoder, deep-shallow stack, the prefix on the deep block
     config = latent_config(request.getfixturevalue("tiny_autoencoder_dir"), text_encoder="learned", captions="digits",
-                           caption_length=5, text_layers=1)
+                           caption_length=6, text_layers=1)
     torch.manual_seed(0)
     return randomise(TarFlow(config).double(), 0).eval()
 
@@ -125,12 +125,24 @@ def test_prefix_is_read_by_tokens_but_never_reads_them(model):
 
 def test_labels_read_as_first_phrasing_and_null_class_as_null_caption(model):
     captions = model.conditioning
-    ids = captions.check(torch.tensor([7, 10]), 2, model.device)
-    assert torch.equal(ids[0], captions.tokenize([phrasings("digits", "train")[7][0]])[0])
-    assert (ids[1] == NULL).all()
+    labels = torch.arange(25) % 11
+    ids = captions.check(labels, 25, model.device)
+    first = captions.tokenize([phrasings("digits", "train")[k][0] for k in range(10)])
+    for row, label in enumerate(labels.tolist()):
+        assert torch.equal(ids[row], first[label]) if label < 10 else (ids[row] == NULL).all()
     x = images(batch=2, model=model)
     assert torch.equal(model.log_prob(x, torch.tensor([7, 10])),
                        model.log_prob(x, torch.cat([captions.tokenize(["a handwritten seven"]), captions.null(1)])))
+
+
+def test_phrasings_in_turn_walk_through_every_phrasing(model):
+    held_out = phrasings("digits", "held-out")
+    per_class = len(held_out[0])
+    labels = torch.arange(10 * per_class) % 10
+    ids = model.conditioning.captions(labels, "held-out")
+    expected = model.conditioning.tokenize([held_out[k][i // 10] for i, k in enumerate(labels.tolist())])
+    assert torch.equal(ids, expected)
+    assert len({tuple(row.tolist()) for row in ids}) == len(labels)
 
 
 def test_caption_dropout_rate_and_training_draws():
@@ -163,7 +175,7 @@ def test_prompt_errors_and_unknown_words(model):
     with pytest.raises(InputError, match="empty prompt"):
         captions.check(["a seven", "  "], 2, model.device)
     with pytest.raises(InputError, match="caption_length"):
-        captions.check(["one two three four five six"], 1, model.device)
+        captions.check(["one two three four five six seven"], 1, model.device)
     with pytest.raises(InputError, match="caption-conditioned"):
         model.log_prob(images(batch=1, model=model), None)
     with pytest.warns(UserWarning, match="banana"):
@@ -177,6 +189,8 @@ def test_config_errors():
         tiny_config(num_classes=10, text_encoder="learned")
     with pytest.raises(ConfigError, match="num_classes=10"):
         tiny_config(num_classes=3, text_encoder="learned", captions="digits")
+    with pytest.raises(ConfigError, match="caption_length to at least 6"):
+        tiny_config(num_classes=10, text_encoder="learned", captions="digits", caption_length=5)
     with pytest.raises(ConfigError, match="mixer=attention"):
         tiny_config(num_classes=10, text_encoder="learned", captions="digits", mixer="aft-full")
 

@@ -98,5 +98,6 @@ def test_guidance_accuracy_of_held_out_prompts(run, tmp_path, monkeypatch, capsy
                                         generator=generator)
     predicted = classifier.predict(quantize(x.float(), 17))
     assert result["rows"][0]["accuracy"] == pytest.approx((predicted == labels).double().mean().item(), abs=1e-6)
-    default = SequentialSampler(model).sample(20, labels, 1.0, Guidance(2.0), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    default = SequentialSampler(model).sample(20, labels, 1.0, Guidance(2.0), generator=generator)
     assert not torch.allclose(default, x, atol=1e-3)

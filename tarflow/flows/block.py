@@ -172,8 +172,8 @@ class ARFlowBlock(nn.Module):
 
     def new_cache(self, condition: Condition, batch: int) -> KVCache:
         """A KV cache for the rows of ``condition`` (``batch`` when it holds none) over the block's T positions (P + T
-        with a text prefix, which it then holds), in the weights' dtype; it also holds what every step would otherwise recompute: the input bias and the
-        query scale with the rows' attention temperatures."""
+        with a text prefix, which it then holds), in the weights' dtype; it also holds what every step would
+        otherwise recompute: the input bias and the query scale with the rows' attention temperatures."""
         mixer = self.layers[0].attn
         weight = self.proj_in.weight
         cache = KVCache(len(self.layers), condition.rows(batch), mixer.heads, self.prefix_length + self.num_tokens,

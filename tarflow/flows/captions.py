@@ -42,7 +42,9 @@ CAPTION_SETS = {
 
 
 def with_article(word: str) -> str:
-    return ("an " if word[0] in "aeio8" else "a ") + word
+    """"an eight", "an 8", "an airplane", but "a one"."""
+    vowel_sound = word[0] in "aeio8" and not word.startswith("one")
+    return ("an " if vowel_sound else "a ") + word
 
 
 def phrasings(caption_set: str, split: str) -> list[list[str]]:
@@ -133,19 +135,28 @@ class CaptionConditioning:
 
     def captions(self, labels: Tensor, split: str = "train", generator: torch.Generator | None = None) -> Tensor:
         """Caption ids of class ``labels`` (the null class -> the null caption): a random phrasing of ``split`` per row
-        with ``generator``, else phrasings in turn per class (row i of class k: phrasing i mod n_k; with split
-        "train" and one row, the first)."""
+        with ``generator``, else each class's phrasings in turn (row i: phrasing floor(i / K) mod n of its class, so
+        labels 0..K-1 repeated walk through every phrasing)."""
         table = phrasings(self.caption_set, split)
-        prompts, null_rows = [], labels == self.num_classes
+        indices = []
         for row, label in enumerate(labels.tolist()):
-            options = table[label % self.num_classes]
-            if generator is not None:
-                index = int(torch.randint(len(options), (), generator=generator))
+            count = len(table[label % self.num_classes])
+            if generator is None:
+                indices.append(row // self.num_classes % count)
             else:
-                index = row // self.num_classes % len(options)
-            prompts.append(options[index])
+                indices.append(int(torch.randint(count, (), generator=generator)))
+        return self.phrased(labels, table, indices)
+
+    def label_captions(self, labels: Tensor) -> Tensor:
+        """Caption ids of class ``labels`` as a label reads: each class's first train phrasing (the null class -> the
+        null caption)."""
+        return self.phrased(labels, phrasings(self.caption_set, "train"), [0] * len(labels))
+
+    def phrased(self, labels: Tensor, table: list[list[str]], indices: list[int]) -> Tensor:
+        """Ids of phrasing ``indices[i]`` of row i's class in ``table``; null-class rows get the null caption."""
+        prompts = [table[label % self.num_classes][index] for label, index in zip(labels.tolist(), indices)]
         ids = self.tokenizer(prompts) if prompts else self.null(0)
-        ids[null_rows] = NULL
+        ids[labels == self.num_classes] = NULL
         return ids
 
     def check(self, y, batch: int, device: torch.device) -> Tensor:
@@ -165,7 +176,7 @@ class CaptionConditioning:
             if batch and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
                 raise InputError(f"labels y must lie in 0..{self.num_classes - 1} (or {self.num_classes}, the null "
                                  f"caption), got values {int(y.min())}..{int(y.max())}")
-            return self.captions(y.cpu()).to(device)
+            return self.label_captions(y.cpu()).to(device)
         if y.shape != (batch, self.length):
             raise InputError(f"caption ids must have shape ({batch}, {self.length}), got {tuple(y.shape)}")
         if batch and int(y.min()) < PAD:

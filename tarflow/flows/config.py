@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..configs import check_choices, option
 from ..errors import ConfigError
 from ..modalities import MODALITIES, build_modality
-from .captions import CAPTION_SETS, caption_vocabulary
+from .captions import CAPTION_SETS, caption_vocabulary, phrasings, words_of
 from .orders import ORDERS
 from .priors import PRIORS
 
@@ -72,7 +72,8 @@ class FlowConfig:
     captions: str = option("", "caption-conditioned models: the caption set that turns the dataset's class labels "
                            "into captions (train and held-out phrasings)", choices=("", *CAPTION_SETS))
     caption_length: int = option(8, "caption-conditioned models: prefix positions P (tokens per caption; longer "
-                                 "prompts are refused by the learned encoder's tokenizer, truncated by a Hugging Face one)")
+                                 "prompts are refused by the learned encoder's tokenizer, truncated by a Hugging Face "
+                                 "one)")
     caption_vocabulary: str = option("", "text_encoder=learned: its words in id order, space-separated (set from the "
                                      "caption set's train phrasings)")
     text_layers: int = option(2, "text_encoder=learned: bidirectional Transformer layers of the text encoder")
@@ -194,7 +195,14 @@ class FlowConfig:
         if self.caption_length < 1 or self.text_layers < 1:
             raise ConfigError(f"caption_length and text_layers must be at least 1, got {self.caption_length}, "
                               f"{self.text_layers}")
-        if self.text_encoder == "learned" and not self.caption_vocabulary:
+        if self.text_encoder != "learned":
+            return
+        longest = max(len(words_of(caption)) for split in ("train", "held-out")
+                      for captions in phrasings(self.captions, split) for caption in captions)
+        if self.caption_length < longest:
+            raise ConfigError(f"caption set {self.captions!r} has phrasings of {longest} words: set caption_length to "
+                              f"at least {longest}, not {self.caption_length}")
+        if not self.caption_vocabulary:
             self.caption_vocabulary = " ".join(caption_vocabulary(self.captions))
 
     def check_trajectory(self) -> None:

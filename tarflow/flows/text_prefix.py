@@ -93,8 +93,8 @@ def load_pretrained(directory: str):
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         model = model.get_encoder()  # T5: the encoder alone
     if not (getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)):
-        raise ConfigError(f"the model in {str(path)!r} ({type(model).__name__}) has no hidden_size or d_model: expected "
-                          f"a text encoder such as T5EncoderModel or CLIPTextModel")
+        raise ConfigError(f"the model in {str(path)!r} ({type(model).__name__}) has no hidden_size or d_model: "
+                          f"expected a text encoder such as T5EncoderModel or CLIPTextModel")
     return model.eval().requires_grad_(False), tokenizer
 
 
@@ -106,8 +106,8 @@ class TextPrefix(nn.Module):
         super().__init__()
         self.length = config.caption_length
         if config.text_encoder == LEARNED:
-            self.encoder = LearnedTextEncoder(len(config.caption_vocabulary.split()), self.length, width, config.head_dim,
-                                              config.text_layers)
+            vocabulary = config.caption_vocabulary.split()
+            self.encoder = LearnedTextEncoder(len(vocabulary), self.length, width, config.head_dim, config.text_layers)
         else:
             self.encoder = PretrainedTextEncoder(config.text_encoder)
         self.proj = nn.Linear(self.encoder.width, width)
