@@ -83,7 +83,8 @@ class ARFlowBlock(nn.Module):
         """Raw params (R, L, P) of tokens pos+first .. pos+first+L-1 from the Transformer inputs x (R, L, D) at
         positions pos .. pos+L-1 (see `inputs`; at position 0 of a learned start the row of x is ignored). With
         ``cache``, earlier positions come from it and this chunk's keys and values go into it. ``condition``
-        holds R rows; x may hold R / n of them, then every branch reads the same x."""
+        holds R rows; x may hold R / n of them, then every branch reads the same x. With a text prefix, a call without
+        a cache is the whole sequence (pos 0): the prefix runs in front of it."""
         batch = condition.rows(x.shape[0])
         if batch != x.shape[0]:
             x = x.repeat(batch // x.shape[0], 1, 1)
