@@ -168,7 +168,8 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
     sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
 
     result = guidance_accuracy(model, name, weights, args.count, rule, sampler_for, args.temperature, args.seed,
-                               batch, args.classifier_steps, data_dir, progress=not args.no_progress)
+                               batch, args.classifier_steps, data_dir, progress=not args.no_progress,
+                               prompts=args.prompts)
     if decoding:
         result.update(decoding.fields())
     rows = result["rows"]
@@ -283,6 +284,9 @@ def add_guidance_accuracy_parser(sub) -> None:
     parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
                         help="training steps of the classifier (default 1000)")
     parser.add_argument("--plot", default=None, help="PNG path (default RUN_OR_MODEL_DIR/guidance_accuracy.png)")
+    parser.add_argument("--prompts", choices=("train", "held-out"), default=None,
+                        help="caption-conditioned models: draw each class from its phrasings of this split in turn "
+                        "(held-out: sentences never seen in training); default: each class's first train phrasing")
     add_sampling_options(parser, "noise seed, the same for every weight (default 0)")
     add_latent_denoise_option(parser)
     parser.set_defaults(func=cmd_guidance_accuracy)

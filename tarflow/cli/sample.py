@@ -26,14 +26,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, model_dir = load_model(args.path, args.device)
     metadata, config = model.metadata, model.config
     levels = int(metadata.get("levels", 256))
-    y = sample_labels(config.num_classes, args.label, args.count)
+    y, count, nrow = sample_conditions(config, args.label, args.prompt, args.count)
     stored, settings = stored_settings(model, args)
     guidance = None
     rule = settings["guidance_rule"] or default_rule(config)
     if settings["guidance"] or args.attn_temp != 1.0:
         guidance = Guidance(settings["guidance"], rule, args.annealed, args.attn_temp)
     denoiser, sigma, denoised = choose_denoiser(model, args)
-    sampler, why = choose_sampler(model, model_dir, args.sampler, args.count, guidance, args.calibration, args.tol,
+    sampler, why = choose_sampler(model, model_dir, args.sampler, count, guidance, args.calibration, args.tol,
                                   args.modules)
     if denoiser is not None:
         sampler = DenoisedSampler(sampler, denoiser)
@@ -42,14 +42,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         learned = model.modality.denoising_decoder(sigma)
         denoised = f"on (sigma={sigma:.4g}, fine-tuned decoder)" if learned else denoised
     started = time.perf_counter()
-    x = sampler.sample(args.count, y, settings["temperature"], guidance, None if learned else sigma,
+    x = sampler.sample(count, y, settings["temperature"], guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))
     if config.modality == "latents":  # images of the autoencoder; a fine-tuned decoder denoises instead of Tweedie
         x = model.modality.decode(x, learned)
     seconds = time.perf_counter() - started
-    save_grid(to_uint8(x, levels), out, nrow=config.num_classes or 10)
+    save_grid(to_uint8(x, levels), out, nrow=nrow)
     how = f"guidance w={settings['guidance']:g} ({rule})" if guidance else "no guidance"
-    print(f"{args.count} samples in {seconds:.2f} s with the {why}, temperature {settings['temperature']:g}, {how}, "
+    print(f"{count} samples in {seconds:.2f} s with the {why}, temperature {settings['temperature']:g}, {how}, "
           f"denoise {denoised}{stored} -> {out}")
     return 0
 
@@ -100,6 +100,22 @@ def choose_denoiser(model, args: argparse.Namespace) -> tuple[object, float | No
     if not sigma:
         raise ConfigError("--denoise needs the training noise std, which this model's metadata lacks")
     return None, sigma, f"on (sigma={sigma:.4g})"
+
+
+def sample_conditions(config, label: int | str | None, prompts: list[str] | None, count: int):
+    """(y, count, grid columns) of `tarflow sample`: ``prompts`` (caption-conditioned models) give one grid row each,
+    ``count`` samples split evenly among them; otherwise `sample_labels`."""
+    if not prompts:
+        return sample_labels(config.num_classes, label, count), count, config.num_classes or 10
+    if not config.text_encoder:
+        raise ConfigError("--prompt needs a caption-conditioned model (trained with text_encoder set, e.g. the "
+                          "digits-text or mnist-text preset); this model has no text encoder: use --label")
+    if label is not None:
+        raise ConfigError("give --prompt or --label, not both")
+    per_prompt = count // len(prompts)
+    if not per_prompt:
+        raise ConfigError(f"--count {count} is fewer than the {len(prompts)} prompts: give at least one sample each")
+    return [prompt for prompt in prompts for _ in range(per_prompt)], per_prompt * len(prompts), per_prompt
 
 
 def sample_labels(num_classes: int, label: int | str | None, count: int):
@@ -194,6 +210,9 @@ def add_sample_parser(sub) -> None:
     parser.add_argument("--label", type=parse_label, default=None, metavar="{K,null}",
                         help="class of every sample (default: cycle through the classes); null, or the class count, "
                         "is the null class: unconditional samples of a class-conditional model")
+    parser.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                        help="caption-conditioned models: a caption, e.g. \"a handwritten seven\"; repeat for more, "
+                        "one grid row each (--count samples in all, split evenly)")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="scale of the prior noise, > 0 (default: the model's stored setting, else 1)")
     parser.add_argument("--guidance", type=number(float, minimum=0), default=None,

@@ -18,6 +18,7 @@ from .conditioning import Condition
 from .config import FlowConfig
 from .noise_level import NoiseLevelEmbedding
 from .orders import Order
+from .text_prefix import TextPrefix
 from .transforms import Params, Transform
 
 if TYPE_CHECKING:
@@ -39,10 +40,14 @@ class ARFlowBlock(nn.Module):
     > 0 (NTM: the features of `Condition.context` that give token t its parameters are token t's own, added at
     the position that outputs them), an optional final LayerNorm,
     and a zero-initialised output projection, so every block starts as the identity.
+
+    ``captioned``: a text prefix (`TextPrefix` of the caption ids in `Condition.labels`) takes P positions in front
+    of the Transformer input: every position reads the whole prefix, the prefix reads no token, and only the token
+    positions give params (so log-dets count image tokens only). The KV cache holds the prefix from `new_cache` on.
     """
 
     def __init__(self, config: FlowConfig, layers: int, order: Order, transform: Transform, conditioned: bool,
-                 context_width: int = 0):
+                 context_width: int = 0, captioned: bool = False):
         super().__init__()
         width, token_dim, num_tokens = config.width, config.token_dim, config.num_tokens
         self.order, self.transform = order, transform
@@ -61,7 +66,10 @@ class ARFlowBlock(nn.Module):
             nn.init.normal_(self.class_embed.weight, std=0.02)
         self.noise_embed = NoiseLevelEmbedding(width) if config.noise_conditioning else None
         self.context_proj = nn.Linear(context_width, width) if context_width else None
-        self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, num_tokens,
+        self.prefix = TextPrefix(config, width) if captioned else None
+        self.prefix_length = self.prefix.length if captioned else 0
+        positions = num_tokens + self.prefix_length
+        self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, positions,
                                                      config.aft_window, config.exclusive_attention,
                                                      config.sigma_reparam, config.positions == "rope")
                                     for _ in range(layers))
@@ -75,7 +83,8 @@ class ARFlowBlock(nn.Module):
         """Raw params (R, L, P) of tokens pos+first .. pos+first+L-1 from the Transformer inputs x (R, L, D) at
         positions pos .. pos+L-1 (see `inputs`; at position 0 of a learned start the row of x is ignored). With
         ``cache``, earlier positions come from it and this chunk's keys and values go into it. ``condition``
-        holds R rows; x may hold R / n of them, then every branch reads the same x."""
+        holds R rows; x may hold R / n of them, then every branch reads the same x. With a text prefix, a call without
+        a cache is the whole sequence (pos 0): the prefix runs in front of it."""
         batch = condition.rows(x.shape[0])
         if batch != x.shape[0]:
             x = x.repeat(batch // x.shape[0], 1, 1)
@@ -94,9 +103,25 @@ class ARFlowBlock(nn.Module):
                 h = h + self.context_bias(condition, pos, length)
         elif cache.input_bias is not None:  # both at once, summed when the cache was made
             h = h + cache.input_bias[:, pos:pos + length]
-        rows = h.reshape(batch * length, h.shape[-1])  # the layers work on rows (R L, W): one addmm per linear
+        if self.prefix is None:
+            return self.output(self.transformer(h, condition, cache, pos), batch, length)
+        if cache is not None:  # the prefix sits in the cache: this chunk's positions come after it
+            return self.output(self.transformer(h, condition, cache, pos + self.prefix_length), batch, length)
+        prefixed = torch.cat([self.prefix(condition.labels).to(h.dtype), h], dim=1)
+        rows = self.transformer(prefixed, condition, None, pos)
+        return self.output(rows.view(batch, -1, rows.shape[-1])[:, self.prefix_length:].reshape(-1, rows.shape[-1]),
+                           batch, length)
+
+    def transformer(self, h: Tensor, condition: Condition, cache: KVCache | None, pos: int) -> Tensor:
+        """The layers on h (R, L, W) at layer positions pos .. pos+L-1, as rows (R L, W): one addmm per linear."""
+        batch, length = h.shape[:2]
+        rows = h.reshape(batch * length, h.shape[-1])
         for index, layer in enumerate(self.layers):
             rows = layer(rows, condition.attn_temp, None if cache is None else cache.layer(index), pos, (batch, length))
+        return rows
+
+    def output(self, rows: Tensor, batch: int, length: int) -> Tensor:
+        """Raw params (R, L, P) from the last layer's rows (R L, W)."""
         out = linear(self.proj_out, rows if self.norm is None else layer_norm(self.norm, rows))
         return out.view(batch, length, -1)
 
@@ -147,14 +172,16 @@ class ARFlowBlock(nn.Module):
         return bias
 
     def new_cache(self, condition: Condition, batch: int) -> KVCache:
-        """A KV cache for the rows of ``condition`` (``batch`` when it holds none) over the block's T positions, in
-        the weights' dtype; it also holds what every step would otherwise recompute: the input bias and the
-        query scale with the rows' attention temperatures."""
+        """A KV cache for the rows of ``condition`` (``batch`` when it holds none) over the block's T positions (P + T
+        with a text prefix, which it then holds), in the weights' dtype; it also holds what every step would
+        otherwise recompute: the input bias and the query scale with the rows' attention temperatures."""
         mixer = self.layers[0].attn
         weight = self.proj_in.weight
-        cache = KVCache(len(self.layers), condition.rows(batch), mixer.heads, self.num_tokens, mixer.head_dim,
-                        weight.dtype, weight.device, condition.attn_temp)
+        cache = KVCache(len(self.layers), condition.rows(batch), mixer.heads, self.prefix_length + self.num_tokens,
+                        mixer.head_dim, weight.dtype, weight.device, condition.attn_temp)
         cache.input_bias = self.input_bias(condition)
+        if self.prefix is not None:  # the prefix fills the cache's first P positions once
+            self.transformer(self.prefix(condition.labels).to(weight.dtype), condition, cache, 0)
         return cache
 
     @torch.no_grad()

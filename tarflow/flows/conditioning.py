@@ -1,8 +1,8 @@
 """What a flow block reads besides its tokens, and the component that owns class labels.
 
 `Condition` carries one row per batch row (several guidance branches stacked: n B rows); models add fields
-here (iTARFlow's noise level, NTM's per-token context; later a text prefix) instead of new arguments on every
-block method.
+here (iTARFlow's noise level, NTM's per-token context) instead of new arguments on every block method. A
+caption-conditioned model's labels are caption ids (`tarflow.flows.captions`), read by its last block's text prefix.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..errors import InputError
 
 @dataclass
 class Condition:
-    """labels (R,) with the null class for unconditional rows; attn_temp (R,) divides attention logits;
+    """labels (R,) with the null class for unconditional rows (caption-conditioned models: caption ids (R, P)); attn_temp (R,) divides attention logits;
     noise_level (R,) the noise std t of each row's data (noise-conditioned models, iTARFlow); context (R, T, W)
     features per token, in canonical token order, that blocks built with a context width read (NTM: the
     trajectory predictor's features of the step's noisier image)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..configs import check_choices, option
 from ..errors import ConfigError
 from ..modalities import MODALITIES, build_modality
+from .captions import CAPTION_SETS, caption_vocabulary, phrasings, words_of
 from .orders import ORDERS
 from .priors import PRIORS
 
@@ -64,6 +65,18 @@ class FlowConfig:
                                     "data in [-1, 1])")
     noise_level_max: float = option(0.3, "noise-conditioned models: the highest trained noise level t1, at which "
                                     "samples are generated before iterative denoising")
+    # ----- text prefix (caption conditioning, STARFlow text-to-image; see docs/text_to_image.md)
+    text_encoder: str = option("", "captions as a causal prefix of the last block: '' (none), learned (a small text "
+                               "encoder trained with the flow from scratch) or the directory of a Hugging Face text "
+                               "encoder and tokenizer (T5, CLIP-text; frozen; needs the text extra)")
+    captions: str = option("", "caption-conditioned models: the caption set that turns the dataset's class labels "
+                           "into captions (train and held-out phrasings)", choices=("", *CAPTION_SETS))
+    caption_length: int = option(8, "caption-conditioned models: prefix positions P (tokens per caption; longer "
+                                 "prompts are refused by the learned encoder's tokenizer, truncated by a Hugging Face "
+                                 "one)")
+    caption_vocabulary: str = option("", "text_encoder=learned: its words in id order, space-separated (set from the "
+                                     "caption set's train phrasings)")
+    text_layers: int = option(2, "text_encoder=learned: bidirectional Transformer layers of the text encoder")
     # ----- Normalizing Trajectory Models (architecture=ntm)
     trajectory_steps: int = option(4, "ntm: steps K of the noising trajectory x_0 (data) -> x_K (noise); the model "
                                    "generates in K steps")
@@ -146,6 +159,7 @@ class FlowConfig:
         if self.architecture == "autoregressive" and self.modality != "text":
             raise ConfigError(f"architecture={self.architecture!r} applies to modality=text only")
         self.check_trajectory()
+        self.check_captions()
         if self.modality == "text" and self.num_classes:
             raise ConfigError(f"text models are unconditional: set num_classes=0, not {self.num_classes}")
         if self.width % self.head_dim:
@@ -163,6 +177,33 @@ class FlowConfig:
             raise ConfigError(f"layers_per_block lists {len(layers)} blocks but num_blocks={self.num_blocks}: give "
                               f"one layer count per block, or one number for all")
         self.layers_per_block = list(layers)
+
+    def check_captions(self) -> None:
+        """A caption-conditioned model: a caption set whose classes are the model's, the attention mixer (the prefix
+        takes attention positions), and for the learned encoder its vocabulary (set from the caption set)."""
+        if not self.text_encoder:
+            return
+        if not self.captions:
+            raise ConfigError(f"text_encoder={self.text_encoder!r} needs a caption set to caption the labels: set "
+                              f"captions to one of {sorted(CAPTION_SETS)}")
+        classes = len(CAPTION_SETS[self.captions]["synonyms"])
+        if self.num_classes != classes:
+            raise ConfigError(f"caption set {self.captions!r} captions {classes} classes: set num_classes={classes}, "
+                              f"not {self.num_classes}")
+        if self.mixer != "attention" or self.architecture != "flow" or self.modality == "text":
+            raise ConfigError("a text prefix needs architecture=flow, mixer=attention and an image or latent modality")
+        if self.caption_length < 1 or self.text_layers < 1:
+            raise ConfigError(f"caption_length and text_layers must be at least 1, got {self.caption_length}, "
+                              f"{self.text_layers}")
+        if self.text_encoder != "learned":
+            return
+        longest = max(len(words_of(caption)) for split in ("train", "held-out")
+                      for captions in phrasings(self.captions, split) for caption in captions)
+        if self.caption_length < longest:
+            raise ConfigError(f"caption set {self.captions!r} has phrasings of {longest} words: set caption_length to "
+                              f"at least {longest}, not {self.caption_length}")
+        if not self.caption_vocabulary:
+            self.caption_vocabulary = " ".join(caption_vocabulary(self.captions))
 
     def check_trajectory(self) -> None:
         """The NTM fields: K >= 1, a signal schedule of K strictly decreasing levels in [0, 1), and what NTM

@@ -17,6 +17,7 @@ from .noise_level import NoiseLevelConditioning
 from .orders import block_orders
 from .priors import LearnedDiagonal, build_prior
 from .saving import load_model, save_model
+from .text_prefix import caption_conditioning
 from .transforms import build_transform
 
 
@@ -33,6 +34,10 @@ class TarFlow(nn.Module):
     ``forward``, ``log_prob`` and ``inverse`` take ``noise_level`` t (one number or one per row) in the trained
     range [noise_level_min, noise_level_max]; ``extrapolate=True`` turns the error for a level outside it into
     a warning. Other models refuse a noise level.
+
+    A caption-conditioned model (``config.text_encoder``) reads a caption as a causal prefix of its last block: its
+    ``y`` is prompts (a list of strings), class labels (read as captions of the caption set) or caption ids
+    (`tarflow.flows.captions`); ``conditioning`` is then a `CaptionConditioning`.
     """
 
     def __init__(self, config: FlowConfig):
@@ -40,7 +45,8 @@ class TarFlow(nn.Module):
         self.config = config
         self.metadata: dict[str, Any] = {}  # what `save_pretrained` stored beside the architecture
         self.modality = build_modality(config)
-        self.conditioning = ClassConditioning(config.num_classes)
+        captioned = bool(config.text_encoder)
+        self.conditioning = caption_conditioning(config) if captioned else ClassConditioning(config.num_classes)
         self.noise_levels = NoiseLevelConditioning(config.noise_conditioning, config.noise_level_min,
                                                    config.noise_level_max)
         transform = build_transform(config)
@@ -48,7 +54,9 @@ class TarFlow(nn.Module):
         last = config.num_blocks - 1
         self.blocks = nn.ModuleList(
             ARFlowBlock(config, layers, orders[index], transform,
-                        conditioned=bool(config.num_classes) and (index == last or not config.condition_top_only))
+                        conditioned=bool(config.num_classes) and not captioned
+                        and (index == last or not config.condition_top_only),
+                        captioned=captioned and index == last)
             for index, layers in enumerate(config.block_layers))
         self.prior = build_prior(config, self.modality.num_tokens, self.modality.token_dim)
 

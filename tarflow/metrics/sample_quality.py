@@ -71,9 +71,12 @@ def fid_of_model(model, extractor: FeatureExtractor, dataset: str, split: str = 
 def guidance_accuracy(model, dataset: str, weights: list[float] = (0, 1, 2, 4), count: int = 1000,
                       rule: str = "tarflow", sampler_for: Callable[[Guidance | None], Any] | None = None,
                       temperature: float = 1.0, seed: int = 0, batch_size: int = 256, classifier_steps: int = 1000,
-                      data_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
+                      data_dir: str | os.PathLike | None = None, progress: bool = True, prompts: str | None = None
+                      ) -> dict[str, Any]:
     """Class consistency of samples per guidance weight: for each w, ``count`` samples (classes in turn) and the
     accuracy of a small classifier of ``dataset`` (trained once and cached) against the classes drawn for.
+    ``prompts`` ("train" or "held-out"), for a caption-conditioned model: each class is drawn from its phrasings of
+    that split in turn (default: labels, i.e. each class's first train phrasing).
 
     ``sampler_for(guidance)`` gives the sampler of each weight (default: `default_sampler`).
     Returns {"dataset", "rows": [{"guidance", "accuracy", "per_class", "samples"}, ...], "classifier": {...}}.
@@ -86,17 +89,23 @@ def guidance_accuracy(model, dataset: str, weights: list[float] = (0, 1, 2, 4), 
     levels = model_levels(model)
     sampler_for = sampler_for or (lambda guidance: default_sampler(model))
     labels = torch.arange(count) % config.num_classes
+    y = labels
+    if prompts is not None:
+        if not config.text_encoder:
+            raise ConfigError("--prompts needs a caption-conditioned model (text_encoder set); this one reads labels")
+        y = model.conditioning.captions(labels, prompts)
     rows = []
     for weight in weights:
         guidance = Guidance(weight, rule) if weight else None
-        images = generate_levels(sampler_for(guidance), count, labels, levels, temperature, guidance,
+        images = generate_levels(sampler_for(guidance), count, y, levels, temperature, guidance,
                                  denoise_std_of(model), min(batch_size, count), seed, progress=progress)
         predicted = classifier.predict(images)
         per_class = [(predicted[labels == k] == k).double().mean().item() for k in range(config.num_classes)]
         accuracy = (predicted == labels).double().mean().item()
         rows.append({"guidance": weight, "accuracy": round(accuracy, 6), "per_class": [round(a, 4) for a in per_class],
                      "samples": count})
-    return {"dataset": dataset, "temperature": temperature, "guidance_rule": rule, "seed": seed, "rows": rows,
+    return {"dataset": dataset, "prompts": prompts, "temperature": temperature, "guidance_rule": rule, "seed": seed,
+            "rows": rows,
             "classifier": {"test_accuracy": info["test_accuracy"], "cached": info["cached"], "file": info["path"]}}
 
 

@@ -37,7 +37,8 @@ class TrainConfig:
     loss_weight: str = option("t", "noise-conditioned models: weight w(t) of each image's loss: one, t, t-squared, "
                               "t-normalised (t / (t0 + t1)) or t-squared-normalised (t^2 / (t0^2 + t1^2))",
                               choices=LOSS_WEIGHTS)
-    label_dropout: float = option(0.1, "probability of replacing a label by the null class (for guidance)")
+    label_dropout: float = option(0.1, "probability of replacing a label by the null class (for guidance); caption-"
+                                  "conditioned models: caption dropout, the null caption")
     steps: int = option(2000, "optimizer steps")
     batch_size: int = option(128, "images per step")
     lr: float = option(1e-3, "peak learning rate (AdamW, betas 0.9, 0.95)")

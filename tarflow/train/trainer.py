@@ -14,7 +14,7 @@ import torch
 from ..data import bin_width, dequantize, flip_batch, load_dataset
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
-from ..flows import ClassConditioning, FlowConfig, TarFlow
+from ..flows import FlowConfig, TarFlow
 from ..io import atomic_write_text
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
@@ -23,6 +23,7 @@ from ..report import write_report
 from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
 from ..sampling.guidance import default_rule
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
+from .captions import training_condition
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, TrainConfig
 from . import distributed as dist
@@ -289,8 +290,7 @@ def batch(data: ImageData, step: int, train_config: TrainConfig, model_config: F
         x = dequantize(images, data.levels, train_config.noise, train_config.noise_std, generator=g)
     y = None
     if model_config.num_classes:
-        y = ClassConditioning(model_config.num_classes).drop(data.labels[idx].clone(), train_config.label_dropout, g)
-        y = y[part].to(device)
+        y = training_condition(data.labels[idx], model_config, train_config.label_dropout, g)[part].to(device)
     return x[part].to(device), y
 
 
