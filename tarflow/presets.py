@@ -139,9 +139,9 @@ PRESETS: dict[str, dict] = {
     "mnist-text": {
         "model": dict(image_size=28, channels=1, patch_size=4, width=128, num_blocks=4, layers_per_block=4,
                       head_dim=64, num_classes=10, text_encoder="learned", captions="digits", caption_length=6),
-        "train": dict(dataset="mnist", noise="gaussian", noise_std=0.3, steps=2400, batch_size=128, lr=1e-3,
+        "train": dict(dataset="mnist", noise="gaussian", noise_std=0.5, steps=2400, batch_size=128, lr=1e-3,
                       warmup_steps=200, eval_every=400, sample_every=400, checkpoint_every=200, sample_guidance=4.0,
-                      sample_temperature=1.0),
+                      sample_guidance_rule="starflow", sample_temperature=0.5),
     },
     # The text-to-image pipeline on 8x8 digits in a few minutes on a CPU, for smoke runs. Not yet measured.
     "digits-text": {
