@@ -300,3 +300,40 @@ def test_config_errors():
         video_config(frame_layout="local")
     with pytest.raises(ConfigError, match="video models are flows"):
         video_config(architecture="ntm")
+
+
+# ----- likelihood per frame ---------------------------------------------------------------------
+
+def test_frame_log_prob_sums_to_log_prob_and_matches_jacobian_blocks(model):
+    """log p(x_f | x_<f) = log p_prior(z_f) + log|det| of the frame's diagonal block of the autograd Jacobian."""
+    from tarflow.metrics.video import frame_log_prob
+
+    x, y = clips(), labels(model)
+    per_frame = frame_log_prob(model, x, y)
+    assert per_frame.shape == (BATCH, FRAMES)
+    assert (per_frame.sum(1) - model.log_prob(x, y)).abs().max() <= 1e-10
+    z, _ = model(x, y)
+    dims = SIZE * SIZE
+    log_std = model.prior.log_std.view(FRAMES, -1) if model.prior_std() is not None else torch.zeros(FRAMES, dims)
+    for i in range(BATCH):
+        y_i = None if y is None else y[i:i + 1]
+        J = jacobian(lambda v: model(v.view(1, *x.shape[1:]), y_i)[0].flatten(), x[i].flatten(), vectorize=True)
+        for frame in range(FRAMES):
+            rows = slice(frame * dims, (frame + 1) * dims)
+            _, logabsdet = torch.linalg.slogdet(J[rows, rows])
+            tokens = model.patchify(z[i:i + 1])[0, frame * TOKENS_PER_FRAME:(frame + 1) * TOKENS_PER_FRAME]
+            s = log_std[frame].view(TOKENS_PER_FRAME, -1)
+            prior = (-0.5 * (tokens / s.exp()) ** 2 - s - 0.5 * math.log(2 * math.pi)).sum()
+            assert abs(per_frame[i, frame].item() - (prior + logabsdet).item()) <= 1e-8
+
+
+def test_frame_bits_per_dim_average_to_bits_per_dim(model):
+    from tarflow.metrics import evaluate_bpd
+    from tarflow.metrics.video import evaluate_frame_bpd
+
+    gen = torch.Generator().manual_seed(3)
+    levels = torch.randint(0, 256, (5, FRAMES, 1, SIZE, SIZE), generator=gen, dtype=torch.uint8)
+    y = None if not model.config.num_classes else torch.arange(5) % CLASSES
+    per_frame = evaluate_frame_bpd(model, levels, y, 256, batch_size=2)
+    assert len(per_frame) == FRAMES
+    assert abs(sum(per_frame) / FRAMES - evaluate_bpd(model, levels, y, 256)["bits_per_dim"]) <= 1e-9
