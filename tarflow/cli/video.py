@@ -1,0 +1,131 @@
+"""Video models (STARFlow-V) in `tarflow eval` (bits/dim, and per frame given the earlier frames) and
+`tarflow sample` (clips as a GIF and a frame strip; continued from the first frames of a clip file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, InputError
+
+
+def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, data_dir: str | None) -> int:
+    """Test bits/dim of the clips (as `evaluate_bpd`) and of each frame given the earlier ones."""
+    from ..metrics import evaluate_bpd
+    from ..metrics.video import evaluate_frame_bpd
+    from ..train.video import load_clips
+
+    if args.noise_level is not None or args.extrapolate:
+        raise ConfigError("--noise-level and --extrapolate apply to image models; a video model's bits/dim are of "
+                          "its uniformly dequantized clips")
+    options = model.metadata.get("dataset_options", {}) if name == model.metadata.get("dataset") else {}
+    data = load_clips(name, args.split, data_dir, model.config, not args.no_progress, options)
+    if args.prior is not None:
+        model.set_likelihood_prior(args.prior)
+    config = model.config
+    labels = data.labels if config.num_classes else None
+    result = evaluate_bpd(model, data.clips, labels, data.levels, draws=args.draws, seed=args.seed,
+                          mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress)
+    per_frame = evaluate_frame_bpd(model, data.clips, labels, data.levels, seed=args.seed)
+    result.update(bits_per_dim_per_frame=[round(bpd, 6) for bpd in per_frame],
+                  per_frame="bits/dim of frame f given frames < f (dequantization draw 0)", clips=len(data),
+                  dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
+                  likelihood_prior=config.likelihood_prior)
+    result.pop("images", None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def read_first_frames(path: str, model, levels: int):
+    """The frames of a clip file (GIF, MP4, ...) in model space (1, k, C, H, W), each at its bin's centre; an
+    `InputError` when they do not fit the model (size, channels, count)."""
+    import torch
+
+    from ..data.quantize import place_in_bins
+    from ..video_io import read_clip
+
+    modality = model.modality
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--first-frames {path}: no such file; give a clip (GIF, MP4, ...) of "
+                         f"{modality.image_size}x{modality.image_size} frames")
+    clip = read_clip(file, channels=3)
+    grey = bool((clip == clip[:, :1]).all())
+    if grey != (modality.channels == 1):
+        what = "grey" if grey else "colour"
+        raise InputError(f"--first-frames {path}: its frames are {what} but the model makes "
+                         f"{modality.channels}-channel clips ({'grey' if modality.channels == 1 else 'colour'}): give "
+                         f"a {'grey' if modality.channels == 1 else 'colour'} clip")
+    clip = clip[:, :modality.channels]
+    frames, channels, height, width = clip.shape
+    if (height, width) != (modality.image_size, modality.image_size):
+        raise InputError(f"--first-frames {path}: its frames are {width}x{height} pixels but the model's are "
+                         f"{modality.image_size}x{modality.image_size}: resize the clip")
+    if frames >= modality.frame_count:
+        raise InputError(f"--first-frames {path}: it has {frames} frames but the model makes clips of "
+                         f"{modality.frame_count}: give at most {modality.frame_count - 1} to continue from")
+    levels_of = (clip.long() * (levels - 1) + 127) // 255 if levels != 256 else clip.long()
+    return place_in_bins(levels_of, torch.full(clip.shape, 0.5), levels)[None]
+
+
+def extend(sampler, clip, frames: int, y, temperature: float, guidance, generator, context: int):
+    """``clip`` (n, k, C, H, W) continued to ``frames`` frames: windows of the model's F frames, each continuing the
+    last ``context`` frames of the clip so far (the first window: all k given ones)."""
+    import torch
+
+    from ..sampling import continue_clips
+
+    window = sampler.model.modality.frame_count
+    while clip.shape[1] < frames:
+        given = clip if clip.shape[1] < window else clip[:, -context:]
+        continued = continue_clips(sampler, given, y, temperature, guidance, generator)
+        clip = torch.cat([clip, continued[:, given.shape[1]:]], dim=1)
+    return clip[:, :frames]
+
+
+def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, guidance, sigma, levels: int,
+                 out: Path) -> tuple[float, str]:
+    """Clips to ``out`` (a frame strip PNG, the first clip as a GIF beside it): drawn whole, or with
+    ``--first-frames`` continued from the clip's frames; ``--frames`` beyond the model's F continue in windows.
+    Returns (seconds, a phrase saying what was drawn)."""
+    import torch
+
+    from ..train.video import save_clips
+    from ..viz import to_uint8
+
+    window = model.modality.frame_count
+    frames = args.frames or window
+    context = max(1, window // 2)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    if args.first_frames is not None:
+        if sigma:
+            raise ConfigError("--first-frames continues clips exactly; it does not combine with --denoise: pass "
+                              "--denoise none")
+        given = read_first_frames(args.first_frames, model, levels).expand(args.count, -1, -1, -1, -1)
+        x = extend(sampler, given.to(model.dtype), frames, y, settings["temperature"], guidance, generator, context)
+        what = f"continued from {given.shape[1]} frames of {args.first_frames}"
+    else:
+        x = sampler.sample(args.count, y, settings["temperature"], guidance, sigma, generator=generator)
+        if frames > window:
+            x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context)
+        what = "drawn whole"
+    x = x[:, :frames]
+    seconds = time.perf_counter() - started
+    save_clips(to_uint8(x, levels), out)
+    windows = f", windows of {window} frames continuing the last {context}" if frames > window else ""
+    return seconds, f"{frames}-frame clips {what}{windows}"
+
+
+def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
+    from .options import number
+
+    parser.add_argument("--first-frames", default=None, metavar="CLIP",
+                        help="video models: continue the frames of this clip file (GIF, MP4, ...; fewer frames than "
+                        "the model's clips, at its frame size): they are encoded exactly and the rest sampled "
+                        "given them")
+    parser.add_argument("--frames", type=number(int, minimum=1), default=None,
+                        help="video models: frames per clip (default: the model's); more continue in windows of "
+                        "the model's length, each from the last half of the frames so far")
