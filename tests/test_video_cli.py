@@ -83,6 +83,16 @@ def test_first_frames_that_do_not_fit_are_refused(run_dir, tmp_path, capsys, fra
     assert message in capsys.readouterr().err
 
 
+def test_temporal_consistency_reports_samples_and_real_clips(run_dir, mnist_dir, capsys):
+    capsys.readouterr()
+    assert main(["temporal-consistency", str(run_dir), "--data-dir", str(mnist_dir), "--count", "2",
+                 "--classifier-steps", "2", "--sampler", "video-jacobi", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 2 and result["test_clips"] == 6 and result["digits_per_clip"] == 2
+    for key in ("consistent_samples", "consistent_real_test", "classifier_frame_accuracy"):
+        assert 0 <= result[key] <= 1
+
+
 def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
     run = tmp_path / "tiny"
     assert main(["train", "--preset", "tiny", "--steps", "1", "--eval-every", "0", "--sample-every", "0",
@@ -91,3 +101,5 @@ def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
     assert "apply to video models" in capsys.readouterr().err
     assert main(["sample", str(run), "--sampler", "video-jacobi", "--out", str(tmp_path / "a.png")]) != 0
     assert "needs a video model" in capsys.readouterr().err
+    assert main(["temporal-consistency", str(run)]) != 0
+    assert "needs a video model trained on moving-mnist" in capsys.readouterr().err

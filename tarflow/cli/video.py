@@ -129,3 +129,58 @@ def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=number(int, minimum=1), default=None,
                         help="video models: frames per clip (default: the model's); more continue in windows of "
                         "the model's length, each from the last half of the frames so far")
+
+
+def cmd_temporal_consistency(args: argparse.Namespace) -> int:
+    """The fraction of generated clips whose digits stay the same first to last frame, beside real test clips'."""
+    import torch
+
+    from ..metrics.temporal import consistent_fraction, frame_accuracy, train_digit_classifier
+    from ..runs import load_model
+    from ..train.video import load_clips
+    from ..viz import to_uint8
+    from .sample import choose_sampler
+
+    model, model_dir = load_model(args.path, args.device)
+    metadata = model.metadata
+    if model.config.modality != "video" or metadata.get("dataset") != "moving-mnist":
+        raise ConfigError("temporal-consistency needs a video model trained on moving-mnist (its digit labels "
+                          "train the per-frame classifier)")
+    options = metadata.get("dataset_options", {})
+    data_dir = args.data_dir or metadata.get("data_dir")
+    train = load_clips("moving-mnist", "train", data_dir, model.config, not args.no_progress, options)
+    test = load_clips("moving-mnist", "test", data_dir, model.config, not args.no_progress, options)
+    digits = train.object_labels.shape[1]
+    started = time.perf_counter()
+    classifier = train_digit_classifier(train.clips, train.object_labels, train.levels, args.classifier_steps,
+                                        seed=args.seed).to(model.device)
+    trained_in = time.perf_counter() - started
+    sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
+    temperature = float(metadata.get("sampling", {}).get("temperature", 1.0))
+    samples = sampler.sample(args.count, temperature=temperature, generator=torch.Generator().manual_seed(args.seed))
+    clips = to_uint8(samples, train.levels).cpu()
+    result = {"consistent_samples": consistent_fraction(classifier, clips, digits), "samples": args.count,
+              "consistent_real_test": consistent_fraction(classifier, test.clips, digits),
+              "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
+              "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
+              "classifier_train_s": round(trained_in, 1), "temperature": temperature, "sampler": how,
+              "model": str(model_dir)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_temporal_consistency_parser(sub) -> None:
+    from .options import DEVICE_HELP, add_sampler_options, number
+
+    parser = sub.add_parser("temporal-consistency", help="video models on moving-mnist: the fraction of sampled clips "
+                            "whose digits stay the same first to last frame, by a per-frame digit classifier, as JSON")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--count", type=number(int, minimum=1), default=64, help="clips to sample (default 64)")
+    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
+                        help="training steps of the digit classifier on frames of the training clips (default 1000)")
+    parser.add_argument("--data-dir", default=None, help="the MNIST files (default: the model's record)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_sampler_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_temporal_consistency)
