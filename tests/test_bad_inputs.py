@@ -67,6 +67,7 @@ BASE = {
     "autoencoder eval": ["ae", "--no-progress"],
     "autoencoder finetune-decoder": ["latent", "--steps", "1", "--batch-size", "2", "--no-progress"],
     "generate": ["textmodel", "--length", "2", "--prompt", "ab"],
+    "fit-score-denoiser": ["model", "--steps", "1", "--no-progress"],
     "temporal-consistency": ["model", "--count", "2", "--classifier-steps", "2", "--sampler", "sequential",
                              "--no-progress"],
 }

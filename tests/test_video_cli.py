@@ -93,6 +93,26 @@ def test_temporal_consistency_reports_samples_and_real_clips(run_dir, mnist_dir,
         assert 0 <= result[key] <= 1
 
 
+def test_flow_score_denoiser_from_the_command_line(run_dir, mnist_dir, tmp_path, capsys):
+    noisy_run = tmp_path / "noisy"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(noisy_run),
+                 "--steps", "2", "--clip-count", "6", "--noise", "gaussian", "--noise-std", "0.1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["fit-score-denoiser", str(noisy_run), "--data-dir", str(mnist_dir), "--steps", "3", "--width", "16",
+                 "--layers", "1", "--no-progress"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["out"] == str(noisy_run / "model" / "score_denoiser")
+    out = tmp_path / "denoised.png"
+    assert main(["sample", str(noisy_run), "--count", "2", "--sampler", "sequential", "--score-denoiser",
+                 fitted["out"], "--out", str(out)]) == 0
+    assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)
+    assert main(["fit-score-denoiser", str(run_dir), "--steps", "1", "--no-progress"]) != 0
+    assert "needs a model trained with gaussian noise" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--score-denoiser", fitted["out"], "--out", str(out)]) != 0
+    assert "model trained with gaussian noise" in capsys.readouterr().err
+
+
 def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
     run = tmp_path / "tiny"
     assert main(["train", "--preset", "tiny", "--steps", "1", "--eval-every", "0", "--sample-every", "0",

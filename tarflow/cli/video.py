@@ -100,10 +100,24 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
     context = max(1, window // 2)
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
+    if args.score_denoiser is not None:
+        from ..sampling.flow_score import CausalScoreDenoiser, ScoreDenoisedSampler
+
+        if sigma is None:
+            raise ConfigError("--score-denoiser removes the training noise of a model trained with gaussian noise: "
+                              "this one was not (or --denoise none was given)")
+        denoiser = CausalScoreDenoiser.from_pretrained(args.score_denoiser).to(model.device, model.dtype)
+        if denoiser.config.frame_count != window or abs(denoiser.config.sigma - sigma) > 1e-12:
+            raise ConfigError(f"--score-denoiser {args.score_denoiser} was fitted for {denoiser.config.frame_count} "
+                              f"frames at sigma {denoiser.config.sigma:g}, not this model's {window} at {sigma:g}")
+        if frames > window:
+            raise ConfigError(f"--score-denoiser denoises whole clips of the model's {window} frames: --frames "
+                              f"beyond it is not supported with it")
+        sampler, sigma = ScoreDenoisedSampler(sampler, denoiser), None
     if args.first_frames is not None:
-        if sigma:
-            raise ConfigError("--first-frames continues clips exactly; it does not combine with --denoise: pass "
-                              "--denoise none")
+        if sigma or args.score_denoiser is not None:
+            raise ConfigError("--first-frames continues clips exactly; it does not combine with denoising: pass "
+                              "--denoise none and no --score-denoiser")
         given = read_first_frames(args.first_frames, model, levels).expand(args.count, -1, -1, -1, -1)
         x = extend(sampler, given.to(model.dtype), frames, y, settings["temperature"], guidance, generator, context)
         what = f"continued from {given.shape[1]} frames of {args.first_frames}"
@@ -111,7 +125,7 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         x = sampler.sample(args.count, y, settings["temperature"], guidance, sigma, generator=generator)
         if frames > window:
             x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context)
-        what = "drawn whole"
+        what = "drawn whole" + (", denoised by the score denoiser" if args.score_denoiser else "")
     x = x[:, :frames]
     seconds = time.perf_counter() - started
     save_clips(to_uint8(x, levels), out)
@@ -126,6 +140,9 @@ def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
                         help="video models: continue the frames of this clip file (GIF, MP4, ...; fewer frames than "
                         "the model's clips, at its frame size): they are encoded exactly and the rest sampled "
                         "given them")
+    parser.add_argument("--score-denoiser", default=None, metavar="DIR",
+                        help="video models trained with gaussian noise: denoise with this fitted causal score "
+                        "denoiser (`tarflow fit-score-denoiser`) instead of the Tweedie step")
     parser.add_argument("--frames", type=number(int, minimum=1), default=None,
                         help="video models: frames per clip (default: the model's); more continue in windows of "
                         "the model's length, each from the last half of the frames so far")
@@ -184,3 +201,50 @@ def add_temporal_consistency_parser(sub) -> None:
     add_sampler_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=cmd_temporal_consistency)
+
+
+def cmd_fit_score_denoiser(args: argparse.Namespace) -> int:
+    """Fit the causal score denoiser of a video model trained with gaussian noise; save it in --out."""
+    from ..runs import load_model
+    from ..sampling.flow_score import fit_score_denoiser
+    from ..train.video import load_clips
+
+    model, model_dir = load_model(args.path, args.device)
+    metadata = model.metadata
+    if model.config.modality != "video":
+        raise ConfigError("fit-score-denoiser needs a video model (modality=video)")
+    if metadata.get("noise") != "gaussian":
+        raise ConfigError("flow-score matching needs a model trained with gaussian noise (noise=gaussian): the "
+                          "denoiser learns to remove it; this one was trained on uniformly dequantized clips")
+    out = Path(args.out) if args.out else model_dir / "score_denoiser"
+    data = load_clips(metadata["dataset"], "train", args.data_dir or metadata.get("data_dir"), model.config,
+                      not args.no_progress, metadata.get("dataset_options", {}))
+    started = time.perf_counter()
+    denoiser, losses = fit_score_denoiser(model, data.clips, data.levels, float(metadata["noise_std"]), args.steps,
+                                          args.batch_size, args.lr, args.width, args.layers, args.seed)
+    denoiser.save_pretrained(out)
+    window = max(1, len(losses) // 10)
+    print(json.dumps({"out": str(out), "steps": args.steps, "seconds": round(time.perf_counter() - started, 1),
+                      "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window},
+                     indent=2))
+    return 0
+
+
+def add_fit_score_denoiser_parser(sub) -> None:
+    from .options import DEVICE_HELP, number
+
+    parser = sub.add_parser("fit-score-denoiser", help="video models trained with gaussian noise: fit a small "
+                            "denoiser, causal over frames, to the flow's own score (flow-score matching); `tarflow "
+                            "sample --score-denoiser DIR` then uses it in place of the Tweedie step")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--out", default=None, help="where to save it (default MODEL_DIR/score_denoiser)")
+    parser.add_argument("--steps", type=number(int, minimum=1), default=500, help="training steps (default 500)")
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=16, help="clips per step (default 16)")
+    parser.add_argument("--lr", type=number(float, above=0), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--width", type=number(int, minimum=2), default=64, help="Transformer width (default 64)")
+    parser.add_argument("--layers", type=number(int, minimum=1), default=2, help="Transformer layers (default 2)")
+    parser.add_argument("--data-dir", default=None, help="the dataset's files (default: the model's record)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="noise and batch seed (default 0)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_fit_score_denoiser)
