@@ -337,3 +337,10 @@ def test_frame_bits_per_dim_average_to_bits_per_dim(model):
     per_frame = evaluate_frame_bpd(model, levels, y, 256, batch_size=2)
     assert len(per_frame) == FRAMES
     assert abs(sum(per_frame) / FRAMES - evaluate_bpd(model, levels, y, 256)["bits_per_dim"]) <= 1e-9
+
+
+def test_video_fields_on_other_modalities_are_refused():
+    with pytest.raises(ConfigError, match="apply to modality=video"):
+        FlowConfig(frame_count=4)
+    with pytest.raises(ConfigError, match="apply to modality=video"):
+        FlowConfig(frame_layout="causal")

@@ -149,6 +149,9 @@ class FlowConfig:
                               f"{self.latent_scale}, {self.latent_shift}")
         if self.context % self.chars_per_token:
             raise ConfigError(f"context={self.context} is not divisible by chars_per_token={self.chars_per_token}")
+        if self.modality != "video" and (self.frame_count != 1 or self.frame_layout != "global-local"):
+            raise ConfigError(f"frame_count and frame_layout apply to modality=video, not {self.modality!r}: leave "
+                              f"them unset")
         if self.modality == "video" and self.architecture != "flow":
             raise ConfigError(f"video models are flows: set architecture=flow, not {self.architecture!r}")
         if self.architecture == "autoregressive" and self.modality != "text":
