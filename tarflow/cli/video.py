@@ -99,6 +99,9 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
     frames = args.frames or window
     context = max(1, window // 2)
     generator = torch.Generator().manual_seed(args.seed)
+    if model.config.noise_conditioning and (args.first_frames is not None or frames > window):
+        raise ConfigError("--first-frames and --frames beyond the model's length continue clips exactly, which a "
+                          "noise-conditioned model (generated at a noise level, then denoised) does not support")
     started = time.perf_counter()
     if args.score_denoiser is not None:
         from ..sampling.flow_score import CausalScoreDenoiser, ScoreDenoisedSampler
