@@ -67,6 +67,9 @@ BASE = {
     "autoencoder eval": ["ae", "--no-progress"],
     "autoencoder finetune-decoder": ["latent", "--steps", "1", "--batch-size", "2", "--no-progress"],
     "generate": ["textmodel", "--length", "2", "--prompt", "ab"],
+    "fit-score-denoiser": ["model", "--steps", "1", "--no-progress"],
+    "temporal-consistency": ["model", "--count", "2", "--classifier-steps", "2", "--sampler", "sequential",
+                             "--no-progress"],
 }
 RESUME_BASE = ["--no-progress"]  # --resume takes the run's saved config: no --preset, --out or overrides
 

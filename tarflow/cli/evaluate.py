@@ -14,6 +14,7 @@ from .latents import cmd_eval_latents, latent_decoding, pixel_denoising
 from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
                       add_sampling_options, check_output_file, number, parse_weights_list)
 from .sample import choose_denoiser, choose_sampler, sampler_per_guidance
+from .video import cmd_eval_video
 
 
 def load_model_for_metrics(args: argparse.Namespace):
@@ -45,6 +46,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, model_dir, name, data_dir = load_model_for_metrics(args)
     if model.config.modality == "latents":  # a continuous density of latents: nats/dim, not bits/dim
         return cmd_eval_latents(args, model, model_dir, name, data_dir)
+    if model.config.modality == "video":  # clips: bits/dim, and per frame given the earlier ones
+        return cmd_eval_video(args, model, model_dir, name, data_dir)
     noise_level, density = check_noise_level_option(model, args)
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=model.config.image_size,
                         channels=model.config.channels, progress=not args.no_progress)

@@ -15,9 +15,10 @@ from ..train.config import RunConfig, TrainConfig
 
 SECTIONS = {"model": FlowConfig, "train": TrainConfig}
 MAX_INT = 2 ** 63 - 1  # the largest integer a torch tensor or seed holds
-SAMPLERS = ("auto", "sequential", "jacobi", "gs-jacobi")
+SAMPLERS = ("auto", "sequential", "jacobi", "gs-jacobi", "video-jacobi")
 SAMPLER_HELP = ("auto (default): the sampler `tarflow calibrate` measured fastest for this device, batch size and "
-                "guidance setting, else the exact sequential one; or force one")
+                "guidance setting, else the exact sequential one; or force one (video-jacobi: video models, frames "
+                "in order and the tokens of each frame by Jacobi)")
 CALIBRATION_HELP = ("calibration file of --sampler auto, written by `tarflow calibrate --out FILE` (default: the "
                     "model directory's sampling.json)")
 TEMPERATURE_HELP = "scale of the prior noise, > 0 (default 1.0)"

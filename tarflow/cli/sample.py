@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, check_output_file, number, parse_label
+from .video import add_video_sample_options, sample_video
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -41,6 +42,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if config.modality == "latents" and sigma and args.denoise is None:
         learned = model.modality.denoising_decoder(sigma)
         denoised = f"on (sigma={sigma:.4g}, fine-tuned decoder)" if learned else denoised
+    if config.modality == "video":  # clips: a frame strip and a GIF; continued from --first-frames
+        seconds, what = sample_video(args, model, sampler, y, settings, guidance, sigma, levels, out)
+        print(f"{args.count} {what} in {seconds:.2f} s with the {why}, temperature {settings['temperature']:g}, "
+              f"denoise {denoised}{stored} -> {out} and {out.with_suffix('.gif')}")
+        return 0
+    if args.first_frames is not None or args.frames is not None or args.score_denoiser is not None:
+        raise ConfigError("--first-frames, --frames and --score-denoiser apply to video models (modality=video)")
     started = time.perf_counter()
     x = sampler.sample(count, y, settings["temperature"], guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))
@@ -146,7 +154,7 @@ def choose_sampler(model, model_dir: Path, name: str, batch: int, guidance, cali
     model directory's sampling.json) and never writes; without one it is the exact sequential sampler, and a
     line on stderr says how to calibrate.
     """
-    from ..sampling import GSJacobiSampler, JacobiSampler, SequentialSampler
+    from ..sampling import GSJacobiSampler, JacobiSampler, SequentialSampler, VideoJacobiSampler
     from ..sampling.calibrate import auto_sampler, calibration_file, device_key
 
     if calibration is not None and name != "auto":
@@ -156,6 +164,9 @@ def choose_sampler(model, model_dir: Path, name: str, batch: int, guidance, cali
     if name == "jacobi":
         sampler = JacobiSampler(model, tol=tol)
         return sampler, f"{sampler.describe()} sampler (--sampler jacobi)"
+    if name == "video-jacobi":
+        sampler = VideoJacobiSampler(model, tol=tol)
+        return sampler, f"{sampler.describe()} sampler (--sampler video-jacobi)"
     if name == "gs-jacobi":
         sampler = GSJacobiSampler(model, tol=tol, modules=modules)
         return sampler, f"{sampler.describe()} sampler (--sampler gs-jacobi)"
@@ -231,6 +242,7 @@ def add_sample_parser(sub) -> None:
                         "for models trained with gaussian noise, else none")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_sampler_options(parser)
+    add_video_sample_options(parser)
     parser.add_argument("--tol", type=number(float, minimum=0), default=1e-5,
                         help="relative-change tolerance of a forced jacobi / gs-jacobi sampler (default 1e-5)")
     parser.add_argument("--modules", type=number(int, minimum=1), default=None,

@@ -47,9 +47,10 @@ class ARFlowBlock(nn.Module):
     """
 
     def __init__(self, config: FlowConfig, layers: int, order: Order, transform: Transform, conditioned: bool,
-                 context_width: int = 0, captioned: bool = False):
+                 context_width: int = 0, captioned: bool = False, num_tokens: int | None = None):
         super().__init__()
-        width, token_dim, num_tokens = config.width, config.token_dim, config.num_tokens
+        width, token_dim = config.width, config.token_dim
+        num_tokens = num_tokens or config.num_tokens  # fewer for a block within each video frame
         self.order, self.transform = order, transform
         linear_type = SigmaReparamLinear if config.sigma_reparam else nn.Linear
         self.proj_in = linear_type(token_dim, width)

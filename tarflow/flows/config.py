@@ -25,10 +25,16 @@ class FlowConfig:
     # ----- modality: data <-> tokens (B, T, D)
     modality: str = option("pixels", "what the data is: pixels (images patchified into tokens), latents (the "
                            "latent grid of a frozen autoencoder, STARFlow) or text (token ids as learned Gaussian "
-                           "vectors, TarFlowLM)", choices=MODALITIES)
+                           "vectors, TarFlowLM) or video (clips, each frame patchified, tokens frame-major, STARFlow-V)",
+                           choices=MODALITIES)
     image_size: int = option(8, "image height and width in pixels (square images); latents: the latent grid's side")
     channels: int = option(1, "image channels (1 grey, 3 RGB); latents: the autoencoder's latent channels")
     patch_size: int = option(2, "patch side p; tokens are p x p x channels, T = (size/p)^2")
+    frame_count: int = option(1, "video: frames F per clip; T = F (size/p)^2 tokens, frame-major")
+    frame_layout: str = option("global-local", "video: global-local (every block but the last acts within each "
+                               "frame, frames folded into the batch; the last block, nearest the prior, is causal over "
+                               "the whole frame-major sequence, STARFlow-V) or causal (every block over the whole "
+                               "sequence, causal over frames)", choices=("global-local", "causal"))
     autoencoder: str = option("", "latents: directory of the frozen autoencoder (a `tarflow autoencoder train` run, "
                               "or a diffusers AutoencoderKL); a relative path is read from the flow model's directory")
     latent_scale: float = option(0.0, "latents: z = (encode(x) - latent_shift) * latent_scale; 0: measured on the "
@@ -127,7 +133,7 @@ class FlowConfig:
     def __post_init__(self):
         check_choices(self)
         for name in ("image_size", "channels", "patch_size", "width", "num_blocks", "head_dim", "mlp_ratio",
-                     "mixture_components", "context", "chars_per_token", "embed_dim"):
+                     "mixture_components", "context", "chars_per_token", "embed_dim", "frame_count"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.check_layers()
@@ -156,6 +162,11 @@ class FlowConfig:
                               f"{self.latent_scale}, {self.latent_shift}")
         if self.context % self.chars_per_token:
             raise ConfigError(f"context={self.context} is not divisible by chars_per_token={self.chars_per_token}")
+        if self.modality != "video" and (self.frame_count != 1 or self.frame_layout != "global-local"):
+            raise ConfigError(f"frame_count and frame_layout apply to modality=video, not {self.modality!r}: leave "
+                              f"them unset")
+        if self.modality == "video" and self.architecture != "flow":
+            raise ConfigError(f"video models are flows: set architecture=flow, not {self.architecture!r}")
         if self.architecture == "autoregressive" and self.modality != "text":
             raise ConfigError(f"architecture={self.architecture!r} applies to modality=text only")
         self.check_trajectory()
@@ -190,8 +201,9 @@ class FlowConfig:
         if self.num_classes != classes:
             raise ConfigError(f"caption set {self.captions!r} captions {classes} classes: set num_classes={classes}, "
                               f"not {self.num_classes}")
-        if self.mixer != "attention" or self.architecture != "flow" or self.modality == "text":
-            raise ConfigError("a text prefix needs architecture=flow, mixer=attention and an image or latent modality")
+        if self.mixer != "attention" or self.architecture != "flow" or self.modality in ("text", "video"):
+            raise ConfigError("a text prefix needs architecture=flow, mixer=attention and an image or latent modality "
+                              "(video models do not take one yet)")
         if self.caption_length < 1 or self.text_layers < 1:
             raise ConfigError(f"caption_length and text_layers must be at least 1, got {self.caption_length}, "
                               f"{self.text_layers}")

@@ -19,6 +19,7 @@ from .priors import LearnedDiagonal, build_prior
 from .saving import load_model, save_model
 from .text_prefix import caption_conditioning
 from .transforms import build_transform
+from .video import video_blocks
 
 
 class TarFlow(nn.Module):
@@ -52,12 +53,15 @@ class TarFlow(nn.Module):
         transform = build_transform(config)
         orders = block_orders(config.order, config.num_blocks)
         last = config.num_blocks - 1
-        self.blocks = nn.ModuleList(
-            ARFlowBlock(config, layers, orders[index], transform,
-                        conditioned=bool(config.num_classes) and not captioned
-                        and (index == last or not config.condition_top_only),
-                        captioned=captioned and index == last)
-            for index, layers in enumerate(config.block_layers))
+        if config.modality == "video":
+            self.blocks = nn.ModuleList(video_blocks(config, transform, self.modality.tokens_per_frame))
+        else:
+            self.blocks = nn.ModuleList(
+                ARFlowBlock(config, layers, orders[index], transform,
+                            conditioned=bool(config.num_classes) and not captioned
+                            and (index == last or not config.condition_top_only),
+                            captioned=captioned and index == last)
+                for index, layers in enumerate(config.block_layers))
         self.prior = build_prior(config, self.modality.num_tokens, self.modality.token_dim)
 
     # ----- labels and inputs -------------------------------------------------------------------
@@ -77,12 +81,12 @@ class TarFlow(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.blocks[0].proj_in.weight.device
+        return self.blocks[-1].proj_in.weight.device  # the last block is an `ARFlowBlock` in every layout
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the weights (and of the noise samplers draw)."""
-        return self.blocks[0].proj_in.weight.dtype
+        return self.blocks[-1].proj_in.weight.dtype
 
     # ----- tokens ------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> Tensor:

@@ -9,8 +9,9 @@ from .base import Modality
 from .latents import Latents, measure_latent_scale
 from .pixels import Pixels
 from .text import Text
+from .video import Video
 
-MODALITIES = ("pixels", "latents", "text")
+MODALITIES = ("pixels", "latents", "text", "video")
 
 
 def build_modality(config) -> Modality:
@@ -20,7 +21,9 @@ def build_modality(config) -> Modality:
                        config.latent_shift)
     if config.modality == "text":
         return Text(config.vocab_size, config.context, config.chars_per_token, config.embed_dim)
+    if config.modality == "video":
+        return Video(config.frame_count, config.image_size, config.channels, config.patch_size)
     return Pixels(config.image_size, config.channels, config.patch_size)
 
 
-__all__ = ["MODALITIES", "Latents", "Modality", "Pixels", "Text", "build_modality", "measure_latent_scale"]
+__all__ = ["MODALITIES", "Latents", "Modality", "Pixels", "Text", "Video", "build_modality", "measure_latent_scale"]

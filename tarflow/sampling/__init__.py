@@ -7,7 +7,8 @@ from .iterative import DenoisedSampler, IterativeDenoiser, model_score
 from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
 from .trajectory import TrajectorySampler
+from .video import VideoJacobiSampler, continue_clips
 
 __all__ = ["BlockStrategy", "DecodedSampler", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser",
-           "JacobiSampler", "SequentialSampler", "TrajectorySampler", "choose_denoising", "model_score",
-           "tweedie_denoise"]
+           "JacobiSampler", "SequentialSampler", "TrajectorySampler", "VideoJacobiSampler", "choose_denoising",
+           "continue_clips", "model_score", "tweedie_denoise"]

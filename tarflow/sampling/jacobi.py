@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..flows.conditioning import Condition
+from ..flows.video import FrameLocalBlock
 from .guidance import Guidance
 from .sequential import SequentialSampler
 
@@ -71,14 +72,22 @@ class TooSlow(Exception):
 
 @torch.no_grad()
 def solve_block(block, z: Tensor, condition: Condition, guidance: Guidance | None, strategy: BlockStrategy,
-                tol: float, deadline: float | None = None) -> tuple[Tensor, list[int]]:
-    """Invert one block by GS-Jacobi. z (B, T, D) in canonical order -> (x, iterations used per module)."""
+                tol: float, deadline: float | None = None, bounds: list[tuple[int, int]] | None = None
+                ) -> tuple[Tensor, list[int]]:
+    """Invert one block by GS-Jacobi. z (B, T, D) in canonical order -> (x, iterations used per module).
+
+    ``bounds``: the modules' [start, end) token ranges in block order, instead of ``strategy.modules`` near-equal
+    ones. A video block within frames (`FrameLocalBlock`) solves every frame at once, each as its own sequence."""
+    if isinstance(block, FrameLocalBlock):
+        x, iterations = solve_block(block.block, block.fold(z), block.fold_condition(condition), guidance, strategy,
+                                    tol, deadline, bounds)
+        return block.unfold(x), iterations
     z = block.order.apply(z)
     batch, num_tokens, _ = z.shape
     cache = block.new_cache(condition, batch)
     x = z.clone()  # initial guess: the noise itself (tokens before block.first are already exact)
     iterations = []
-    for start, end in module_bounds(num_tokens, strategy.modules, block.first):
+    for start, end in bounds or module_bounds(num_tokens, strategy.modules, block.first):
         length = end - start
         cap = length if strategy.max_iters is None else min(strategy.max_iters, length)
         z_module = z[:, start:end]

@@ -19,9 +19,11 @@ LOSS_WEIGHTS = ("one", "t", "t-squared", "t-normalised", "t-squared-normalised")
 class TrainConfig:
     dataset: str = option("digits", "dataset: digits (built in), mnist, fashion-mnist, cifar10, or folder "
                           "(images in class sub-folders of data_dir); text models: shakespeare (tinyshakespeare) or "
-                          "text (data_dir a UTF-8 file)")
+                          "text (data_dir a UTF-8 file); video models: moving-mnist (data_dir the MNIST files) or "
+                          "video-folder")
     data_dir: str = option("", "local copy of the dataset's files (no download); empty: the download cache; "
                            "text: the text file")
+    clip_count: int = option(0, "video, moving-mnist: clips generated per split (0: the dataset's 10,000)")
     flip: bool = option(False, "random horizontal flips of training images")
     on_bad_image: str = option("error", "an unreadable image in a folder dataset stops the run (error) or is "
                                "skipped and counted (skip)", choices=("error", "skip"))
@@ -84,7 +86,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "num_samples", "eval_draws", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "grad_clip", "noise_std",
+        for name in ("clip_count", "warmup_steps", "eval_every", "sample_every", "checkpoint_every", "grad_clip", "noise_std",
                      "weight_decay", "entropy_every", "entropy_warn"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -34,6 +34,7 @@ from .noise_levels import add_noise_levels
 from .run_dir import check_run_dir, start_run, trim_metrics
 from .step import ema_copy, start_optimisation, train_step
 from .tensorboard import TensorBoardLog
+from .video import dataset_options, load_clips, save_clips
 
 def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at: int | None = None
           ) -> dict[str, Any]:
@@ -207,6 +208,10 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
                 "sampling": sampling_settings(train_config, model_config)}
     if train_config.dataset == "folder":
         metadata["data_dir"] = train_config.data_dir  # a folder dataset is known only by its path
+    if model_config.modality == "video":  # the options that regenerate its clips, and a folder's path
+        metadata.update(dataset_options=dataset_options(train_config.dataset, train_config.clip_count))
+        if train_config.dataset == "video-folder":
+            metadata["data_dir"] = train_config.data_dir
     if main:
         final.save_pretrained(run_dir / "model", metadata)
         sample_grid(final, train_config, model_config, data.levels, run_dir / "samples.png")
@@ -227,6 +232,10 @@ def load_data(train_config: TrainConfig, model_config: FlowConfig, cluster: dist
     size, channels = image_geometry(model_config)  # latents: of the images the autoencoder encodes
 
     def load(split: str) -> ImageData:
+        if model_config.modality == "video":  # clips (N, F, C, H, W), read by the loop as images
+            options = dataset_options(train_config.dataset, train_config.clip_count)
+            return load_clips(train_config.dataset, split, train_config.data_dir, model_config,
+                              progress and cluster.is_main, options)
         return load_dataset(train_config.dataset, split, data_dir=train_config.data_dir or None,
                             image_size=size, channels=channels,
                             on_bad_image=train_config.on_bad_image, progress=progress and cluster.is_main)
@@ -362,4 +371,6 @@ def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowCon
         x = IterativeDenoiser().denoise(model, x, y)
     if model_config.modality == "latents":
         x = model.modality.decode(x)
+    if model_config.modality == "video":
+        return save_clips(to_uint8(x, levels), path)
     return save_grid(to_uint8(x, levels), path, nrow=model_config.num_classes or 10)

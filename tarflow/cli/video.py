@@ -1,0 +1,253 @@
+"""Video models (STARFlow-V) in `tarflow eval` (bits/dim, and per frame given the earlier frames) and
+`tarflow sample` (clips as a GIF and a frame strip; continued from the first frames of a clip file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, InputError
+
+
+def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, data_dir: str | None) -> int:
+    """Test bits/dim of the clips (as `evaluate_bpd`) and of each frame given the earlier ones."""
+    from ..metrics import evaluate_bpd
+    from ..metrics.video import evaluate_frame_bpd
+    from ..train.video import load_clips
+
+    if args.noise_level is not None or args.extrapolate:
+        raise ConfigError("--noise-level and --extrapolate apply to image models; a video model's bits/dim are of "
+                          "its uniformly dequantized clips")
+    options = model.metadata.get("dataset_options", {}) if name == model.metadata.get("dataset") else {}
+    data = load_clips(name, args.split, data_dir, model.config, not args.no_progress, options)
+    if args.prior is not None:
+        model.set_likelihood_prior(args.prior)
+    config = model.config
+    labels = data.labels if config.num_classes else None
+    result = evaluate_bpd(model, data.clips, labels, data.levels, draws=args.draws, seed=args.seed,
+                          mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress)
+    per_frame = evaluate_frame_bpd(model, data.clips, labels, data.levels, seed=args.seed)
+    result.update(bits_per_dim_per_frame=[round(bpd, 6) for bpd in per_frame],
+                  per_frame="bits/dim of frame f given frames < f (dequantization draw 0)", clips=len(data),
+                  dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
+                  likelihood_prior=config.likelihood_prior)
+    result.pop("images", None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def read_first_frames(path: str, model, levels: int):
+    """The frames of a clip file (GIF, MP4, ...) in model space (1, k, C, H, W), each at its bin's centre; an
+    `InputError` when they do not fit the model (size, channels, count)."""
+    import torch
+
+    from ..data.quantize import place_in_bins
+    from ..video_io import read_clip
+
+    modality = model.modality
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--first-frames {path}: no such file; give a clip (GIF, MP4, ...) of "
+                         f"{modality.image_size}x{modality.image_size} frames")
+    clip = read_clip(file, channels=3)
+    grey = bool((clip == clip[:, :1]).all())
+    if grey != (modality.channels == 1):
+        what = "grey" if grey else "colour"
+        raise InputError(f"--first-frames {path}: its frames are {what} but the model makes "
+                         f"{modality.channels}-channel clips ({'grey' if modality.channels == 1 else 'colour'}): give "
+                         f"a {'grey' if modality.channels == 1 else 'colour'} clip")
+    clip = clip[:, :modality.channels]
+    frames, channels, height, width = clip.shape
+    if (height, width) != (modality.image_size, modality.image_size):
+        raise InputError(f"--first-frames {path}: its frames are {width}x{height} pixels but the model's are "
+                         f"{modality.image_size}x{modality.image_size}: resize the clip")
+    if frames >= modality.frame_count:
+        raise InputError(f"--first-frames {path}: it has {frames} frames but the model makes clips of "
+                         f"{modality.frame_count}: give at most {modality.frame_count - 1} to continue from")
+    levels_of = (clip.long() * (levels - 1) + 127) // 255 if levels != 256 else clip.long()
+    return place_in_bins(levels_of, torch.full(clip.shape, 0.5), levels)[None]
+
+
+def extend(sampler, clip, frames: int, y, temperature: float, guidance, generator, context: int):
+    """``clip`` (n, k, C, H, W) continued to ``frames`` frames: windows of the model's F frames, each continuing the
+    last ``context`` frames of the clip so far (the first window: all k given ones)."""
+    import torch
+
+    from ..sampling import continue_clips
+
+    window = sampler.model.modality.frame_count
+    while clip.shape[1] < frames:
+        given = clip if clip.shape[1] < window else clip[:, -context:]
+        continued = continue_clips(sampler, given, y, temperature, guidance, generator)
+        clip = torch.cat([clip, continued[:, given.shape[1]:]], dim=1)
+    return clip[:, :frames]
+
+
+def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, guidance, sigma, levels: int,
+                 out: Path) -> tuple[float, str]:
+    """Clips to ``out`` (a frame strip PNG, the first clip as a GIF beside it): drawn whole, or with
+    ``--first-frames`` continued from the clip's frames; ``--frames`` beyond the model's F continue in windows.
+    Returns (seconds, a phrase saying what was drawn)."""
+    import torch
+
+    from ..train.video import save_clips
+    from ..viz import to_uint8
+
+    window = model.modality.frame_count
+    frames = args.frames or window
+    context = max(1, window // 2)
+    generator = torch.Generator().manual_seed(args.seed)
+    if model.config.noise_conditioning and (args.first_frames is not None or frames > window):
+        raise ConfigError("--first-frames and --frames beyond the model's length continue clips exactly, which a "
+                          "noise-conditioned model (generated at a noise level, then denoised) does not support")
+    started = time.perf_counter()
+    if args.score_denoiser is not None:
+        from ..sampling.flow_score import CausalScoreDenoiser, ScoreDenoisedSampler
+
+        if sigma is None:
+            raise ConfigError("--score-denoiser removes the training noise of a model trained with gaussian noise: "
+                              "this one was not (or --denoise none was given)")
+        denoiser = CausalScoreDenoiser.from_pretrained(args.score_denoiser).to(model.device, model.dtype)
+        if denoiser.config.frame_count != window or abs(denoiser.config.sigma - sigma) > 1e-12:
+            raise ConfigError(f"--score-denoiser {args.score_denoiser} was fitted for {denoiser.config.frame_count} "
+                              f"frames at sigma {denoiser.config.sigma:g}, not this model's {window} at {sigma:g}")
+        if frames > window:
+            raise ConfigError(f"--score-denoiser denoises whole clips of the model's {window} frames: --frames "
+                              f"beyond it is not supported with it")
+        sampler, sigma = ScoreDenoisedSampler(sampler, denoiser), None
+    if args.first_frames is not None:
+        if sigma or args.score_denoiser is not None:
+            raise ConfigError("--first-frames continues clips exactly; it does not combine with denoising: pass "
+                              "--denoise none and no --score-denoiser")
+        given = read_first_frames(args.first_frames, model, levels).expand(args.count, -1, -1, -1, -1)
+        x = extend(sampler, given.to(model.dtype), frames, y, settings["temperature"], guidance, generator, context)
+        what = f"continued from {given.shape[1]} frames of {args.first_frames}"
+    else:
+        x = sampler.sample(args.count, y, settings["temperature"], guidance, sigma, generator=generator)
+        if frames > window:
+            x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context)
+        what = "drawn whole" + (", denoised by the score denoiser" if args.score_denoiser else "")
+    x = x[:, :frames]
+    seconds = time.perf_counter() - started
+    save_clips(to_uint8(x, levels), out)
+    windows = f", windows of {window} frames continuing the last {context}" if frames > window else ""
+    return seconds, f"{frames}-frame clips {what}{windows}"
+
+
+def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
+    from .options import number
+
+    parser.add_argument("--first-frames", default=None, metavar="CLIP",
+                        help="video models: continue the frames of this clip file (GIF, MP4, ...; fewer frames than "
+                        "the model's clips, at its frame size): they are encoded exactly and the rest sampled "
+                        "given them")
+    parser.add_argument("--score-denoiser", default=None, metavar="DIR",
+                        help="video models trained with gaussian noise: denoise with this fitted causal score "
+                        "denoiser (`tarflow fit-score-denoiser`) instead of the Tweedie step")
+    parser.add_argument("--frames", type=number(int, minimum=1), default=None,
+                        help="video models: frames per clip (default: the model's); more continue in windows of "
+                        "the model's length, each from the last half of the frames so far")
+
+
+def cmd_temporal_consistency(args: argparse.Namespace) -> int:
+    """The fraction of generated clips whose digits stay the same first to last frame, beside real test clips'."""
+    import torch
+
+    from ..metrics.temporal import consistent_fraction, frame_accuracy, train_digit_classifier
+    from ..runs import load_model
+    from ..train.video import load_clips
+    from ..viz import to_uint8
+    from .sample import choose_sampler
+
+    model, model_dir = load_model(args.path, args.device)
+    metadata = model.metadata
+    if model.config.modality != "video" or metadata.get("dataset") != "moving-mnist":
+        raise ConfigError("temporal-consistency needs a video model trained on moving-mnist (its digit labels "
+                          "train the per-frame classifier)")
+    options = metadata.get("dataset_options", {})
+    data_dir = args.data_dir or metadata.get("data_dir")
+    train = load_clips("moving-mnist", "train", data_dir, model.config, not args.no_progress, options)
+    test = load_clips("moving-mnist", "test", data_dir, model.config, not args.no_progress, options)
+    digits = train.object_labels.shape[1]
+    started = time.perf_counter()
+    classifier = train_digit_classifier(train.clips, train.object_labels, train.levels, args.classifier_steps,
+                                        seed=args.seed).to(model.device)
+    trained_in = time.perf_counter() - started
+    sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
+    temperature = float(metadata.get("sampling", {}).get("temperature", 1.0))
+    samples = sampler.sample(args.count, temperature=temperature, generator=torch.Generator().manual_seed(args.seed))
+    clips = to_uint8(samples, train.levels).cpu()
+    result = {"consistent_samples": consistent_fraction(classifier, clips, digits), "samples": args.count,
+              "consistent_real_test": consistent_fraction(classifier, test.clips, digits),
+              "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
+              "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
+              "classifier_train_s": round(trained_in, 1), "temperature": temperature, "sampler": how,
+              "model": str(model_dir)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_temporal_consistency_parser(sub) -> None:
+    from .options import DEVICE_HELP, add_sampler_options, number
+
+    parser = sub.add_parser("temporal-consistency", help="video models on moving-mnist: the fraction of sampled clips "
+                            "whose digits stay the same first to last frame, by a per-frame digit classifier, as JSON")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--count", type=number(int, minimum=1), default=64, help="clips to sample (default 64)")
+    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
+                        help="training steps of the digit classifier on frames of the training clips (default 1000)")
+    parser.add_argument("--data-dir", default=None, help="the MNIST files (default: the model's record)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_sampler_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_temporal_consistency)
+
+
+def cmd_fit_score_denoiser(args: argparse.Namespace) -> int:
+    """Fit the causal score denoiser of a video model trained with gaussian noise; save it in --out."""
+    from ..runs import load_model
+    from ..sampling.flow_score import fit_score_denoiser
+    from ..train.video import load_clips
+
+    model, model_dir = load_model(args.path, args.device)
+    metadata = model.metadata
+    if model.config.modality != "video":
+        raise ConfigError("fit-score-denoiser needs a video model (modality=video)")
+    if metadata.get("noise") != "gaussian":
+        raise ConfigError("flow-score matching needs a model trained with gaussian noise (noise=gaussian): the "
+                          "denoiser learns to remove it; this one was trained on uniformly dequantized clips")
+    out = Path(args.out) if args.out else model_dir / "score_denoiser"
+    data = load_clips(metadata["dataset"], "train", args.data_dir or metadata.get("data_dir"), model.config,
+                      not args.no_progress, metadata.get("dataset_options", {}))
+    started = time.perf_counter()
+    denoiser, losses = fit_score_denoiser(model, data.clips, data.levels, float(metadata["noise_std"]), args.steps,
+                                          args.batch_size, args.lr, args.width, args.layers, args.seed)
+    denoiser.save_pretrained(out)
+    window = max(1, len(losses) // 10)
+    print(json.dumps({"out": str(out), "steps": args.steps, "seconds": round(time.perf_counter() - started, 1),
+                      "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window},
+                     indent=2))
+    return 0
+
+
+def add_fit_score_denoiser_parser(sub) -> None:
+    from .options import DEVICE_HELP, number
+
+    parser = sub.add_parser("fit-score-denoiser", help="video models trained with gaussian noise: fit a small "
+                            "denoiser, causal over frames, to the flow's own score (flow-score matching); `tarflow "
+                            "sample --score-denoiser DIR` then uses it in place of the Tweedie step")
+    parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
+    parser.add_argument("--out", default=None, help="where to save it (default MODEL_DIR/score_denoiser)")
+    parser.add_argument("--steps", type=number(int, minimum=1), default=500, help="training steps (default 500)")
+    parser.add_argument("--batch-size", type=number(int, minimum=1), default=16, help="clips per step (default 16)")
+    parser.add_argument("--lr", type=number(float, above=0), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--width", type=number(int, minimum=2), default=64, help="Transformer width (default 64)")
+    parser.add_argument("--layers", type=number(int, minimum=1), default=2, help="Transformer layers (default 2)")
+    parser.add_argument("--data-dir", default=None, help="the dataset's files (default: the model's record)")
+    parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="noise and batch seed (default 0)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=cmd_fit_score_denoiser)

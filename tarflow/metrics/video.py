@@ -1,0 +1,86 @@
+"""Likelihood per frame of a video model: log p(x_f | x_<f), and its bits/dim.
+
+Every block of a video model keeps frames in order, so dz/dx is block lower-triangular over frames and
+
+    log p(x) = sum_f log p(x_f | x_<f),   log p(x_f | x_<f) = log p_prior(z_f) + sum over blocks of log|det dz_f/dx_f|
+
+where z_f are the frame's output tokens and each block's log|det| splits over the tokens it transforms (every
+transform acts per token). Frame f's bits/dim: -(log p(x_f | x_<f) + D_f log(bin)) / (D_f ln 2), D_f = C H W.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..data.quantize import bin_width
+from ..flows.conditioning import Condition
+from ..flows.video import FrameLocalBlock
+from .likelihood import dequantize_for_evaluation
+
+HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+
+
+def frame_logdets(block, tokens: Tensor, condition: Condition, frames: int) -> tuple[Tensor, Tensor]:
+    """One block's (z tokens, log|det dz_f/dx_f| (B, F) in nats) on tokens (B, T, D)."""
+    if isinstance(block, FrameLocalBlock):
+        z, logdet = block.block(block.fold(tokens), block.fold_condition(condition))
+        return block.unfold(z), logdet.view(tokens.shape[0], frames)
+    x = block.order.apply(tokens)  # video orders keep every frame's tokens in the frame's place
+    first, num_tokens = block.first, x.shape[1]
+    params = block.params(block.inputs(x, first, num_tokens), condition)
+    per_frame = num_tokens // frames
+    z, logdets = [x[:, :first]], []
+    for frame in range(frames):
+        start, end = max(frame * per_frame, first), (frame + 1) * per_frame
+        if end <= start:  # a one-token frame whose token passes unchanged (zero start)
+            logdets.append(x.new_zeros(x.shape[0]))
+            continue
+        z_frame, logdet = block.transform.forward(x[:, start:end], tuple(p[:, start - first:end - first] for p in params))
+        z.append(z_frame)
+        logdets.append(logdet)
+    return block.order.undo(torch.cat(z, dim=1)), torch.stack(logdets, dim=1)
+
+
+def prior_log_density(model, z: Tensor) -> Tensor:
+    """log p_prior(z) per token (B, T) in nats, for the standard and the learned diagonal prior."""
+    std = model.prior.std()
+    if std is None or model.config.likelihood_prior == "standard":
+        return (-0.5 * z.pow(2) - HALF_LOG_TWO_PI).sum(-1)
+    log_std = std.log().to(z.dtype)
+    return (-0.5 * (z * torch.exp(-log_std)).pow(2) - log_std - HALF_LOG_TWO_PI).sum(-1)
+
+
+def frame_log_prob(model, clips: Tensor, y: Tensor | None = None) -> Tensor:
+    """log p(x_f | x_<f) (B, F) in nats for clips (B, F, C, H, W) in [-1, 1]; the rows sum to ``model.log_prob``."""
+    model.check_images(clips)
+    labels = model.check_labels(y, clips.shape[0])
+    frames = model.modality.frame_count
+    condition = Condition(labels)
+    tokens = model.patchify(clips)
+    total = tokens.new_zeros(clips.shape[0], frames, dtype=torch.promote_types(tokens.dtype, torch.float32))
+    for block in model.blocks:
+        tokens, logdets = frame_logdets(block, tokens, condition, frames)
+        total = total + logdets
+    prior = prior_log_density(model, tokens.to(total.dtype)).view(clips.shape[0], frames, -1).sum(-1)
+    return total + prior
+
+
+@torch.no_grad()
+def evaluate_frame_bpd(model, clips: Tensor, labels: Tensor | None, levels: int, batch_size: int = 64,
+                       seed: int = 0) -> list[float]:
+    """Bits/dim of each frame given the earlier ones, averaged over uint8 ``clips`` (N, F, C, H, W), uniformly
+    dequantized with the noise of draw 0 of `evaluate_bpd` (same ``seed``): their mean is its bits/dim."""
+    model.eval()
+    dims = clips[0, 0].numel()
+    dtype = model.dtype
+    total = torch.zeros(clips.shape[1], dtype=torch.float64)
+    for start in range(0, clips.shape[0], batch_size):
+        end = min(start + batch_size, clips.shape[0])
+        x = dequantize_for_evaluation(clips, levels, start, end, seed, 0).to(model.device, dtype)
+        y = None if labels is None else labels[start:end].to(model.device)
+        log_p = frame_log_prob(model, x, y).double().cpu()
+        total += (-(log_p + dims * math.log(bin_width(levels))) / (dims * math.log(2))).sum(0)
+    return (total / clips.shape[0]).tolist()

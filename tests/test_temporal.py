@@ -1,0 +1,60 @@
+"""The temporal-consistency metric: same digit classes in the first and last frame, by a multi-label classifier."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tarflow.metrics.temporal import consistent_fraction, digit_targets, frame_accuracy, train_digit_classifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class MarkedDigits(nn.Module):
+    """A stand-in classifier: a frame shows the digit classes written in its pixels (0, 0) and (0, 1)."""
+
+    def to_input(self, frames):
+        return frames.long()
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 10)
+        rows = torch.arange(x.shape[0])
+        logits[rows, x[:, 0, 0, 0] % 10] += 1.0
+        logits[rows, x[:, 0, 0, 1] % 10] += 1.0
+        return logits
+
+
+def marked_clips(digits_first, digits_last, frames=3):
+    clips = torch.zeros(len(digits_first), frames, 1, 4, 4, dtype=torch.uint8)
+    for i, (first, last) in enumerate(zip(digits_first, digits_last)):
+        clips[i, 0, 0, 0, :2] = torch.tensor(first)
+        clips[i, -1, 0, 0, :2] = torch.tensor(last)
+    return clips
+
+
+def test_consistency_compares_the_sets_of_first_and_last_digits():
+    first = [(1, 2), (3, 4), (5, 6), (7, 8)]
+    last = [(2, 1), (3, 4), (5, 9), (0, 8)]  # same set (swapped), same, one changed, one changed
+    assert consistent_fraction(MarkedDigits(), marked_clips(first, last), 2) == 0.5
+    assert consistent_fraction(MarkedDigits(), marked_clips(first, first), 2) == 1.0
+
+
+def test_digit_targets_are_multi_hot():
+    targets = digit_targets(torch.tensor([[3, 7], [2, 2]]))
+    assert targets.sum(1).tolist() == [2.0, 1.0] and targets[0, 3] == targets[0, 7] == targets[1, 2] == 1
+
+
+def test_classifier_learns_which_digits_a_frame_shows():
+    """Frames of 16x16 with a bright 4x4 square in the cell of each of the clip's two classes (cell c of a 4x4
+    grid of cells, classes 0..9): the trained classifier gets the set right on nearly every frame."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.randperm(10, generator=generator)[:2] for _ in range(200)])
+    clips = torch.zeros(200, 2, 1, 16, 16, dtype=torch.uint8)
+    for i, classes in enumerate(labels.tolist()):
+        for c in classes:
+            row, col = divmod(c, 4)
+            clips[i, :, 0, 4 * row:4 * row + 4, 4 * col:4 * col + 4] = 255
+    classifier = train_digit_classifier(clips[:150], labels[:150], steps=150, batch_size=32, lr=5e-3)
+    assert frame_accuracy(classifier, clips[150:], labels[150:]) >= 0.9
+    assert consistent_fraction(classifier, clips[150:], 2) >= 0.9

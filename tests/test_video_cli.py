@@ -1,0 +1,125 @@
+"""Video models from the command line: `tarflow train --preset moving-mnist-tiny` (on fake MNIST digits), `eval`
+with bits/dim per frame, `sample` writing a frame strip and a GIF, continuation with `--first-frames` and
+`--frames`, and the errors for clips that do not fit the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data_helpers import trust_files, write_idx
+from tarflow.cli import main
+from tarflow.video_io import read_clip, save_gif
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+             "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """MNIST-named IDX files of random 28x28 'digits' (6 train, 4 test), trusted by md5, and a private cache."""
+    folder = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10, rng.integers(0, 256, (4, 28, 28)), np.arange(4))
+    for name, array in zip(IDX_NAMES, arrays):
+        write_idx(folder / name, array)
+    with pytest.MonkeyPatch.context() as patch:
+        trust_files(patch, "mnist", folder)
+        patch.setenv("TARFLOW_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(mnist_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("video") / "run"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(run),
+                 "--steps", "3", "--clip-count", "6", "--no-progress"]) == 0
+    return run
+
+
+def test_training_writes_clips_and_eval_gives_bits_per_frame(run_dir, mnist_dir, capsys):
+    assert read_clip(run_dir / "samples.gif", channels=1).shape == (4, 1, 32, 32)
+    assert (run_dir / "samples.png").is_file()
+    trained = json.loads((run_dir / "eval.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--data-dir", str(mnist_dir), "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clips"] == 6 and len(result["bits_per_dim_per_frame"]) == 4
+    assert abs(result["bits_per_dim"] - trained["bits_per_dim"]) <= 1e-9  # the same test clips as training's eval
+    assert abs(np.mean(result["bits_per_dim_per_frame"]) - result["bits_per_dim"]) <= 1e-5
+
+
+def test_sample_continues_the_first_frames_of_a_clip(run_dir, tmp_path):
+    generated = torch.randint(0, 256, (2, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    save_gif(generated, tmp_path / "given.gif")
+    out = tmp_path / "continued.png"
+    assert main(["sample", str(run_dir), "--count", "2", "--first-frames", str(tmp_path / "given.gif"),
+                 "--sampler", "video-jacobi", "--out", str(out)]) == 0
+    clip = read_clip(out.with_suffix(".gif"), channels=1)
+    assert clip.shape == (4, 1, 32, 32)
+    assert torch.equal(clip[:2], generated)
+    assert main(["sample", str(run_dir), "--count", "1", "--first-frames", str(tmp_path / "given.gif"),
+                 "--frames", "7", "--sampler", "sequential", "--out", str(out)]) == 0
+    clip = read_clip(out.with_suffix(".gif"), channels=1)
+    assert clip.shape == (7, 1, 32, 32) and torch.equal(clip[:2], generated)
+
+
+@pytest.mark.parametrize("frames, size, colour, message", [
+    (4, 32, False, "it has 4 frames but the model makes clips of 4"),
+    (2, 16, False, "its frames are 16x16 pixels but the model's are 32x32"),
+    (2, 32, True, "its frames are colour but the model makes 1-channel clips"),
+])
+def test_first_frames_that_do_not_fit_are_refused(run_dir, tmp_path, capsys, frames, size, colour, message):
+    clip = torch.randint(0, 256, (frames, 3 if colour else 1, size, size), generator=torch.Generator().manual_seed(1),
+                         dtype=torch.uint8)
+    save_gif(clip, tmp_path / "bad.gif")
+    assert main(["sample", str(run_dir), "--first-frames", str(tmp_path / "bad.gif"), "--out",
+                 str(tmp_path / "x.png")]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_temporal_consistency_reports_samples_and_real_clips(run_dir, mnist_dir, capsys):
+    capsys.readouterr()
+    assert main(["temporal-consistency", str(run_dir), "--data-dir", str(mnist_dir), "--count", "2",
+                 "--classifier-steps", "2", "--sampler", "video-jacobi", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 2 and result["test_clips"] == 6 and result["digits_per_clip"] == 2
+    for key in ("consistent_samples", "consistent_real_test", "classifier_frame_accuracy"):
+        assert 0 <= result[key] <= 1
+
+
+def test_flow_score_denoiser_from_the_command_line(run_dir, mnist_dir, tmp_path, capsys):
+    noisy_run = tmp_path / "noisy"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(noisy_run),
+                 "--steps", "2", "--clip-count", "6", "--noise", "gaussian", "--noise-std", "0.1",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["fit-score-denoiser", str(noisy_run), "--data-dir", str(mnist_dir), "--steps", "3", "--width", "16",
+                 "--layers", "1", "--no-progress"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["out"] == str(noisy_run / "model" / "score_denoiser")
+    out = tmp_path / "denoised.png"
+    assert main(["sample", str(noisy_run), "--count", "2", "--sampler", "sequential", "--score-denoiser",
+                 fitted["out"], "--out", str(out)]) == 0
+    assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)
+    assert main(["fit-score-denoiser", str(run_dir), "--steps", "1", "--no-progress"]) != 0
+    assert "needs a model trained with gaussian noise" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--score-denoiser", fitted["out"], "--out", str(out)]) != 0
+    assert "model trained with gaussian noise" in capsys.readouterr().err
+
+
+def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
+    run = tmp_path / "tiny"
+    assert main(["train", "--preset", "tiny", "--steps", "1", "--eval-every", "0", "--sample-every", "0",
+                 "--out", str(run), "--no-progress"]) == 0
+    assert main(["sample", str(run), "--frames", "3", "--sampler", "sequential", "--out", str(tmp_path / "a.png")]) != 0
+    assert "apply to video models" in capsys.readouterr().err
+    assert main(["sample", str(run), "--sampler", "video-jacobi", "--out", str(tmp_path / "a.png")]) != 0
+    assert "needs a video model" in capsys.readouterr().err
+    assert main(["temporal-consistency", str(run)]) != 0
+    assert "needs a video model trained on moving-mnist" in capsys.readouterr().err
