@@ -269,7 +269,7 @@ def test_clips_of_the_wrong_shape_are_refused():
     good = torch.zeros(2, FRAMES, 1, SIZE, SIZE)
     for bad, message in [(good[:, 0], "batch of clips"), (good[:, :2], "2 frames but the model expects 3"),
                          (good.expand(-1, -1, 3, -1, -1), "3 channels but the model expects 1"),
-                         (good[..., :2], "2x4 frames but the model expects 4x4")]:
+                         (good[..., :2], "frames of 2x4 pixels but the model expects 4x4")]:
         with pytest.raises(InputError, match=message):
             model.log_prob(bad)
 
@@ -282,7 +282,7 @@ def test_continuation_errors():
                          (good[:, :0], "0 first frames"),
                          (good[:, :1, 0], "first frames must be clips"),
                          (good[:, :1].expand(-1, -1, 3, -1, -1), "3 channels but the model expects 1"),
-                         (good[:, :1, :, :2], "4x2 pixels but the model's are 4x4")]:
+                         (good[:, :1, :, :2], "frames of 4x2 pixels but the model expects 4x4")]:
         with pytest.raises(InputError, match=message):
             continue_clips(sampler, bad)
     image_model = TarFlow(FlowConfig(image_size=4, patch_size=2, width=16, head_dim=8, num_blocks=1))

@@ -34,13 +34,19 @@ class Video(Pixels):
         if data.shape[1] != frames:
             raise InputError(f"{name} has {data.shape[1]} frames but the model expects {frames}: expected shape "
                              f"{expected}, got {tuple(data.shape)}")
-        if data.shape[2] != channels:
-            raise InputError(f"{name} has {data.shape[2]} channels but the model expects {channels} (1 grey, 3 RGB): "
-                             f"expected shape {expected}, got {tuple(data.shape)}")
-        if data.shape[3:] != (size, size):
-            raise InputError(f"{name} has {data.shape[4]}x{data.shape[3]} frames but the model expects {size}x{size}: "
-                             f"resize or crop the frames")
+        self.check_frames(data, name)
         super().check(data.flatten(0, 1), name)  # dtype and finite values
+
+    def check_frames(self, data: Tensor, name: str) -> None:
+        """An `InputError` unless the frames of the clips ``data`` (B, any F, C, H, W) have the model's channels
+        and size."""
+        if data.shape[2] != self.channels:
+            raise InputError(f"{name}: {data.shape[2]} channels but the model expects {self.channels} (1 grey, "
+                             f"3 RGB), in clips (batch, frames, channels, height, width); got {tuple(data.shape)}")
+        size = self.image_size
+        if data.shape[3:] != (size, size):
+            raise InputError(f"{name}: frames of {data.shape[4]}x{data.shape[3]} pixels but the model expects "
+                             f"{size}x{size}: resize or crop them")
 
     def to_tokens(self, data: Tensor) -> Tensor:
         tokens = super().to_tokens(data.flatten(0, 1))

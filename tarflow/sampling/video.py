@@ -103,12 +103,7 @@ def check_first_frames(model, first_frames: Tensor, n: int) -> int:
     if not 1 <= count < frames:
         raise InputError(f"got {count} first frames but the model makes clips of {frames}: give between 1 and "
                          f"{frames - 1} frames to continue from")
-    if first_frames.shape[2] != channels:
-        raise InputError(f"the first frames have {first_frames.shape[2]} channels but the model expects {channels} "
-                         f"(1 grey, 3 RGB)")
-    if first_frames.shape[3:] != (size, size):
-        raise InputError(f"the first frames are {first_frames.shape[4]}x{first_frames.shape[3]} pixels but the "
-                         f"model's are {size}x{size}: resize them")
+    modality.check_frames(first_frames, "the first frames")
     return count
 
 
