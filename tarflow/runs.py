@@ -50,7 +50,8 @@ def load_model(path: str | Path, device: str | torch.device = "auto", trajectory
     if config.architecture == "ntm":
         if not trajectory:
             raise ConfigError(f"{path} holds a Normalizing Trajectory Model (architecture=ntm): so far `tarflow "
-                              f"sample` and `tarflow eval` support it, not this command")
+                              f"sample`, `eval`, `fid`, `guidance-accuracy` and `sweep-sampling` support it, not "
+                              f"this command")
         return NormalizingTrajectoryModel.from_pretrained(model_dir, map_location=pick_device(device)), model_dir
     return TarFlow.from_pretrained(model_dir, map_location=pick_device(device)), model_dir
 

@@ -84,7 +84,7 @@ def test_sample_writes_the_trajectory_samplers_grid(run_dir, tmp_path, capsys):
     (["sample", "RUN", "--denoise", "tweedie"], "--denoise does not apply"),
     (["eval", "RUN", "--noise-level", "0.1"], "--noise-level does not apply"),
     (["calibrate", "RUN"], "holds a Normalizing Trajectory Model"),
-    (["fid", "RUN", "--weights", "missing.pt"], "holds a Normalizing Trajectory Model"),
+    (["score", "RUN", "--out", "OUT"], "holds a Normalizing Trajectory Model"),
     (["train", "--preset", "digits-ntm", "--trajectory-signal", "0.5,0.7,0.2,0", "--out", "OUT"], "decrease strictly"),
     (["train", "--preset", "digits-ntm", "--trajectory-steps", "0", "--out", "OUT"], "at least 1"),
 ])

@@ -14,16 +14,18 @@ from .latents import cmd_eval_latents, latent_decoding, pixel_denoising
 from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
                       add_sampling_options, check_output_file, number, parse_weights_list)
 from .sample import choose_denoiser, choose_sampler, sampler_per_guidance
+from .trajectory import trajectory_metric_sampler
 from .video import cmd_eval_video
 
 
-def load_model_for_metrics(args: argparse.Namespace):
+def load_model_for_metrics(args: argparse.Namespace, trajectory: bool = False):
     """(model, model directory, dataset name, data_dir) for `eval`, `fid`, `guidance-accuracy`, `sweep-sampling`
     and `score`: the dataset defaults to the one the model was trained on (and its data_dir, for a folder dataset);
-    for a latent model it is the dataset of its autoencoder's images."""
+    for a latent model it is the dataset of its autoencoder's images. ``trajectory``: a Normalizing Trajectory Model
+    is loaded too (the commands that sample it), else refused."""
     from ..runs import load_model
 
-    model, model_dir = load_model(args.path, args.device)
+    model, model_dir = load_model(args.path, args.device, trajectory)
     name = args.dataset or model.metadata.get("dataset")
     if not name:
         raise ConfigError(f"{model_dir} does not record its dataset: pass --dataset")
@@ -112,12 +114,16 @@ def fid(args: argparse.Namespace, cluster) -> int:
     from ..sampling.guidance import default_rule
 
     args.no_progress = args.no_progress or not cluster.is_main
-    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    model, model_dir, name, data_dir = load_model_for_metrics(args, trajectory=True)
     extractor = FeatureExtractor(args.weights, device=model.device, batch_size=args.batch_size)  # before sampling
     guidance = Guidance(args.guidance, args.guidance_rule or default_rule(model.config)) if args.guidance else None
     batch = min(args.sample_batch, args.count)
-    sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)
-    sampler, denoised = fid_denoising(model, sampler, args)
+    if model.config.architecture == "ntm":  # its K-step sampler (cli/trajectory.py)
+        sampler, denoised = trajectory_metric_sampler(model, args), {}
+        how = sampler.describe()
+    else:
+        sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)
+        sampler, denoised = fid_denoising(model, sampler, args)
     result = fid_of_model(model, extractor, name, args.split, args.count, args.ref_count, sampler, guidance,
                           args.temperature, args.seed, batch, data_dir, progress=not args.no_progress,
                           rank=cluster.rank, world_size=cluster.world_size)
@@ -164,7 +170,7 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
 
     weights = parse_weights_list(args.guidance)
     out = check_output_file(args.plot or Path(args.path) / "guidance_accuracy.png", "--plot")
-    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    model, model_dir, name, data_dir = load_model_for_metrics(args, trajectory=True)
     rule = args.guidance_rule or default_rule(model.config)
     decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
     batch = min(args.sample_batch, args.count)

@@ -128,6 +128,8 @@ def latent_decoding(model, denoise: str | None) -> Decoding | WithoutTweedie | N
     from ..autoencoders.finetune import DENOISING_DECODER
     from ..sampling import choose_denoising
 
+    if model.config.architecture == "ntm":  # its denoising is its sampler's (cli/trajectory.py)
+        return None
     if model.config.modality != "latents":
         return pixel_denoising(model, denoise)
     if denoise == "iterative":

@@ -191,7 +191,12 @@ def choose_sampler(model, model_dir: Path, name: str, batch: int, guidance, cali
 def sampler_per_guidance(model, model_dir: Path, args: argparse.Namespace, batch: int, decoding=None):
     """``sampler_for(guidance)`` for the metric commands that draw with several settings: `choose_sampler`'s
     choice (and at most one note) once for guided and once for unguided settings, wrapped by a latent model's
-    ``decoding`` (see cli/latents.py) when given."""
+    ``decoding`` (see cli/latents.py) when given. A trajectory model: its K-step sampler for every setting."""
+    from .trajectory import trajectory_metric_sampler
+
+    if model.config.architecture == "ntm":
+        sampler = trajectory_metric_sampler(model, args)
+        return lambda guidance: sampler
     samplers = {}
 
     def sampler_for(guidance):

@@ -25,18 +25,19 @@ def cmd_sweep_sampling(args: argparse.Namespace) -> int:
     check_output_file(out / "sweep.json", "--out")
     weights, temperatures = parse_weights_list(args.guidance), parse_temperatures(args.temperature)
     rules = parse_rules(args.guidance_rule) if args.guidance_rule is not None else None
-    model, model_dir, name, data_dir = load_model_for_metrics(args)
+    model, model_dir, name, data_dir = load_model_for_metrics(args, trajectory=True)
     settings = settings_grid(weights, rules or [default_rule(model.config)], temperatures)
     decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
     extractor = FeatureExtractor(args.weights, device=model.device) if args.weights else None
     batch = min(args.sample_batch, args.count)
     sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
+    sampler_name = sampler_for(None).describe() if model.config.architecture == "ntm" else args.sampler
 
     decoded = None  # how the samples were decoded, with the decoder's weights: part of the cache key
     if decoding:
         decoded = {**decoding.fields(), "decoder_sha256": decoding.weights_sha256()}
     result = sweep_sampling(model, name, settings, args.count, extractor, args.split, args.ref_count, args.seed,
-                            batch, args.classifier_steps, data_dir, sampler_for, args.sampler, out / "cache",
+                            batch, args.classifier_steps, data_dir, sampler_for, sampler_name, out / "cache",
                             progress=not args.no_progress, decoding=decoded)
     rows = result["rows"]
     picture = plot_sweep(rows, model_levels(model), out / "sweep.png")

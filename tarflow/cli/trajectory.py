@@ -43,15 +43,28 @@ def cmd_sample_trajectory(args: argparse.Namespace) -> int:
     return 0
 
 
+def trajectory_metric_sampler(model, args: argparse.Namespace):
+    """The sampler of `fid`, `guidance-accuracy` and `sweep-sampling` for a trajectory model: its K-step
+    `TrajectorySampler` (named by its ``describe()``), TarFlow's sampler and denoising options refused by name."""
+    from ..sampling import TrajectorySampler
+
+    refuse_flow_sampling_options(args)
+    return TrajectorySampler(model)
+
+
 def refuse_flow_sampling_options(args: argparse.Namespace) -> None:
-    """The samplers and denoisers of `tarflow sample` are TarFlow's: a trajectory model refuses them by name."""
-    given = [flag for flag, used in (("--sampler", args.sampler not in ("auto", "sequential")),
-                                     ("--calibration", args.calibration is not None),
-                                     ("--modules", args.modules is not None),
-                                     ("--denoise", args.denoise not in (None, "none")),
-                                     ("--denoise-steps", args.denoise_steps is not None),
-                                     ("--dynamics", args.dynamics is not None),
-                                     ("--denoise-clip", args.denoise_clip)) if used]
+    """The samplers and denoisers of `tarflow sample` and the metric commands are TarFlow's: a trajectory model
+    refuses them by name (a command without one of the options has it None)."""
+    def given_option(name: str):
+        return getattr(args, name, None)
+
+    given = [flag for flag, used in (("--sampler", given_option("sampler") not in (None, "auto", "sequential")),
+                                     ("--calibration", given_option("calibration") is not None),
+                                     ("--modules", given_option("modules") is not None),
+                                     ("--denoise", given_option("denoise") not in (None, "none")),
+                                     ("--denoise-steps", given_option("denoise_steps") is not None),
+                                     ("--dynamics", given_option("dynamics") is not None),
+                                     ("--denoise-clip", bool(given_option("denoise_clip")))) if used]
     if given:
         raise ConfigError(f"{given[0]} does not apply to a Normalizing Trajectory Model: it samples in its K steps "
                           f"with its own sampler and needs no denoising")

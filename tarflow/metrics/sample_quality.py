@@ -64,6 +64,7 @@ def fid_of_model(model, extractor: FeatureExtractor, dataset: str, split: str = 
             "temperature": temperature, "denoise_std": denoise_std, "seed": seed,
             "extractor": {"file": str(extractor.path), "sha256": extractor.sha256},
             "seconds": {"reference": round(reference_seconds, 2), "sampling": round(sampling_seconds, 2),
+                        "sampling_per_image": round(sampling_seconds / count, 6),
                         "features": round(feature_seconds, 2)},
             "processes": world_size}
 

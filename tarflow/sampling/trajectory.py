@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..flows.conditioning import Condition
 from .guidance import Guidance
 
@@ -21,6 +22,10 @@ class TrajectorySampler:
 
     def __init__(self, model):
         self.model = model
+
+    def describe(self) -> str:
+        """The sampler's name in the metrics' JSON: "ntm, K steps"."""
+        return f"ntm, {self.model.steps} steps"
 
     def noise(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """(K + 1, n, T, D) standard normal tokens times ``temperature``: x_K, then z_K .. z_1; drawn on the CPU so
@@ -54,6 +59,12 @@ class TrajectorySampler:
         return torch.stack(images, dim=1)
 
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0, guidance: Guidance | None = None,
-               generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
-        """n images x_0 in model space ((n, C, H, W) in [-1, 1], not clamped): the end of a sampled `trajectory`."""
+               denoise_std: float | None = None, generator: torch.Generator | None = None,
+               noise: Tensor | None = None) -> Tensor:
+        """n images x_0 in model space ((n, C, H, W) in [-1, 1], not clamped): the end of a sampled `trajectory`.
+        The signature is the samplers' (`tarflow.metrics.generate_levels`); ``denoise_std`` must be None, as the
+        model is trained on clean data."""
+        if denoise_std is not None:
+            raise ConfigError(f"a Normalizing Trajectory Model is trained on clean data: it takes no Tweedie step "
+                              f"(denoise_std={denoise_std}); pass denoise_std=None")
         return self.trajectory(n, y, temperature, guidance, generator, noise)[:, 0]
