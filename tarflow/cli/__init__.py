@@ -25,6 +25,7 @@ from .sample import add_sample_parser
 from .sweep import add_sweep_parser
 from .text import add_generate_parser
 from .train import add_train_parser
+from .trajectory import add_distill_denoiser_parser
 from .video import add_fit_score_denoiser_parser, add_temporal_consistency_parser
 
 __all__ = ["build_parser", "config_from_args", "main", "number", "parse_bool", "parse_ints", "parse_label",
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                 add_score_parser,
                 add_presets_parser, add_report_parser, add_demo_parser,
                 add_autoencoder_parser, add_generate_parser, add_temporal_consistency_parser,
-                add_fit_score_denoiser_parser):
+                add_fit_score_denoiser_parser, add_distill_denoiser_parser):
         add(sub)
     return parser
 

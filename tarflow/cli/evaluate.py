@@ -119,7 +119,7 @@ def fid(args: argparse.Namespace, cluster) -> int:
     guidance = Guidance(args.guidance, args.guidance_rule or default_rule(model.config)) if args.guidance else None
     batch = min(args.sample_batch, args.count)
     if model.config.architecture == "ntm":  # its K-step sampler (cli/trajectory.py)
-        sampler, denoised = trajectory_metric_sampler(model, args), {}
+        sampler, denoised = trajectory_metric_sampler(model, model_dir, args), {}
         how = sampler.describe()
     else:
         sampler, how = choose_sampler(model, model_dir, args.sampler, batch, guidance, args.calibration)

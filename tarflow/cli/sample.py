@@ -195,7 +195,7 @@ def sampler_per_guidance(model, model_dir: Path, args: argparse.Namespace, batch
     from .trajectory import trajectory_metric_sampler
 
     if model.config.architecture == "ntm":
-        sampler = trajectory_metric_sampler(model, args)
+        sampler = trajectory_metric_sampler(model, model_dir, args)
         return lambda guidance: sampler
     samplers = {}
 

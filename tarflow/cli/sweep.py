@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .options import add_latent_denoise_option, add_sampler_options, check_output_file, number, parse_weights_list
 from .sample import sampler_per_guidance
+from .trajectory import sweep_sampler_name
 
 
 def cmd_sweep_sampling(args: argparse.Namespace) -> int:
@@ -31,7 +32,7 @@ def cmd_sweep_sampling(args: argparse.Namespace) -> int:
     extractor = FeatureExtractor(args.weights, device=model.device) if args.weights else None
     batch = min(args.sample_batch, args.count)
     sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
-    sampler_name = sampler_for(None).describe() if model.config.architecture == "ntm" else args.sampler
+    sampler_name = sweep_sampler_name(sampler_for(None)) if model.config.architecture == "ntm" else args.sampler
 
     decoded = None  # how the samples were decoded, with the decoder's weights: part of the cache key
     if decoding:

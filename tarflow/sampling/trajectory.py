@@ -1,5 +1,6 @@
 """Sampling a Normalizing Trajectory Model in K steps: x_K ~ N(0, T^2 I), then x_{k-1} = step k's flow inverted at
-z_k ~ N(0, T^2 I) given x_k, for k = K .. 1 (T the temperature). Every step inverts the whole batch at once.
+z_k ~ N(0, T^2 I) given x_k, for k = K .. 1 (T the temperature). Every step inverts the whole batch at once. With a
+self-distilled denoiser (`trajectory_denoiser.py`) the images are x_0 + d(x_0, x_1).
 
 Guidance (class-conditional models, or any model with an attention temperature tau on the unconditional branch):
 at every step the predictor reads x_k with the label and with the null class (2 B rows in one batch); the rule of
@@ -18,14 +19,16 @@ from .guidance import Guidance
 
 class TrajectorySampler:
     """Draws trajectories (and images, their x_0) from a `NormalizingTrajectoryModel`, using only its ``modality``,
-    ``conditioning``, ``steps``, ``dtype``, ``device`` and ``invert_step``."""
+    ``conditioning``, ``steps``, ``dtype``, ``device`` and ``invert_step``; ``denoiser``: a `TrajectoryDenoiser`
+    applied to the images (not to `trajectory`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, denoiser=None):
         self.model = model
+        self.denoiser = denoiser
 
     def describe(self) -> str:
-        """The sampler's name in the metrics' JSON: "ntm, K steps"."""
-        return f"ntm, {self.model.steps} steps"
+        """The sampler's name in the metrics' JSON: "ntm, K steps", and ", self-distilled denoiser" with one."""
+        return f"ntm, {self.model.steps} steps" + (", self-distilled denoiser" if self.denoiser else "")
 
     def noise(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         """(K + 1, n, T, D) standard normal tokens times ``temperature``: x_K, then z_K .. z_1; drawn on the CPU so
@@ -67,4 +70,7 @@ class TrajectorySampler:
         if denoise_std is not None:
             raise ConfigError(f"a Normalizing Trajectory Model is trained on clean data: it takes no Tweedie step "
                               f"(denoise_std={denoise_std}); pass denoise_std=None")
-        return self.trajectory(n, y, temperature, guidance, generator, noise)[:, 0]
+        trajectory = self.trajectory(n, y, temperature, guidance, generator, noise)
+        if self.denoiser is None:
+            return trajectory[:, 0]
+        return self.denoiser.denoise(trajectory[:, 0], trajectory[:, 1])

@@ -1,0 +1,161 @@
+"""The self-distilled denoiser of a Normalizing Trajectory Model: a small Transformer d(x_0, x_1) that learns the
+model's own Tweedie correction of its final sample, so that sampling needs one forward of it instead of a backward
+pass through the last step's flow.
+
+The target is the NTM's exact last-step score: x_0 ~ p_1(x_0 | x_1, y) is a (dequantized) image, and Tweedie's
+estimate of the clean image under noise of std sigma is
+
+    x_hat_0 = x_0 + sigma^2 grad_{x_0} log p_1(x_0 | x_1, y),      loss = mean over dims of (d(x_0, x_1) - sigma^2 grad)^2
+
+with sigma the std of the uniform dequantization noise, bin / sqrt(12), bin = 2 / levels (or a given sigma).
+Self-distillation: the pairs (x_0, x_1) are the frozen model's own sampled trajectories and the target is its own
+score, so no data are needed. Saved in the model directory as ``denoiser/{config.json, model.safetensors}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_bytes, atomic_write_text
+from ..modalities import Pixels
+
+DENOISER = "denoiser"  # its directory in the model directory
+FORMAT = "tarflow-trajectory-denoiser"
+
+
+@dataclass
+class DenoiserConfig:
+    """The image geometry of the model it denoises, sigma (model space units, [-1, 1] images) and its size."""
+
+    image_size: int
+    channels: int
+    patch_size: int
+    sigma: float
+    width: int = 64
+    layers: int = 2
+    heads: int = 2
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ConfigError(f"width={self.width} is not divisible by heads={self.heads}")
+        if not 0 < self.sigma < float("inf"):
+            raise ConfigError(f"sigma (the noise std the denoiser removes) must be positive and finite, got "
+                              f"{self.sigma}")
+
+
+def dequantization_std(levels: int) -> float:
+    """The std of uniform dequantization noise over one bin of width 2 / levels: bin / sqrt(12)."""
+    return 2.0 / levels / math.sqrt(12.0)
+
+
+class TrajectoryDenoiser(nn.Module):
+    """d(x_0, x_1): the final sample and the last step's input (B, C, H, W) -> the correction of x_0 (same shape).
+    A bidirectional Transformer on the tokens of x_0 and x_1 side by side; it starts as no correction."""
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        self.config = config
+        self.modality = Pixels(config.image_size, config.channels, config.patch_size)
+        tokens, token_dim = self.modality.num_tokens, self.modality.token_dim
+        self.proj_in = nn.Linear(2 * token_dim, config.width)
+        self.pos_embed = nn.Parameter(torch.randn(tokens, config.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(config.width, config.heads, 4 * config.width, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.proj_out = nn.Linear(config.width, token_dim)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, final: Tensor, last_input: Tensor) -> Tensor:
+        tokens = torch.cat([self.modality.to_tokens(final), self.modality.to_tokens(last_input)], dim=-1)
+        hidden = self.layers(self.proj_in(tokens) + self.pos_embed)
+        return self.modality.from_tokens(self.proj_out(hidden))
+
+    @torch.no_grad()
+    def denoise(self, final: Tensor, last_input: Tensor) -> Tensor:
+        """x_hat_0 = x_0 + d(x_0, x_1)."""
+        return final + self(final, last_input)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path / "model.safetensors", save({k: v.contiguous() for k, v in self.state_dict().items()}))
+        atomic_write_text(path / "config.json", json.dumps({"format": FORMAT, "config": asdict(self.config)},
+                                                           indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "TrajectoryDenoiser":
+        path = Path(path)
+        try:
+            data = json.loads((path / "config.json").read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, not {FORMAT!r}")
+            state = load_file(path / "model.safetensors")
+            denoiser = cls(DenoiserConfig(**data["config"])).to(state["proj_in.weight"].dtype)
+            denoiser.load_state_dict(state)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path} is not a saved trajectory denoiser ({type(e).__name__}: {e}); distill "
+                                  f"one with `tarflow distill-denoiser RUN`") from None
+        return denoiser.eval()
+
+
+def load_denoiser(model, model_dir: str | Path) -> TrajectoryDenoiser | None:
+    """The model directory's distilled denoiser on the model's device and dtype, or None when it has none."""
+    path = Path(model_dir) / DENOISER
+    if not path.exists():
+        return None
+    denoiser = TrajectoryDenoiser.from_pretrained(path)
+    c, d = model.config, denoiser.config
+    if (d.image_size, d.channels, d.patch_size) != (c.image_size, c.channels, c.patch_size):
+        raise CheckpointError(f"{path} was distilled for {d.channels}x{d.image_size}x{d.image_size} images, patch "
+                              f"{d.patch_size}, not this model's: distill it again with `tarflow distill-denoiser`")
+    return denoiser.to(model.device, model.dtype)
+
+
+def score_correction(model, final: Tensor, last_input: Tensor, y: Tensor | None, sigma: float) -> Tensor:
+    """The teacher: sigma^2 grad_{x_0} log p_1(x_0 | x_1, y), the model's exact last-step score."""
+    with torch.enable_grad():
+        final = final.detach().requires_grad_(True)
+        (score,) = torch.autograd.grad(model.step_log_prob(final, last_input, 1, y).sum(), final)
+    return (sigma ** 2 * score).detach()
+
+
+def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 1e-3, width: int = 64,
+                     layers: int = 2, sigma: float | None = None, seed: int = 0
+                     ) -> tuple[TrajectoryDenoiser, list[float]]:
+    """A `TrajectoryDenoiser` fitted to the frozen ``model``'s Tweedie corrections on its own trajectories (drawn at
+    temperature 1, classes at random, no guidance); ``sigma`` default: the dequantization std of the model's
+    levels. Returns it and the loss of every step."""
+    from .trajectory import TrajectorySampler
+
+    if model.config.architecture != "ntm":
+        raise ConfigError("distill-denoiser needs a Normalizing Trajectory Model (architecture=ntm)")
+    c = model.config
+    sigma = sigma if sigma is not None else dequantization_std(int(model.metadata.get("levels", 256)))
+    denoiser = TrajectoryDenoiser(DenoiserConfig(c.image_size, c.channels, c.patch_size, sigma, width, layers))
+    denoiser = denoiser.to(model.device, model.dtype)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = TrajectorySampler(model)  # the model stays frozen: only the denoiser's parameters are stepped
+    model.eval()
+    losses = []
+    for _ in range(steps):
+        y = torch.randint(0, c.num_classes, (batch_size,), generator=generator) if c.num_classes else None
+        trajectory = sampler.trajectory(batch_size, y, generator=generator)
+        final, last_input = trajectory[:, 0], trajectory[:, 1]
+        target = score_correction(model, final, last_input, y, sigma)
+        loss = (denoiser(final, last_input) - target).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return denoiser.eval(), losses
