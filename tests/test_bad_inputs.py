@@ -68,6 +68,7 @@ BASE = {
     "autoencoder finetune-decoder": ["latent", "--steps", "1", "--batch-size", "2", "--no-progress"],
     "generate": ["textmodel", "--length", "2", "--prompt", "ab"],
     "fit-score-denoiser": ["model", "--steps", "1", "--no-progress"],
+    "distill-denoiser": ["model", "--steps", "1"],
     "temporal-consistency": ["model", "--count", "2", "--classifier-steps", "2", "--sampler", "sequential",
                              "--no-progress"],
 }

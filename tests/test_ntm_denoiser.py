@@ -136,6 +136,18 @@ def test_cli_distills_and_sample_uses_it_unless_denoise_none(run_dir, tmp_path, 
     assert np.array_equal(np.asarray(Image.open(skipped)), np.asarray(Image.open(raw)))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_fid_names_the_denoiser_it_sampled_with(run_dir, pool_weights, capsys):
+    fid = ["fid", str(run_dir), "--weights", str(pool_weights), "--count", "4", "--split", "test", "--no-progress"]
+    if not (run_dir / "model" / DENOISER).exists():
+        assert main(["distill-denoiser", str(run_dir), "--steps", "1", "--batch-size", "2", "--width", "16"]) == 0
+    capsys.readouterr()
+    assert main(fid) == 0
+    assert json.loads(capsys.readouterr().out)["sampler"] == "ntm, 2 steps, self-distilled denoiser"
+    assert main([*fid, "--denoise", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["sampler"] == "ntm, 2 steps"
+
+
 def test_cli_refusals(run_dir, tmp_path, capsys):
     tarflow_run = tmp_path / "tarflow"
     assert main(["train", "--preset", "tiny", "--steps", "2", "--eval-every", "0", "--sample-every", "0",
