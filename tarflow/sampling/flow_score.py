@@ -13,17 +13,14 @@ flow's training noise std. Saved as a directory: ``config.json`` + ``model.safet
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, save
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..errors import ConfigError
 from ..modalities import Video
+from .small_denoiser import SmallDenoiser, check_size
 
 
 @dataclass
@@ -40,61 +37,33 @@ class ScoreDenoiserConfig:
     heads: int = 2
 
     def __post_init__(self):
-        if self.width % self.heads:
-            raise ConfigError(f"width={self.width} is not divisible by heads={self.heads}")
+        check_size(self.width, self.heads)
         if not self.sigma > 0:
             raise ConfigError(f"sigma (the flow's training noise std) must be positive, got {self.sigma}")
 
 
-class CausalScoreDenoiser(nn.Module):
+class CausalScoreDenoiser(SmallDenoiser):
     """d(y): noisy clips (B, F, C, H, W) -> the correction (same shape) that takes them to E[x | y]."""
+
+    FORMAT, CONFIG, NOUN = "tarflow-score-denoiser", ScoreDenoiserConfig, "score denoiser"
+    HOW = "train one with `tarflow fit-score-denoiser RUN`"
 
     def __init__(self, config: ScoreDenoiserConfig):
         super().__init__()
         self.config = config
         self.modality = Video(config.frame_count, config.image_size, config.channels, config.patch_size)
         tokens, token_dim = self.modality.num_tokens, self.modality.token_dim
-        self.proj_in = nn.Linear(token_dim, config.width)
-        self.pos_embed = nn.Parameter(torch.randn(tokens, config.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(config.width, config.heads, 4 * config.width, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.proj_out = nn.Linear(config.width, token_dim)
-        nn.init.zeros_(self.proj_out.weight)  # starts as no correction
-        nn.init.zeros_(self.proj_out.bias)
+        self.build(tokens, token_dim, token_dim, config.width, config.layers, config.heads)
         frame = torch.arange(tokens) // self.modality.tokens_per_frame
         self.register_buffer("hidden", frame[None, :] > frame[:, None], persistent=False)  # later frames
 
     def forward(self, noisy: Tensor) -> Tensor:
-        h = self.proj_in(self.modality.to_tokens(noisy)) + self.pos_embed
-        h = self.layers(h, mask=self.hidden)
-        return self.modality.from_tokens(self.proj_out(h))
+        return self.modality.from_tokens(self.correction(self.modality.to_tokens(noisy), self.hidden))
 
     @torch.no_grad()
     def denoise(self, noisy: Tensor) -> Tensor:
         """x_hat = y + d(y)."""
         return noisy + self(noisy)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "model.safetensors", save({k: v.contiguous() for k, v in self.state_dict().items()}))
-        atomic_write_text(path / "config.json", json.dumps({"format": "tarflow-score-denoiser",
-                                                            "config": asdict(self.config)}, indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> "CausalScoreDenoiser":
-        path = Path(path)
-        try:
-            data = json.loads((path / "config.json").read_text())
-            state = load_file(path / "model.safetensors")
-            denoiser = cls(ScoreDenoiserConfig(**data["config"])).to(state["proj_in.weight"].dtype)
-            denoiser.load_state_dict(state)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{path} is not a saved score denoiser ({type(e).__name__}: {e}); train one with "
-                                  f"tarflow.sampling.flow_score.fit_score_denoiser") from None
-        return denoiser.eval()
 
 
 def flow_correction(model, noisy: Tensor, sigma: float, y: Tensor | None = None) -> Tensor:

@@ -14,18 +14,16 @@ score, so no data are needed. Saved in the model directory as ``denoiser/{config
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_bytes, atomic_write_text
 from ..modalities import Pixels
+from .small_denoiser import SmallDenoiser, check_size
 
 DENOISER = "denoiser"  # its directory in the model directory
 FORMAT = "tarflow-trajectory-denoiser"
@@ -44,8 +42,7 @@ class DenoiserConfig:
     heads: int = 2
 
     def __post_init__(self):
-        if self.width % self.heads:
-            raise ConfigError(f"width={self.width} is not divisible by heads={self.heads}")
+        check_size(self.width, self.heads)
         if not 0 < self.sigma < float("inf"):
             raise ConfigError(f"sigma (the noise std the denoiser removes) must be positive and finite, got "
                               f"{self.sigma}")
@@ -56,56 +53,28 @@ def dequantization_std(levels: int) -> float:
     return 2.0 / levels / math.sqrt(12.0)
 
 
-class TrajectoryDenoiser(nn.Module):
+class TrajectoryDenoiser(SmallDenoiser):
     """d(x_0, x_1): the final sample and the last step's input (B, C, H, W) -> the correction of x_0 (same shape).
     A bidirectional Transformer on the tokens of x_0 and x_1 side by side; it starts as no correction."""
+
+    FORMAT, CONFIG, NOUN = FORMAT, DenoiserConfig, "trajectory denoiser"
+    HOW = "distill one with `tarflow distill-denoiser RUN`"
 
     def __init__(self, config: DenoiserConfig):
         super().__init__()
         self.config = config
         self.modality = Pixels(config.image_size, config.channels, config.patch_size)
         tokens, token_dim = self.modality.num_tokens, self.modality.token_dim
-        self.proj_in = nn.Linear(2 * token_dim, config.width)
-        self.pos_embed = nn.Parameter(torch.randn(tokens, config.width) * 0.02)
-        layer = nn.TransformerEncoderLayer(config.width, config.heads, 4 * config.width, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
-        self.proj_out = nn.Linear(config.width, token_dim)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.build(tokens, 2 * token_dim, token_dim, config.width, config.layers, config.heads)
 
     def forward(self, final: Tensor, last_input: Tensor) -> Tensor:
         tokens = torch.cat([self.modality.to_tokens(final), self.modality.to_tokens(last_input)], dim=-1)
-        hidden = self.layers(self.proj_in(tokens) + self.pos_embed)
-        return self.modality.from_tokens(self.proj_out(hidden))
+        return self.modality.from_tokens(self.correction(tokens))
 
     @torch.no_grad()
     def denoise(self, final: Tensor, last_input: Tensor) -> Tensor:
         """x_hat_0 = x_0 + d(x_0, x_1)."""
         return final + self(final, last_input)
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "model.safetensors", save({k: v.contiguous() for k, v in self.state_dict().items()}))
-        atomic_write_text(path / "config.json", json.dumps({"format": FORMAT, "config": asdict(self.config)},
-                                                           indent=2) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> "TrajectoryDenoiser":
-        path = Path(path)
-        try:
-            data = json.loads((path / "config.json").read_text())
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, not {FORMAT!r}")
-            state = load_file(path / "model.safetensors")
-            denoiser = cls(DenoiserConfig(**data["config"])).to(state["proj_in.weight"].dtype)
-            denoiser.load_state_dict(state)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{path} is not a saved trajectory denoiser ({type(e).__name__}: {e}); distill "
-                                  f"one with `tarflow distill-denoiser RUN`") from None
-        return denoiser.eval()
 
 
 def load_denoiser(model, model_dir: str | Path) -> TrajectoryDenoiser | None:
