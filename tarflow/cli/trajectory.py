@@ -117,6 +117,7 @@ def cmd_eval_trajectory(args: argparse.Namespace) -> int:
 def cmd_distill_denoiser(args: argparse.Namespace) -> int:
     """Distill the model's denoiser from its own trajectories and score; save it in the model directory."""
     from ..runs import load_model
+    from ..sampling.small_denoiser import loss_summary
     from ..sampling.trajectory_denoiser import DENOISER, distill_denoiser
 
     model, model_dir = load_model(args.path, args.device, trajectory=True)
@@ -128,11 +129,8 @@ def cmd_distill_denoiser(args: argparse.Namespace) -> int:
     denoiser, losses = distill_denoiser(model, args.steps, args.batch_size, args.lr, args.width, args.layers,
                                         args.sigma, args.seed)
     out = denoiser.save_pretrained(model_dir / DENOISER)
-    window = max(1, len(losses) // 10)
     print(json.dumps({"out": str(out), "steps": args.steps, "sigma": denoiser.config.sigma,
-                      "seconds": round(time.perf_counter() - started, 1),
-                      "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window},
-                     indent=2))
+                      "seconds": round(time.perf_counter() - started, 1), **loss_summary(losses)}, indent=2))
     return 0
 
 

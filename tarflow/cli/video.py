@@ -210,6 +210,7 @@ def cmd_fit_score_denoiser(args: argparse.Namespace) -> int:
     """Fit the causal score denoiser of a video model trained with gaussian noise; save it in --out."""
     from ..runs import load_model
     from ..sampling.flow_score import fit_score_denoiser
+    from ..sampling.small_denoiser import loss_summary
     from ..train.video import load_clips
 
     model, model_dir = load_model(args.path, args.device)
@@ -226,10 +227,8 @@ def cmd_fit_score_denoiser(args: argparse.Namespace) -> int:
     denoiser, losses = fit_score_denoiser(model, data.clips, data.levels, float(metadata["noise_std"]), args.steps,
                                           args.batch_size, args.lr, args.width, args.layers, args.seed)
     denoiser.save_pretrained(out)
-    window = max(1, len(losses) // 10)
     print(json.dumps({"out": str(out), "steps": args.steps, "seconds": round(time.perf_counter() - started, 1),
-                      "loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window},
-                     indent=2))
+                      **loss_summary(losses)}, indent=2))
     return 0
 
 

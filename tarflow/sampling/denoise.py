@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
+
+
+def tweedie_correction(log_prob: Callable[[Tensor], Tensor], x: Tensor, sigma: float) -> Tensor:
+    """sigma^2 grad_x log p(x), ``log_prob`` giving one log-density per row: the step that takes x = clean + sigma
+    eps to E[clean | x] (also the target of the library's learned denoisers)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (score,) = torch.autograd.grad(log_prob(x).sum(), x)
+    return (sigma ** 2 * score).detach()
 
 
 def tweedie_denoise(model, x: Tensor, y: Tensor | None, sigma: float, noise_level: float | Tensor | None = None
@@ -12,8 +23,5 @@ def tweedie_denoise(model, x: Tensor, y: Tensor | None, sigma: float, noise_leve
 
     ``noise_level``: the level t a noise-conditioned model reads (normally t = sigma); None for other models.
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        log_p = model.log_prob(x, y) if noise_level is None else model.log_prob(x, y, noise_level=noise_level)
-        (score,) = torch.autograd.grad(log_p.sum(), x)
-    return (x + sigma ** 2 * score).detach()
+    levels = {} if noise_level is None else {"noise_level": noise_level}
+    return x.detach() + tweedie_correction(lambda noisy: model.log_prob(noisy, y, **levels), x, sigma)

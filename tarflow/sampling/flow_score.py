@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..modalities import Video
+from .denoise import tweedie_correction
 from .small_denoiser import SmallDenoiser, check_size
 
 
@@ -68,10 +69,7 @@ class CausalScoreDenoiser(SmallDenoiser):
 
 def flow_correction(model, noisy: Tensor, sigma: float, y: Tensor | None = None) -> Tensor:
     """The flow's Tweedie correction sigma^2 grad_y log p(y), the denoiser's target."""
-    with torch.enable_grad():
-        noisy = noisy.detach().requires_grad_(True)
-        (score,) = torch.autograd.grad(model.log_prob(noisy, y).sum(), noisy)
-    return (sigma ** 2 * score).detach()
+    return tweedie_correction(lambda clips: model.log_prob(clips, y), noisy, sigma)
 
 
 def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: int = 500, batch_size: int = 16,
@@ -86,20 +84,15 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
     c = model.config
     denoiser = CausalScoreDenoiser(ScoreDenoiserConfig(c.frame_count, c.image_size, c.channels, c.patch_size, sigma,
                                                        width, layers)).to(model.device, model.dtype)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.eval()
-    losses = []
-    for _ in range(steps):
+
+    def draw_batch():
         rows = torch.randint(0, clips.shape[0], (batch_size,), generator=generator)
         noisy = dequantize(clips[rows], levels, "gaussian", sigma, generator=generator).to(model.device, model.dtype)
-        target = flow_correction(model, noisy, sigma)
-        loss = (denoiser(noisy) - target).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return denoiser.eval(), losses
+        return (noisy,), flow_correction(model, noisy, sigma)
+
+    return denoiser, denoiser.fit(draw_batch, steps, lr)
 
 
 class ScoreDenoisedSampler:

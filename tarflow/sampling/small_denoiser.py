@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save
@@ -44,6 +45,21 @@ class SmallDenoiser(nn.Module):
         """(B, T, in_dim) -> (B, T, out_dim); ``mask`` True where attention is not allowed."""
         return self.proj_out(self.layers(self.proj_in(tokens) + self.pos_embed, mask=mask))
 
+    def fit(self, draw_batch: Callable[[], tuple[tuple[Tensor, ...], Tensor]], steps: int, lr: float) -> list[float]:
+        """``steps`` AdamW steps on mean over dims of (self(*inputs) - target)^2, (inputs, target) = draw_batch()
+        (the target computed without gradient to this network); the loss of every step. Leaves it in eval mode."""
+        optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
+        losses = []
+        for _ in range(steps):
+            inputs, target = draw_batch()
+            loss = (self(*inputs) - target).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        self.eval()
+        return losses
+
     def save_pretrained(self, path: str | Path) -> Path:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -65,3 +81,9 @@ class SmallDenoiser(nn.Module):
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{path} is not a saved {cls.NOUN} ({type(e).__name__}: {e}); {cls.HOW}") from None
         return denoiser.eval()
+
+
+def loss_summary(losses: list[float]) -> dict[str, float]:
+    """The mean loss of the first and of the last tenth of a fit's steps (what the fitting commands print)."""
+    window = max(1, len(losses) // 10)
+    return {"loss_first": sum(losses[:window]) / window, "loss_last": sum(losses[-window:]) / window}

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError, ConfigError
 from ..modalities import Pixels
+from .denoise import tweedie_correction
 from .small_denoiser import SmallDenoiser, check_size
 
 DENOISER = "denoiser"  # its directory in the model directory
@@ -92,10 +93,7 @@ def load_denoiser(model, model_dir: str | Path) -> TrajectoryDenoiser | None:
 
 def score_correction(model, final: Tensor, last_input: Tensor, y: Tensor | None, sigma: float) -> Tensor:
     """The teacher: sigma^2 grad_{x_0} log p_1(x_0 | x_1, y), the model's exact last-step score."""
-    with torch.enable_grad():
-        final = final.detach().requires_grad_(True)
-        (score,) = torch.autograd.grad(model.step_log_prob(final, last_input, 1, y).sum(), final)
-    return (sigma ** 2 * score).detach()
+    return tweedie_correction(lambda image: model.step_log_prob(image, last_input, 1, y), final, sigma)
 
 
 def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 1e-3, width: int = 64,
@@ -112,19 +110,14 @@ def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 
     sigma = sigma if sigma is not None else dequantization_std(int(model.metadata.get("levels", 256)))
     denoiser = TrajectoryDenoiser(DenoiserConfig(c.image_size, c.channels, c.patch_size, sigma, width, layers))
     denoiser = denoiser.to(model.device, model.dtype)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     sampler = TrajectorySampler(model)  # the model stays frozen: only the denoiser's parameters are stepped
     model.eval()
-    losses = []
-    for _ in range(steps):
+
+    def draw_batch():
         y = torch.randint(0, c.num_classes, (batch_size,), generator=generator) if c.num_classes else None
         trajectory = sampler.trajectory(batch_size, y, generator=generator)
         final, last_input = trajectory[:, 0], trajectory[:, 1]
-        target = score_correction(model, final, last_input, y, sigma)
-        loss = (denoiser(final, last_input) - target).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return denoiser.eval(), losses
+        return (final, last_input), score_correction(model, final, last_input, y, sigma)
+
+    return denoiser, denoiser.fit(draw_batch, steps, lr)
