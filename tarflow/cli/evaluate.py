@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .latents import cmd_eval_latents, latent_decoding, pixel_denoising
+from .latents import cmd_eval_latents, pixel_denoising, sample_decoding
 from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
                       add_sampling_options, check_output_file, number, parse_weights_list)
 from .sample import choose_denoiser, choose_sampler, sampler_per_guidance
@@ -138,7 +138,7 @@ def fid(args: argparse.Namespace, cluster) -> int:
 def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, dict[str, str]]:
     """The sampler with the --denoise choice, and the JSON fields saying which. A noise-conditioned model: default
     iterative, 10 ode steps; tweedie is one step at t1. A latent model: its samples decoded to images (fine-tuned
-    decoder or one Tweedie step by default, see `latent_decoding`). A pixel model trained with gaussian noise: one
+    decoder or one Tweedie step by default, see `sample_decoding`). A pixel model trained with gaussian noise: one
     Tweedie step, or none with --denoise none (`pixel_denoising`); others refuse the options."""
     from ..sampling import DenoisedSampler, IterativeDenoiser
 
@@ -146,7 +146,7 @@ def fid_denoising(model, sampler, args: argparse.Namespace) -> tuple[object, dic
         if args.denoise_steps is not None or args.dynamics is not None or args.denoise_clip:
             raise ConfigError("--denoise-steps, --dynamics and --denoise-clip are for --denoise iterative of "
                               "noise-conditioned pixel models; a latent model takes --denoise tweedie or none")
-        decoding = latent_decoding(model, args.denoise)
+        decoding = sample_decoding(model, args.denoise)
         return decoding.wrap(sampler), decoding.fields()
     if not model.config.noise_conditioning:
         if args.denoise == "iterative" or args.denoise_steps is not None or args.dynamics is not None \
@@ -172,7 +172,7 @@ def cmd_guidance_accuracy(args: argparse.Namespace) -> int:
     out = check_output_file(args.plot or Path(args.path) / "guidance_accuracy.png", "--plot")
     model, model_dir, name, data_dir = load_model_for_metrics(args, trajectory=True)
     rule = args.guidance_rule or default_rule(model.config)
-    decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
+    decoding = sample_decoding(model, args.denoise)  # latent: decoded to images; pixel: --denoise none
     batch = min(args.sample_batch, args.count)
     sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
 

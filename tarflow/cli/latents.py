@@ -118,8 +118,9 @@ def pixel_denoising(model, denoise: str | None) -> WithoutTweedie | None:
     return WithoutTweedie() if denoise == "none" else None
 
 
-def latent_decoding(model, denoise: str | None) -> Decoding | WithoutTweedie | None:
-    """The `Decoding` of a latent model's samples; for a pixel model, `pixel_denoising`.
+def sample_decoding(model, denoise: str | None) -> Decoding | WithoutTweedie | None:
+    """How the metric commands turn a model's samples into images: the `Decoding` of a latent model's samples; for
+    a pixel model, `pixel_denoising` (None, or `WithoutTweedie` for --denoise none); None for a trajectory model.
 
     ``denoise`` None: the model's fine-tuned decoder when it has one for its training noise std, else one Tweedie
     step in latent space, as `tarflow sample`; "tweedie" forces the step (to compare it with the decoder); "none"

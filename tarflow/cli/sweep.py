@@ -20,7 +20,7 @@ def cmd_sweep_sampling(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
     from ..sampling.guidance import default_rule
     from .evaluate import load_model_for_metrics
-    from .latents import latent_decoding
+    from .latents import sample_decoding
 
     out = Path(args.out) if args.out else Path(args.path) / "sweep"
     check_output_file(out / "sweep.json", "--out")
@@ -28,7 +28,7 @@ def cmd_sweep_sampling(args: argparse.Namespace) -> int:
     rules = parse_rules(args.guidance_rule) if args.guidance_rule is not None else None
     model, model_dir, name, data_dir = load_model_for_metrics(args, trajectory=True)
     settings = settings_grid(weights, rules or [default_rule(model.config)], temperatures)
-    decoding = latent_decoding(model, args.denoise)  # latent models: samples decoded to images
+    decoding = sample_decoding(model, args.denoise)  # latent: decoded to images; pixel: --denoise none
     extractor = FeatureExtractor(args.weights, device=model.device) if args.weights else None
     batch = min(args.sample_batch, args.count)
     sampler_for = sampler_per_guidance(model, model_dir, args, batch, decoding)
