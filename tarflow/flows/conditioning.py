@@ -17,10 +17,10 @@ from ..errors import InputError
 
 @dataclass
 class Condition:
-    """labels (R,) with the null class for unconditional rows (caption-conditioned models: caption ids (R, P)); attn_temp (R,) divides attention logits;
-    noise_level (R,) the noise std t of each row's data (noise-conditioned models, iTARFlow); context (R, T, W)
-    features per token, in canonical token order, that blocks built with a context width read (NTM: the
-    trajectory predictor's features of the step's noisier image)."""
+    """labels (R,) with the null class for unconditional rows (caption-conditioned models: caption ids (R, P));
+    attn_temp (R,) divides attention logits; noise_level (R,) the noise std t of each row's data (noise-conditioned
+    models, iTARFlow); context (R, T, W) features per token, in canonical token order, that blocks built with a
+    context width read (NTM: the trajectory predictor's features of the step's noisier image)."""
 
     labels: Tensor | None = None
     attn_temp: Tensor | None = None

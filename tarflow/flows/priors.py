@@ -23,9 +23,13 @@ class StandardNormal(nn.Module):
         """Per token-dimension std (T, D), or None for 1 everywhere."""
         return None
 
-    def log_prob(self, z: Tensor, condition: Condition | None = None) -> Tensor:
+    def densities(self, z: Tensor) -> Tensor:
+        """log p of every value of z (B, T, D), in nats, in float32 or wider."""
         z = z.to(torch.promote_types(z.dtype, torch.float32))
-        return (-0.5 * z.pow(2) - HALF_LOG_TWO_PI).sum(dim=(1, 2))
+        return -0.5 * z.pow(2) - HALF_LOG_TWO_PI
+
+    def log_prob(self, z: Tensor, condition: Condition | None = None) -> Tensor:
+        return self.densities(z).sum(dim=(1, 2))
 
     def sample(self, shape: tuple[int, int, int], temperature: float, generator: torch.Generator | None,
                dtype: torch.dtype, device: torch.device, condition: Condition | None = None) -> Tensor:
@@ -52,12 +56,12 @@ class LearnedDiagonal(StandardNormal):
     def std(self) -> Tensor:
         return self.log_std.exp()
 
-    def log_prob(self, z: Tensor, condition: Condition | None = None) -> Tensor:
+    def densities(self, z: Tensor) -> Tensor:
         if self.likelihood == "standard":
-            return super().log_prob(z)
+            return super().densities(z)
         z = z.to(torch.promote_types(z.dtype, torch.float32))
         log_s = self.log_std.to(z.dtype)
-        return (-0.5 * (z * torch.exp(-log_s)).pow(2) - log_s - HALF_LOG_TWO_PI).sum(dim=(1, 2))
+        return -0.5 * (z * torch.exp(-log_s)).pow(2) - log_s - HALF_LOG_TWO_PI
 
 
 PRIORS = ("auto", "standard", "learned")

@@ -20,8 +20,6 @@ from ..flows.conditioning import Condition
 from ..flows.video import FrameLocalBlock
 from .likelihood import dequantize_for_evaluation
 
-HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
-
 
 def frame_logdets(block, tokens: Tensor, condition: Condition, frames: int) -> tuple[Tensor, Tensor]:
     """One block's (z tokens, log|det dz_f/dx_f| (B, F) in nats) on tokens (B, T, D)."""
@@ -44,15 +42,6 @@ def frame_logdets(block, tokens: Tensor, condition: Condition, frames: int) -> t
     return block.order.undo(torch.cat(z, dim=1)), torch.stack(logdets, dim=1)
 
 
-def prior_log_density(model, z: Tensor) -> Tensor:
-    """log p_prior(z) per token (B, T) in nats, for the standard and the learned diagonal prior."""
-    std = model.prior.std()
-    if std is None or model.config.likelihood_prior == "standard":
-        return (-0.5 * z.pow(2) - HALF_LOG_TWO_PI).sum(-1)
-    log_std = std.log().to(z.dtype)
-    return (-0.5 * (z * torch.exp(-log_std)).pow(2) - log_std - HALF_LOG_TWO_PI).sum(-1)
-
-
 def frame_log_prob(model, clips: Tensor, y: Tensor | None = None) -> Tensor:
     """log p(x_f | x_<f) (B, F) in nats for clips (B, F, C, H, W) in [-1, 1]; the rows sum to ``model.log_prob``."""
     model.check_images(clips)
@@ -64,7 +53,7 @@ def frame_log_prob(model, clips: Tensor, y: Tensor | None = None) -> Tensor:
     for block in model.blocks:
         tokens, logdets = frame_logdets(block, tokens, condition, frames)
         total = total + logdets
-    prior = prior_log_density(model, tokens.to(total.dtype)).view(clips.shape[0], frames, -1).sum(-1)
+    prior = model.prior.densities(tokens).sum(-1).view(clips.shape[0], frames, -1).sum(-1)
     return total + prior
 
 

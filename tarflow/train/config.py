@@ -66,7 +66,8 @@ class TrainConfig:
     sample_temperature: float = option(1.0, "prior temperature of the sample grids")
     sample_guidance: float = option(0.0, "classifier-free guidance weight of the sample grids (conditional models)")
     sample_guidance_rule: str = option("auto", "guidance rule of the sample grids: auto (starflow for latent models, "
-                                       "tarflow otherwise), tarflow or starflow", choices=("auto", "tarflow", "starflow"))
+                                       "tarflow otherwise), tarflow or starflow",
+                                       choices=("auto", "tarflow", "starflow"))
     eval_draws: int = option(1, "dequantization draws per test image in the final evaluation")
     entropy_every: int = option(100, "steps between attention-entropy measurements per block, layer and head, on a "
                                 "fixed batch of 16 training images (0 = off); logged to metrics.jsonl and plotted "
