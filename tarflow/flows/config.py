@@ -17,7 +17,8 @@ from .orders import ORDERS
 from .priors import PRIORS
 
 TRANSFORM_NAMES = ("affine", "additive", "mixture", "mixture-d")
-ARCHITECTURES = ("flow", "autoregressive", "ntm")
+ARCHITECTURES = ("flow", "autoregressive", "ntm", "pretzel")
+PRETZEL_WORDS = ("<bos>", "<eos>", "<image>")  # the words a pretzel model reads and writes itself
 
 
 @dataclass
@@ -43,14 +44,19 @@ class FlowConfig:
     tokenizer: str = option("char", "text: char (one id per character of the vocabulary) or byte (the 256 byte values "
                             "of UTF-8)", choices=("char", "byte"))
     vocabulary: str = option("", "text, char tokenizer: the characters, in id order (set from the training text)")
-    context: int = option(256, "text: characters (or bytes) per example window")
+    context: int = option(256, "text: characters (or bytes) per example window; pretzel: positions of the longest "
+                          "interleaved sequence (its position table)")
     chars_per_token: int = option(1, "text: characters k grouped into one flow token (patch), T = context / k")
     embed_dim: int = option(8, "text: dimensions e of each character's vector; a flow token has k e")
     architecture: str = option("flow", "flow (TarFlow; TarFlowLM for text), autoregressive (text: a discrete causal "
-                               "Transformer over the ids with num_blocks x layers_per_block layers, the baseline) or "
+                               "Transformer over the ids with num_blocks x layers_per_block layers, the baseline), "
                                "ntm (pixels: a Normalizing Trajectory Model, each reverse step of a noising "
-                               "trajectory of trajectory_steps steps a shallow conditional flow, see docs/ntm.md)",
+                               "trajectory of trajectory_steps steps a shallow conditional flow, see docs/ntm.md) or "
+                               "pretzel (pixels: STARFlow2, one causal model of interleaved words and images, a "
+                               "language-model stream beside a flow stream, see tarflow/flows/pretzel.py)",
                                choices=ARCHITECTURES)
+    words: str = option("", "pretzel: the words of its vocabulary in id order, space-separated (set from "
+                        "tarflow.data.interleaved.WORDS); must hold <bos>, <eos> and <image>")
     # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
     layers_per_block: int | list[int] = option(2, "Transformer layers in each flow block: one number for every "
@@ -170,6 +176,7 @@ class FlowConfig:
         if self.architecture == "autoregressive" and self.modality != "text":
             raise ConfigError(f"architecture={self.architecture!r} applies to modality=text only")
         self.check_trajectory()
+        self.check_pretzel()
         self.check_captions()
         if self.modality == "text" and self.num_classes:
             raise ConfigError(f"text models are unconditional: set num_classes=0, not {self.num_classes}")
@@ -248,6 +255,31 @@ class FlowConfig:
         if self.noise_conditioning or self.condition_top_only:
             raise ConfigError("architecture=ntm takes the noise level and the class through its predictor: set "
                               "noise_conditioning=false and condition_top_only=false")
+
+    def check_pretzel(self) -> None:
+        """A pretzel model: images as pixels through affine flows with attention, no class or noise input, a
+        vocabulary with the words generation needs, and a position table that holds at least one image."""
+        if self.architecture != "pretzel":
+            if self.words:
+                raise ConfigError(f"words is the vocabulary of architecture=pretzel, not {self.architecture!r}: leave "
+                                  f"it unset")
+            return
+        if self.modality != "pixels" or self.transform != "affine" or self.mixer != "attention":
+            raise ConfigError(f"architecture=pretzel needs modality=pixels, transform=affine and mixer=attention, got "
+                              f"{self.modality!r}, {self.transform!r} and {self.mixer!r}")
+        if self.num_classes or self.noise_conditioning or self.text_encoder or self.prior == "learned":
+            raise ConfigError("architecture=pretzel reads its condition from the sequence itself: set num_classes=0, "
+                              "noise_conditioning=false, text_encoder='' and prior=auto or standard")
+        words = self.words.split()
+        missing = [word for word in PRETZEL_WORDS if word not in words]
+        if missing or len(set(words)) != len(words):
+            raise ConfigError(f"words must list each word of the vocabulary once, including "
+                              f"{' '.join(PRETZEL_WORDS)}; got {self.words!r} (missing: {missing or 'none'})")
+        image_tokens = (self.image_size // self.patch_size) ** 2
+        if self.context < image_tokens + 2:
+            raise ConfigError(f"context={self.context} positions cannot hold <bos>, <image> and one image of "
+                              f"{image_tokens} tokens: set context to the longest sequence (at least "
+                              f"{image_tokens + 2})")
 
     @property
     def signal_levels(self) -> list[float]:
