@@ -124,7 +124,7 @@ class Pretzel(nn.Module):
         self.modality.check(images, "images")
         tokens = self.modality.to_tokens(images)
         logdet = tokens.new_zeros(len(images), dtype=torch.promote_types(tokens.dtype, torch.float32))
-        for block in self.shallow:
+        for block in self.shallow if len(images) else ():  # blocks cannot shape an empty batch
             tokens, block_logdet = block(tokens, Condition())
             logdet = logdet + block_logdet
         return tokens, logdet
@@ -132,7 +132,7 @@ class Pretzel(nn.Module):
     @torch.no_grad()
     def decode_images(self, tokens: Tensor) -> Tensor:
         """Tokens u (n, T, D) -> pixels (n, C, H, W): the exact inverse of `encode_images`."""
-        for block in reversed(self.shallow):
+        for block in reversed(self.shallow) if len(tokens) else ():
             tokens = block.inverse(tokens, Condition())
         return self.modality.from_tokens(tokens)
 
