@@ -333,3 +333,8 @@ def test_batch_errors(model):
 def test_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**options)
+
+
+def test_a_model_needs_its_vocabulary():
+    with pytest.raises(ConfigError, match="vocabulary is empty"):
+        Pretzel(tiny_config(words=""))

@@ -55,7 +55,7 @@ class FlowConfig:
                                "pretzel (pixels: STARFlow2, one causal model of interleaved words and images, a "
                                "language-model stream beside a flow stream, see tarflow/flows/pretzel.py)",
                                choices=ARCHITECTURES)
-    words: str = option("", "pretzel: the words of its vocabulary in id order, space-separated (set from "
+    words: str = option("", "pretzel: the words of its vocabulary in id order, space-separated (set by training from "
                         "tarflow.data.interleaved.WORDS); must hold <bos>, <eos> and <image>")
     # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
@@ -258,7 +258,8 @@ class FlowConfig:
 
     def check_pretzel(self) -> None:
         """A pretzel model: images as pixels through affine flows with attention, no class or noise input, a
-        vocabulary with the words generation needs, and a position table that holds at least one image."""
+        vocabulary (when set: training sets it from the data) with the words the model reads and writes itself, and a
+        position table that holds at least one image."""
         if self.architecture != "pretzel":
             if self.words:
                 raise ConfigError(f"words is the vocabulary of architecture=pretzel, not {self.architecture!r}: leave "
@@ -272,7 +273,7 @@ class FlowConfig:
                               "noise_conditioning=false, text_encoder='' and prior=auto or standard")
         words = self.words.split()
         missing = [word for word in PRETZEL_WORDS if word not in words]
-        if missing or len(set(words)) != len(words):
+        if words and (missing or len(set(words)) != len(words)):
             raise ConfigError(f"words must list each word of the vocabulary once, including "
                               f"{' '.join(PRETZEL_WORDS)}; got {self.words!r} (missing: {missing or 'none'})")
         image_tokens = (self.image_size // self.patch_size) ** 2

@@ -71,6 +71,9 @@ class Pretzel(nn.Module):
         super().__init__()
         if config.architecture != "pretzel":
             raise ConfigError(f"Pretzel needs architecture=pretzel, got {config.architecture!r}")
+        if not config.words:
+            raise ConfigError("the pretzel model's vocabulary is empty: set config.words to its words in id order "
+                              "(training sets it from tarflow.data.interleaved.WORDS)")
         self.config = config
         self.metadata: dict[str, Any] = {}
         self.modality = build_modality(config)

@@ -54,6 +54,9 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     if config.model.architecture == "ntm":  # Normalizing Trajectory Models: their own loop (train/trajectory.py)
         from .trajectory import train_trajectory
         return train_trajectory(config, run_dir, progress, stop_at)
+    if config.model.architecture == "pretzel":  # interleaved words and images: their own loop (train/interleaved.py)
+        from .interleaved import train_interleaved
+        return train_interleaved(config, run_dir, progress, stop_at)
     train_config, model_config, run_dir = config.train, config.model, Path(run_dir)
     cluster, device = dist.setup(train_config.device, train_config.parallel, train_config.backend,
                                  train_config.dist_timeout_s)
