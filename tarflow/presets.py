@@ -171,8 +171,8 @@ PRESETS: dict[str, dict] = {
     # STARFlow2 (issue 18) at small scale: the pretzel model on interleaved MNIST sequences (words and 28x28 images
     # of 49 patch-4 tokens): 3 shallow blocks x 2 layers within each image and 6 joint layers of two streams (language
     # model, flow), width 128; gaussian noise 0.5 as mnist-samples, samples denoised by one Tweedie step. 2,400 steps
-    # of 64 sequences: one step took about 2 s of CPU time on one core with one thread (measured on a busy machine),
-    # so meant as about an hour on 2 cores; not yet measured by a full run.
+    # of 64 sequences: one step took 1.9 s on one core with one thread (76 minutes for the run), so meant as about an
+    # hour on 2 cores; not yet measured by a full run.
     "interleaved-mnist": {
         "model": dict(architecture="pretzel", image_size=28, channels=1, patch_size=4, width=128, num_blocks=4,
                       layers_per_block=[2, 2, 2, 6], head_dim=64, context=112),

@@ -8,13 +8,14 @@ noise generation drew, a perturbation of one position.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import Tensor
 
+from tarflow.data.interleaved import WORDS, InterleavedBatch, InterleavedData
 from tarflow.errors import ConfigError, InputError
 from tarflow.flows.config import FlowConfig
 from tarflow.flows.pretzel import JointLikelihood, Pretzel
@@ -24,8 +25,6 @@ from conftest import randomise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-WORDS = ("<bos> <eos> <image> : . a an and shows plus is zero one two three four five six seven eight nine ten eleven "
-         "twelve thirteen fourteen fifteen sixteen seventeen eighteen").split()
 IMAGE_TOKENS = 4  # (8 / 4)^2
 SEQUENCES = ["<bos> a seven : <image> and a two : <image> <eos>",  # text-to-image, two images
              "<bos> <image> shows a four . <eos>",  # image-to-text, shorter: padding after <eos>
@@ -44,20 +43,8 @@ def model(request) -> Pretzel:
     return randomise(Pretzel(tiny_config(positions=request.param)).double(), seed=1, std=0.15).eval()
 
 
-@dataclass
-class Batch:
-    """The fields of `tarflow.data.interleaved.InterleavedBatch` that the model reads."""
-
-    ids: Tensor
-    is_image: Tensor
-    images: Tensor
-    image_count: Tensor
-    image_starts: Tensor
-    lengths: Tensor
-
-
-def make_batch(texts: list[str], seed: int = 0) -> Batch:
-    """Sequences from text with each <image> followed by its T positions, random images in [-1, 1]."""
+def make_batch(texts: list[str], seed: int = 0) -> InterleavedBatch:
+    """Sequences from text with each <image> followed by its T positions, random images in [-1, 1] (labelled 0)."""
     rows, image_rows, starts = [], [], []
     for text in texts:
         ids, is_image, row_starts = [], [], []
@@ -79,11 +66,12 @@ def make_batch(texts: list[str], seed: int = 0) -> Batch:
                                                    dtype=torch.float64) * 2 - 1
         image_starts[row, :len(row_starts)] = torch.tensor(row_starts, dtype=torch.long)
     pad = [(ids + [-1] * (length - len(ids)), is_image + [False] * (length - len(ids))) for ids, is_image in rows]
-    return Batch(torch.tensor([ids for ids, _ in pad]), torch.tensor([flags for _, flags in pad]), images,
-                 torch.tensor([len(s) for s in starts]), image_starts, torch.tensor([len(ids) for ids, _ in rows]))
+    return InterleavedBatch(torch.tensor([ids for ids, _ in pad]), torch.tensor([flags for _, flags in pad]), images,
+                            torch.tensor([len(s) for s in starts]), torch.where(image_starts >= 0, 0, -1),
+                            image_starts, torch.tensor([len(ids) for ids, _ in rows]), ["test"] * len(texts))
 
 
-def image_z(model: Pretzel, batch: Batch, tokens: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
+def image_z(model: Pretzel, batch: InterleavedBatch, tokens: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor]:
     """z (N, D) of every image token of the batch (position order) and its deep log-det (N,), from u tokens."""
     _, params = model.step(batch.ids, tokens, batch.is_image, None, 0, image_index)
     targets = batch.is_image[:, 1:]
@@ -121,7 +109,7 @@ def test_image_logdets_match_autograd_jacobians(model):
     assert torch.allclose(torch.linalg.slogdet(jacobian)[1], deep_logdet.sum(), atol=1e-9)
 
     def z_of_x(images: Tensor) -> Tensor:
-        moved = Batch(batch.ids, batch.is_image, images, batch.image_count, batch.image_starts, batch.lengths)
+        moved = dataclasses.replace(batch, images=images)
         placed, index, _ = model.sequence_tokens(moved)
         return image_z(model, moved, placed, index)[0].reshape(-1)
 
@@ -183,6 +171,30 @@ def test_cached_steps_equal_the_full_pass(model):
 
 
 
+def test_batches_of_the_data_module_score_each_row_as_alone(model):
+    """A batch of the interleaved data (tiny fake MNIST: 8 px digits) scores each row as that row on its own,
+    without the padding the longer rows bring."""
+    generator = torch.Generator().manual_seed(8)
+    fake = torch.randint(0, 256, (30, 1, 8, 8), generator=generator, dtype=torch.uint8)
+    data = InterleavedData.generate(fake, torch.arange(30) % 10, "train", count=12, patch_size=4)
+    batch = data.batch(torch.arange(12), torch.Generator().manual_seed(9))
+    assert len(set(batch.kinds)) == 3 and len(set(batch.lengths.tolist())) > 1
+    together = model.log_likelihood(batch)
+    for row in range(12):
+        alone = model.log_likelihood(single_row(batch, row))
+        assert torch.allclose(alone.text, together.text[row:row + 1], atol=1e-10)
+        assert torch.allclose(alone.image, together.image[row:row + 1], atol=1e-10)
+
+
+def single_row(batch: InterleavedBatch, row: int) -> InterleavedBatch:
+    """Row ``row`` of ``batch`` cut to its own length and image count."""
+    length, count = int(batch.lengths[row]), int(batch.image_count[row])
+    return InterleavedBatch(batch.ids[row:row + 1, :length], batch.is_image[row:row + 1, :length],
+                            batch.images[row:row + 1, :count], batch.image_count[row:row + 1],
+                            batch.image_labels[row:row + 1, :count], batch.image_starts[row:row + 1, :count],
+                            batch.lengths[row:row + 1], batch.kinds[row:row + 1])
+
+
 def prompt(text: str) -> list[int]:
     return [WORDS.index(word) for word in text.split()]
 
@@ -192,22 +204,22 @@ def test_generated_image_tokens_reproduce_their_noise(model):
     decoded images encode back to them; every <image> word is followed by its T image positions."""
     result = generate(model, prompt("<bos> a seven : <image>"), max_length=30, temperature=0.8,
                       generator=torch.Generator().manual_seed(3), batch=3)
-    present = result.image_starts >= 0
+    present = result.batch.image_starts >= 0
     assert present[:, 0].all() and not result.given.any()
-    tokens = torch.zeros(*result.ids.shape, 16, dtype=torch.float64)
-    image_index = torch.zeros_like(result.ids)
+    tokens = torch.zeros(*result.batch.ids.shape, 16, dtype=torch.float64)
+    image_index = torch.zeros_like(result.batch.ids)
     for row, slot in present.nonzero().tolist():
-        start = int(result.image_starts[row, slot])
-        assert result.ids[row, start - 1] == WORDS.index("<image>")
-        assert result.is_image[row, start:start + IMAGE_TOKENS].all()
+        start = int(result.batch.image_starts[row, slot])
+        assert result.batch.ids[row, start - 1] == WORDS.index("<image>")
+        assert result.batch.is_image[row, start:start + IMAGE_TOKENS].all()
         tokens[row, start:start + IMAGE_TOKENS] = result.tokens[row, slot]
         image_index[row, start:start + IMAGE_TOKENS] = torch.arange(IMAGE_TOKENS)
-    assert result.is_image.sum() == present.sum() * IMAGE_TOKENS
-    z, _ = image_z(model, result, tokens, image_index)
+    assert result.batch.is_image.sum() == present.sum() * IMAGE_TOKENS
+    z, _ = image_z(model, result.batch, tokens, image_index)
     assert torch.allclose(z, result.noise[present].reshape(-1, 16), atol=1e-10)
-    encoded, _ = model.encode_images(result.images[present])
+    encoded, _ = model.encode_images(result.batch.images[present])
     assert torch.allclose(encoded, result.tokens[present], atol=1e-10)
-    likelihood = model.log_likelihood(result)  # a generated sequence is a batch
+    likelihood = model.log_likelihood(result.batch)  # generated sequences are a batch
     assert torch.isfinite(likelihood.text + likelihood.image).all()
 
 
@@ -231,8 +243,8 @@ def test_given_images_are_encoded_once_and_generated_ones_never(model, monkeypat
     result = generate(model, prompt("<bos> <image> plus <image>"), [image, None], max_length=36,
                       generator=torch.Generator().manual_seed(5), batch=3)
     assert calls == [1]
-    assert result.given[:, 0].all() and not result.given[:, 1:].any() and (result.image_count >= 2).all()
-    assert torch.equal(result.images[:, 0], image.expand(3, -1, -1, -1))
+    assert result.given[:, 0].all() and not result.given[:, 1:].any() and (result.batch.image_count >= 2).all()
+    assert torch.equal(result.batch.images[:, 0], image.expand(3, -1, -1, -1))
 
 
 def test_noise_level_given_images_and_tweedie_outputs(model, monkeypatch):
@@ -243,46 +255,45 @@ def test_noise_level_given_images_and_tweedie_outputs(model, monkeypatch):
     calls = counting_encoder(model, monkeypatch)
     denoised = generate(model, prompt("<bos> <image> and <image>"), [image, None], max_length=20,
                         generator=torch.Generator().manual_seed(6), batch=2, noise_std=sigma)
-    assert calls == [1, int(denoised.image_count.sum())]
+    assert calls == [1, int(denoised.batch.image_count.sum())]
     noisy = image + sigma * torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     assert torch.allclose(denoised.tokens[:, 0], model.encode_images(noisy)[0].expand(2, -1, -1), atol=1e-12)
     raw = model.decode_images(denoised.tokens[:, 1])
-    images = denoised.images.clone()
+    images = denoised.batch.images.clone()
     images[:, 0] = noisy[0]
     images[:, 1] = raw
     with torch.enable_grad():
         variable = images.requires_grad_(True)
-        moved = Batch(denoised.ids, denoised.is_image, variable, denoised.image_count, denoised.image_starts,
-                      denoised.lengths)
+        moved = dataclasses.replace(denoised.batch, images=variable)
         likelihood = model.log_likelihood(moved)
         (gradient,) = torch.autograd.grad((likelihood.text + likelihood.image).sum(), variable)
-    assert torch.allclose(denoised.images[:, 1], raw + sigma ** 2 * gradient[:, 1], atol=1e-10)
-    assert torch.equal(denoised.images[:, 0], image.expand(2, -1, -1, -1))
+    assert torch.allclose(denoised.batch.images[:, 1], raw + sigma ** 2 * gradient[:, 1], atol=1e-10)
+    assert torch.equal(denoised.batch.images[:, 0], image.expand(2, -1, -1, -1))
 
 
 def test_greedy_words_are_the_most_likely(model):
     """word_temperature 0 writes the argmax word of the model's own prediction at each text position."""
     result = generate(model, prompt("<bos> <image> shows"), [torch.zeros(1, 8, 8, dtype=torch.float64)],
                       max_length=12, word_temperature=0, generator=torch.Generator().manual_seed(7))
-    row_length = int(result.lengths[0])
-    tokens = torch.zeros(*result.ids.shape, 16, dtype=torch.float64)
-    tokens[result.is_image] = result.tokens[result.image_starts >= 0].reshape(-1, 16)
-    image_index = torch.zeros_like(result.ids)
-    for start in result.image_starts[0][result.image_starts[0] >= 0].tolist():
+    row_length = int(result.batch.lengths[0])
+    tokens = torch.zeros(*result.batch.ids.shape, 16, dtype=torch.float64)
+    tokens[result.batch.is_image] = result.tokens[result.batch.image_starts >= 0].reshape(-1, 16)
+    image_index = torch.zeros_like(result.batch.ids)
+    for start in result.batch.image_starts[0][result.batch.image_starts[0] >= 0].tolist():
         image_index[0, start:start + IMAGE_TOKENS] = torch.arange(IMAGE_TOKENS)
-    word_log_probs, _ = model.step(result.ids, tokens, result.is_image, None, 0, image_index)
+    word_log_probs, _ = model.step(result.batch.ids, tokens, result.batch.is_image, None, 0, image_index)
     word_log_probs[..., WORDS.index("<bos>")] = float("-inf")  # never generated
     for pos in range(7, row_length):  # the prompt takes positions 0 .. 6
         if pos + IMAGE_TOKENS >= 12:  # an image would not fit: <image> is never generated there
             word_log_probs[0, pos - 1, WORDS.index("<image>")] = float("-inf")
-        if not result.is_image[0, pos]:
-            assert result.ids[0, pos] == word_log_probs[0, pos - 1].argmax()
+        if not result.batch.is_image[0, pos]:
+            assert result.batch.ids[0, pos] == word_log_probs[0, pos - 1].argmax()
 
 
 def test_save_load_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path / "pretzel", metadata={"noise_std": 0.5})
     loaded = load_model(Pretzel, tmp_path / "pretzel")
-    assert loaded.config == model.config and loaded.words == WORDS and loaded.metadata == {"noise_std": 0.5}
+    assert loaded.config == model.config and loaded.words == list(WORDS) and loaded.metadata == {"noise_std": 0.5}
     batch = make_batch(SEQUENCES)
     expected, got = model.log_likelihood(batch), loaded.log_likelihood(batch)
     assert torch.equal(expected.text, got.text) and torch.equal(expected.image, got.image)

@@ -43,6 +43,13 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{result['chars']:,} test characters)")
         print(f"run directory: {run_dir}  (model/, samples.txt, metrics.jsonl, eval.json)")
         return 0
+    if "text_bits_per_word" in result:  # a pretzel model: its words and its images
+        noisy = config.train.noise == "gaussian"
+        print(f"test text bits/word: {result['text_bits_per_word']:.4f}, image bits/dim: "
+              f"{result['image_bits_per_dim']:.4f} ({result['sequences']:,} test sequences"
+              f"{'; images with gaussian noise, so not a bits/dim of the data' if noisy else ''})")
+        print(f"run directory: {run_dir}  (model/, samples/, metrics.jsonl, eval.json)")
+        return 0
     if "trajectory_steps" in result:  # a Normalizing Trajectory Model: bits/dim of its bound
         print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} ({result['bound']}; "
               f"{result['images']} {config.train.dataset} test images, {result['draws']} draw(s))")

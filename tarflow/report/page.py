@@ -50,9 +50,11 @@ def summary(contents: RunContents) -> str:
     figure = figure_of(contents)
     if evaluation:
         counted = (f"{evaluation['chars']:,} characters, {evaluation['bound']}" if figure.key == "bits_per_char"
-                   else f"{evaluation['images']:,} images")
-        rows.append((f"test {figure.unit}", f"{evaluation[figure.key]:.4f} ± {evaluation['stderr']:.4f} "
-                                            f"({counted}, {evaluation['draws']} draw(s))"))
+                   else f"{evaluation['images']:,} images" if "images" in evaluation
+                   else f"{evaluation['sequences']:,} sequences; image bits/dim {evaluation['image_bits_per_dim']:.4f}")
+        spread = f" ± {evaluation['stderr']:.4f}" if "stderr" in evaluation else ""  # pretzel runs give none yet
+        rows.append((f"test {figure.unit}", f"{evaluation[figure.key]:.4f}{spread} "
+                                            f"({counted}, {evaluation.get('draws', 1)} draw(s))"))
     held_out = [record for record in contents.records if figure.record_key in record]
     if held_out and not evaluation:
         rows.append((f"latest {figure.record_name}", f"{held_out[-1][figure.record_key]:.4f} at step "
@@ -91,6 +93,8 @@ class Figure:
 def figure_of(contents: RunContents) -> Figure:
     """Latent models report nats/dim, text models bits/char (validation during training), images bits/dim."""
     modality = contents.config["model"].get("modality")
+    if contents.config["model"].get("architecture") == "pretzel":  # words and images: the text figure first
+        return Figure("text_bits_per_word", "text bits/word", "test_text_bits_per_word", "test", "sequences")
     if modality == "latents":
         return Figure("latent_nats_per_dim", "latent nats/dim", "test_nats_per_dim", "test", "images")
     if modality == "text":

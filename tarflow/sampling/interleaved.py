@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..data.interleaved import InterleavedBatch
 from ..errors import InputError
 from ..flows.pretzel import Pretzel
 from .denoise import tweedie_correction
@@ -30,19 +31,14 @@ from .denoise import tweedie_correction
 
 @dataclass
 class GeneratedSequences:
-    """B generated sequences, in the fields of an `InterleavedBatch` (so `Pretzel.log_likelihood` reads them):
-    ids (B, L) (-1 at image positions and after the end), is_image (B, L), images (B, K, C, H, W) (decoded, and
-    denoised with noise_std > 0; given ones as given; zero in unused slots), image_count (B,), image_starts (B, K)
-    (-1 unused), lengths (B,) (through ``<eos>``, or the whole length when a row did not end); and given (B, K)
-    (slots given in the prompt), tokens (B, K, T, D) (each image's u, as the cache read it) and noise (B, K, T, D)
-    (the z drawn for generated images, zero for given ones)."""
+    """B generated sequences: ``batch`` (an `InterleavedBatch`, which `Pretzel.log_likelihood` reads: ids (-1 at
+    image positions and after the end), is_image, images (decoded, and denoised with noise_std > 0; given ones as
+    given), image_count, image_starts, lengths (through ``<eos>``, or the whole length when a row did not end);
+    image_labels -1 (unknown) and kinds "generated"); given (B, K) (slots given in the prompt), tokens (B, K, T, D)
+    (each image's u, as the cache read it) and noise (B, K, T, D) (the z drawn for generated images, zero for given
+    ones)."""
 
-    ids: Tensor
-    is_image: Tensor
-    images: Tensor
-    image_count: Tensor
-    image_starts: Tensor
-    lengths: Tensor
+    batch: InterleavedBatch
     given: Tensor
     tokens: Tensor
     noise: Tensor
@@ -180,34 +176,35 @@ def sequences(model: Pretzel, ids: Tensor, is_image: Tensor, tokens: Tensor, noi
     """The generated rows cut to the longest, their images collected per row, decoded, and denoised."""
     length = int(lengths.max())
     ids, is_image, tokens, noise = ids[:, :length], is_image[:, :length], tokens[:, :length], noise[:, :length]
-    image_tokens, batch = model.image_tokens, len(ids)
+    image_tokens, size = model.image_tokens, len(ids)
     starts_of = [[int(s) + 1 for s in (row == model.image_word).nonzero()[:, 0]] for row in ids]
     slots = max(len(starts) for starts in starts_of)
-    image_starts = torch.full((batch, slots), -1, dtype=torch.long, device=ids.device)
+    image_starts = torch.full((size, slots), -1, dtype=torch.long, device=ids.device)
     for row, starts in enumerate(starts_of):
         image_starts[row, :len(starts)] = torch.tensor(starts, dtype=torch.long)
     image_count = (image_starts >= 0).sum(1)
     present = image_starts >= 0
     within = torch.arange(image_tokens, device=ids.device)
-    rows = torch.arange(batch, device=ids.device)[:, None, None].expand(-1, slots, image_tokens)
+    rows = torch.arange(size, device=ids.device)[:, None, None].expand(-1, slots, image_tokens)
     columns = (image_starts.clamp_min(0)[..., None] + within).clamp_max(length - 1)
     image_u = tokens[rows, columns] * present[..., None, None]
     image_z = noise[rows, columns] * present[..., None, None]
-    given = (torch.arange(slots, device=ids.device) < len(given_images))[None].expand(batch, -1)
+    given = (torch.arange(slots, device=ids.device) < len(given_images))[None].expand(size, -1)
     generated = present & ~given
-    images = torch.zeros(batch, slots, *model.modality.image_shape(), dtype=model.dtype, device=ids.device)
+    images = torch.zeros(size, slots, *model.modality.image_shape(), dtype=model.dtype, device=ids.device)
     images[generated] = model.decode_images(image_u[generated])
-    images[given] = noisy_given.repeat(batch, 1, 1, 1)  # what the model read
-    result = GeneratedSequences(ids, is_image, images, image_count, image_starts, lengths, given, image_u, image_z)
+    images[given] = noisy_given.repeat(size, 1, 1, 1)  # what the model read
+    batch = InterleavedBatch(ids, is_image, images, image_count, torch.full_like(image_starts, -1), image_starts,
+                             lengths, ["generated"] * size)
     if noise_std > 0:
-        correction = tweedie_correction(lambda x: joint_log_prob(model, result, x), images, noise_std)
-        result.images = images + correction * generated[..., None, None, None]
+        correction = tweedie_correction(lambda x: joint_log_prob(model, batch, x), images, noise_std)
+        batch.images = images + correction * generated[..., None, None, None]
     if given_images:
-        result.images[given] = torch.stack(given_images).to(images).repeat(batch, 1, 1, 1)
-    return result
+        batch.images[given] = torch.stack(given_images).to(images).repeat(size, 1, 1, 1)
+    return GeneratedSequences(batch, given, image_u, image_z)
 
 
-def joint_log_prob(model: Pretzel, result: GeneratedSequences, images: Tensor) -> Tensor:
-    """log p(words, images) of each generated row (B,) with its images replaced by ``images``."""
-    likelihood = model.log_likelihood(dataclasses.replace(result, images=images))
+def joint_log_prob(model: Pretzel, batch: InterleavedBatch, images: Tensor) -> Tensor:
+    """log p(words, images) of each row (B,) with its images replaced by ``images``."""
+    likelihood = model.log_likelihood(dataclasses.replace(batch, images=images))
     return likelihood.text + likelihood.image

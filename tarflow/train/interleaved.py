@@ -179,12 +179,12 @@ class InterleavedJob(OneProcessJob):
         lines, rows = [], []
         for prompt, images in zip(SAMPLE_PROMPTS, ([None], [test_image])):
             ids, slots = parse_prompt(prompt, [image for image in images if image is not None])
-            result = generate(model, ids, slots, temperature=train_config.sample_temperature, generator=generator,
-                              noise_std=noise_std, batch=SAMPLE_ROWS)
-            for row in range(len(result.ids)):
-                words = result.ids[row, :int(result.lengths[row])]
-                lines.append(decode_words(words[~result.is_image[row, :len(words)]]).replace("<image>", "[image]"))
-                rows.append(result.images[row, :int(result.image_count[row])])
+            batch = generate(model, ids, slots, temperature=train_config.sample_temperature, generator=generator,
+                             noise_std=noise_std, batch=SAMPLE_ROWS).batch
+            for row in range(len(batch.ids)):
+                words = batch.ids[row, :int(batch.lengths[row])]
+                lines.append(decode_words(words[~batch.is_image[row, :len(words)]]).replace("<image>", "[image]"))
+                rows.append(batch.images[row, :int(batch.image_count[row])])
         columns = max(len(images) for images in rows)
         strip = torch.cat([torch.cat([images, -torch.ones(columns - len(images), *images.shape[1:])])
                            for images in (row.cpu().float() for row in rows)])
