@@ -45,7 +45,7 @@ def model(request) -> Pretzel:
 
 def make_batch(texts: list[str], seed: int = 0) -> InterleavedBatch:
     """Sequences from text with each <image> followed by its T positions, random images in [-1, 1] (labelled 0)."""
-    rows, image_rows, starts = [], [], []
+    rows, starts = [], []
     for text in texts:
         ids, is_image, row_starts = [], [], []
         for word in text.split():
