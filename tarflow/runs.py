@@ -47,6 +47,10 @@ def load_model(path: str | Path, device: str | torch.device = "auto", trajectory
     if config.modality == "text":
         raise ConfigError(f"{path} holds a text model: use `tarflow generate` and `tarflow eval` (image commands such "
                           f"as sample, calibrate and fid do not apply)")
+    if config.architecture == "pretzel":
+        raise ConfigError(f"{path} holds a pretzel model (interleaved words and images): image commands such as "
+                          f"sample, eval and fid do not apply to it (load it with tarflow.flows.pretzel.Pretzel."
+                          f"from_pretrained)")
     if config.architecture == "ntm":
         if not trajectory:
             raise ConfigError(f"{path} holds a Normalizing Trajectory Model (architecture=ntm): so far `tarflow "

@@ -57,6 +57,8 @@ def test_train_prints_and_saves_the_test_figures(small_splits, tmp_path, capsys)
     assert len(lines) == 2 * job.SAMPLE_ROWS and all(line.startswith("<bos>") for line in lines)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("test_text_bits_per_word" in record for record in records)
+    assert main(["sample", str(run), "--count", "2"]) == 2
+    assert "holds a pretzel model" in capsys.readouterr().err
 
 
 def tiny_config(**train_options) -> RunConfig:

@@ -169,8 +169,8 @@ class InterleavedJob(OneProcessJob):
         return result
 
     def write_samples(self, model: Pretzel, stem: Path) -> None:
-        """STEM.png (each generated sequence's images in a row: text-to-image rows, then captioning) and STEM.txt
-        (their words, "[image]" for each image)."""
+        """STEM.png (each generated sequence's images in a row, white after its last one: text-to-image rows, then
+        captioning) and STEM.txt (their words, "[image]" for each image)."""
         train_config = self.config.train
         noise_std = train_config.noise_std if train_config.noise == "gaussian" else 0.0
         test_image = self.splits["test"].batch([first_captioning(self.splits["test"])]).images[0, 0]
@@ -186,7 +186,7 @@ class InterleavedJob(OneProcessJob):
                 lines.append(decode_words(words[~batch.is_image[row, :len(words)]]).replace("<image>", "[image]"))
                 rows.append(batch.images[row, :int(batch.image_count[row])])
         columns = max(len(images) for images in rows)
-        strip = torch.cat([torch.cat([images, -torch.ones(columns - len(images), *images.shape[1:])])
+        strip = torch.cat([torch.cat([images, torch.ones(columns - len(images), *images.shape[1:])])
                            for images in (row.cpu().float() for row in rows)])
         stem.parent.mkdir(parents=True, exist_ok=True)
         save_grid(to_uint8(strip, LEVELS), stem.with_suffix(".png"), nrow=columns)
