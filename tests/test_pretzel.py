@@ -8,6 +8,7 @@ noise generation drew, a perturbation of one position.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -201,7 +202,13 @@ def prompt(text: str) -> list[int]:
 
 def test_generated_image_tokens_reproduce_their_noise(model):
     """The tokens generation wrote into the cache, read back by the full pass, give exactly the z it drew; their
-    decoded images encode back to them; every <image> word is followed by its T image positions."""
+    decoded images encode back to them; every <image> word is followed by its T image positions. <image> is made
+    likely and <eos> unlikely, so that rows write images at different positions (in one step, one row's image token
+    beside another's word)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.lm_head.bias[WORDS.index("<image>")] += 3
+        model.lm_head.bias[WORDS.index("<eos>")] -= 3
     result = generate(model, prompt("<bos> a seven : <image>"), max_length=30, temperature=0.8,
                       generator=torch.Generator().manual_seed(3), batch=3)
     present = result.batch.image_starts >= 0
@@ -215,6 +222,8 @@ def test_generated_image_tokens_reproduce_their_noise(model):
         tokens[row, start:start + IMAGE_TOKENS] = result.tokens[row, slot]
         image_index[row, start:start + IMAGE_TOKENS] = torch.arange(IMAGE_TOKENS)
     assert result.batch.is_image.sum() == present.sum() * IMAGE_TOKENS
+    mixed = result.batch.is_image.any(0) & (result.batch.ids >= 0).any(0)
+    assert mixed.any()  # a position where one row wrote an image token and another a word
     z, _ = image_z(model, result.batch, tokens, image_index)
     assert torch.allclose(z, result.noise[present].reshape(-1, 16), atol=1e-10)
     encoded, _ = model.encode_images(result.batch.images[present])
