@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from .interleaved import add_generate_options
 from .options import DEVICE_HELP, number
 
 
@@ -48,7 +49,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from ..data.text import build_tokenizer
     from ..sampling.text import generate
+    from .interleaved import GENERATE_OPTIONS, cmd_generate_interleaved, is_pretzel_model, refuse_pretzel_options
 
+    if is_pretzel_model(args.path):
+        return cmd_generate_interleaved(args)
+    refuse_pretzel_options(args, GENERATE_OPTIONS)
+    args.length = 500 if args.length is None else args.length
+    args.temperature = 1.0 if args.temperature is None else args.temperature
     model, _ = load_text_model(args.path, args.device)
     tokenizer = build_tokenizer(model.config.tokenizer, model.config.vocabulary)
     prompt = torch.tensor(tokenizer.encode(args.prompt), dtype=torch.long)
@@ -63,18 +70,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def add_generate_parser(sub) -> None:
-    parser = sub.add_parser("generate", help="continue a prompt with a trained text model",
-                            description="Print the prompt and LENGTH generated characters. A flow generates windows "
-                            "of its context in one pass per block, holding the prompt's vectors fixed (exact for "
-                            "order=same; an approximation with alternating orders, see tarflow/sampling/text.py).")
+    parser = sub.add_parser("generate", help="continue a prompt with a trained text model, or a pretzel model's "
+                            "interleaved words and images",
+                            description="Text models: print the prompt and LENGTH generated characters. A flow "
+                            "generates windows of its context in one pass per block, holding the prompt's vectors fixed "
+                            "(exact for order=same; an approximation with alternating orders, see "
+                            "tarflow/sampling/text.py). Pretzel models (STARFlow2): continue a prompt of words and "
+                            "<image> markers, e.g. --prompt \"a seven : <image>\" (the model draws the image, then "
+                            "goes on) or --prompt \"<image> shows\" --image digit.png (captioning); see "
+                            "docs/starflow2.md.")
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--prompt", default="", help="text to continue (default: none); every character must be in "
                         "the model's vocabulary")
-    parser.add_argument("--length", type=number(int, minimum=1), default=500,
-                        help="characters to generate (default 500)")
-    parser.add_argument("--temperature", type=number(float, above=0), default=1.0,
-                        help="flow: scale of the prior noise; baseline: softmax temperature (default 1.0)")
+    parser.add_argument("--length", type=number(int, minimum=1), default=None,
+                        help="text models: characters to generate (default 500)")
+    parser.add_argument("--temperature", type=number(float, above=0), default=None,
+                        help="flow: scale of the prior noise; baseline: softmax temperature (default 1.0); pretzel "
+                        "models: of the images' prior noise (default: the model's stored sampling temperature)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="noise seed (default 0)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_generate_options(parser)
     parser.set_defaults(func=cmd_generate)
 
