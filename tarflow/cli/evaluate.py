@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from .interleaved import add_eval_options as add_interleaved_eval_options
 from .latents import cmd_eval_latents, pixel_denoising, sample_decoding
 from .options import (DEVICE_HELP, GUIDANCE_HELP, add_denoise_options, add_latent_denoise_option,
                       add_sampling_options, check_output_file, number, parse_weights_list)
@@ -38,9 +39,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..metrics import evaluate_bpd
     from ..metrics.model_data import check_data_fits
     from ..runs import is_trajectory_model
+    from .interleaved import EVAL_OPTIONS, cmd_eval_interleaved, is_pretzel_model, refuse_pretzel_options
     from .text import cmd_eval_text, is_text_model
     from .trajectory import cmd_eval_trajectory
 
+    if is_pretzel_model(args.path):
+        return cmd_eval_interleaved(args)
+    refuse_pretzel_options(args, EVAL_OPTIONS)
     if is_text_model(args.path):
         return cmd_eval_text(args)
     if is_trajectory_model(args.path):
@@ -218,7 +223,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def add_eval_parser(sub) -> None:
     parser = sub.add_parser("eval", help="test bits/dim (text: bits/char and the bound's name; latent models: latent "
                             "nats/dim, as their trainer's eval.json; ntm: the trajectory bound's bits/dim and its "
-                            "name) of a trained model, as JSON")
+                            "name; pretzel: the task metrics of tarflow/metrics/interleaved.py) of a trained model, "
+                            "as JSON")
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
     parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
@@ -247,6 +253,7 @@ def add_eval_parser(sub) -> None:
                         "(comparable with unconditional models) and the Bayes-classifier accuracy (default on; "
                         "pixel models)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_interleaved_eval_options(parser)
     parser.set_defaults(func=cmd_eval)
 
 
