@@ -73,8 +73,8 @@ def add_generate_parser(sub) -> None:
     parser = sub.add_parser("generate", help="continue a prompt with a trained text model, or a pretzel model's "
                             "interleaved words and images",
                             description="Text models: print the prompt and LENGTH generated characters. A flow "
-                            "generates windows of its context in one pass per block, holding the prompt's vectors fixed "
-                            "(exact for order=same; an approximation with alternating orders, see "
+                            "generates windows of its context in one pass per block, holding the prompt's vectors "
+                            "fixed (exact for order=same; an approximation with alternating orders, see "
                             "tarflow/sampling/text.py). Pretzel models (STARFlow2): continue a prompt of words and "
                             "<image> markers, e.g. --prompt \"a seven : <image>\" (the model draws the image, then "
                             "goes on) or --prompt \"<image> shows\" --image digit.png (captioning); see "
