@@ -271,3 +271,28 @@ def test_read_answer_takes_the_number_after_the_last_shows_a_or_is():
     assert read_answer("<image> shows a two . <eos> <image> shows a five .") == 2  # nothing after <eos> counts
     assert read_answer("<image> shows a :") is None and read_answer("<image> shows seven .") is None
     assert read_answer("<image> plus <image> is") is None and read_answer([BOS, -1, -1, EOS]) is None
+
+
+# ---------------------------------------------------------------- single-modality views
+
+def test_text_view_keeps_every_word_and_no_image():
+    data = make(count=200)
+    text = data.one_modality("text").batch(torch.arange(200))
+    both = data.batch(torch.arange(200))
+    assert text.image_count.eq(0).all() and not text.is_image.any() and text.images.shape[1] == 0
+    for row in range(200):
+        assert decode_words(text.ids[row]) == decode_words(both.ids[row])  # the same words, <image> kept
+        assert int(text.lengths[row]) == int((both.ids[row] >= 0).sum())  # no position after an <image> word
+
+
+def test_image_view_keeps_every_image_and_only_the_markers():
+    data = make(count=200)
+    image = data.one_modality("image").batch(torch.arange(200))
+    both = data.batch(torch.arange(200))
+    assert torch.equal(image.images, both.images) and torch.equal(image.image_count, both.image_count)
+    for row in range(200):
+        count = int(both.image_count[row])
+        assert decode_words(image.ids[row]) == " ".join(["<bos>"] + ["<image>"] * count + ["<eos>"])
+        assert int(image.is_image[row].sum()) == count * data.image_tokens
+    with pytest.raises(ConfigError, match="modality must be one of"):
+        data.one_modality("video")

@@ -91,3 +91,38 @@ def test_bad_settings_are_clear_errors(small_splits, tmp_path, options, message)
         config = RunConfig(dataclasses.replace(config.model, **options["model"]), config.train)
     with pytest.raises(ConfigError, match=message):
         train(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files in /work/shared/data/mnist")
+@pytest.mark.parametrize("modality", ["text", "image"])
+def test_a_single_modality_baseline_trains_on_its_view_and_says_so(modality, small_splits, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--single-modality", modality, "--out", str(run)]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    printed = capsys.readouterr().out
+    model = Pretzel.from_pretrained(run / "model")
+    assert model.metadata["single_modality"] == modality
+    view = job.load_interleaved("test", data_dir=MNIST, progress=False).one_modality(modality)
+    recomputed = evaluate_interleaved(model, view, "gaussian", 0.5, 0)
+    assert math.isclose(recomputed["text_bits_per_word"], result["text_bits_per_word"], rel_tol=1e-5)
+    if modality == "text":
+        assert result["image_bits_per_dim"] is None and "image bits/dim" not in printed
+        assert not (run / "samples").exists()
+        assert main(["generate", str(run), "--prompt", "a seven : <image>"]) == 2
+        assert "text-only baseline" in capsys.readouterr().err
+    else:
+        assert math.isclose(recomputed["image_bits_per_dim"], result["image_bits_per_dim"], rel_tol=1e-5)
+        assert (run / "samples" / "final.png").is_file()
+        lines = (run / "samples" / "final.txt").read_text().splitlines()
+        assert all(line.startswith("<bos> [image]") for line in lines)
+    assert main(["eval", str(run), "--likelihood-count", "12", "--no-progress", "--data-dir", str(MNIST)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["single_modality"] == modality and "image_to_text_accuracy" not in evaluated
+    assert math.isclose(evaluated["text_bits_per_word"], result["text_bits_per_word"], rel_tol=1e-5)
+    assert main(["eval", str(run), "--arithmetic-count", "5", "--no-progress", "--data-dir", str(MNIST)]) == 2
+    assert "need words and images" in capsys.readouterr().err
+
+
+def test_single_modality_is_for_pretzel_models_only():
+    with pytest.raises(ConfigError, match="single_modality='text' makes a baseline of a pretzel model"):
+        RunConfig.from_dict({"train": {"single_modality": "text"}})

@@ -58,6 +58,9 @@ def cmd_generate_interleaved(args: argparse.Namespace) -> int:
     if args.length is not None:
         raise ConfigError("--length counts characters of text models: a pretzel model takes --max-length (positions)")
     model, _ = load_pretzel(args.path, args.device)
+    if model.metadata.get("single_modality") == "text":
+        raise ConfigError(f"{args.path} is a text-only baseline (trained with single_modality=text): its <image> words "
+                          f"have no image tokens to generate; generate with the joint model")
     config = model.config
     images = [read_image_file(file, config.image_size, config.channels) for file in args.image or []]
     ids, slots = parse_prompt(args.prompt, images)
@@ -111,10 +114,19 @@ def cmd_eval_interleaved(args: argparse.Namespace) -> int:
     data = load_interleaved(args.split, seed=args.seed, patch_size=model.config.patch_size, data_dir=data_dir,
                             progress=not args.no_progress)
     counts = {task: getattr(args, f"{task.replace('-', '_')}_count") for task in DEFAULT_COUNTS}
+    modality = model.metadata.get("single_modality") or ""
+    if modality:  # a baseline: its likelihood on its view of the sequences, no task that needs both modalities
+        data = data.one_modality(modality)
+        asked = [task for task, count in counts.items() if task != "likelihood" and count]
+        if asked:
+            raise ConfigError(f"{args.path} is a {modality}-only baseline (single_modality={modality}): the tasks "
+                              f"{asked} need words and images; measure them on the joint model")
+        counts = {task: count if task == "likelihood" else 0 for task, count in counts.items()}
     counts = {task: DEFAULT_COUNTS[task] if count is None else count for task, count in counts.items()}
     result = evaluate_tasks(model, data, counts, training_noise(model), args.seed, data_dir=data_dir,
                             progress=not args.no_progress)
-    result.update(dataset="interleaved-mnist", split=args.split, model=str(model_dir))
+    result.update(dataset="interleaved-mnist", split=args.split, model=str(model_dir),
+                  single_modality=modality or None)
     print(json.dumps(result, indent=2))
     return 0
 

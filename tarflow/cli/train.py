@@ -45,8 +45,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if "text_bits_per_word" in result:  # a pretzel model: its words and its images
         noisy = config.train.noise == "gaussian"
-        print(f"test text bits/word: {result['text_bits_per_word']:.4f}, image bits/dim: "
-              f"{result['image_bits_per_dim']:.4f} ({result['sequences']:,} test sequences"
+        from ..train.interleaved import say_figures
+
+        noisy = noisy and result["image_bits_per_dim"] is not None
+        print(f"test {say_figures(result)} ({result['sequences']:,} test sequences"
               f"{'; images with gaussian noise, so not a bits/dim of the data' if noisy else ''})")
         print(f"run directory: {run_dir}  (model/, samples/, metrics.jsonl, eval.json)")
         return 0

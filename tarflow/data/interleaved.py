@@ -8,6 +8,10 @@ T_img = (image_size / patch_size)^2 tokens (raster order) are the positions righ
 - ``image-to-text``: "<image> shows a four .";
 - ``arithmetic``: "<image> plus <image> is seven ." (the sum of the two digits as a number word).
 
+Single-modality views (`InterleavedData.one_modality`), the baselines the joint model is measured against:
+``text`` keeps every word and drops the images (each ``<image>`` word stays, as a marker with no tokens after it);
+``image`` keeps the images and drops the words (``<bos>``, ``<image>`` and its tokens per image, ``<eos>``).
+
 Held out (test split only): two-image text-to-image pairs (d1, d2) with (d1 + 3 d2) % 7 == 0 (15 of the 100),
 and arithmetic pairs with (3 d1 + d2) % 7 == 4 (14 of the 100; every sum 0..18 keeps a train pair).
 
@@ -46,6 +50,7 @@ MAX_WORDS = 11  # the longest template: <bos> a seven : <image> and a two : <ima
 ALL_PAIRS = tuple((first, second) for first in range(10) for second in range(10))
 HELD_OUT_TEXT_TO_IMAGE = frozenset(pair for pair in ALL_PAIRS if (pair[0] + 3 * pair[1]) % 7 == 0)
 HELD_OUT_ARITHMETIC = frozenset(pair for pair in ALL_PAIRS if (3 * pair[0] + pair[1]) % 7 == 4)
+SINGLE_MODALITIES = ("text", "image")  # of `InterleavedData.one_modality`
 TOKEN_PATTERN = re.compile(r"<[^<>\s]*>|[:.]|[^\s:.<>]+|\S")
 
 
@@ -241,10 +246,13 @@ class InterleavedData:
         words = self.words[indices]
         image_indices = self.image_indices[indices]
         tokens = self.image_tokens
-        markers = (words == IMAGE).long()
+        image_count = (image_indices >= 0).sum(1)
+        is_marker = words == IMAGE
+        rank = is_marker.long().cumsum(1) - is_marker.long()  # each marker's index among the row's markers
+        is_marker = is_marker & (rank < image_count[:, None])  # a text-only view's markers carry no image
+        markers = is_marker.long()
         markers_before = markers.cumsum(1) - markers
         word_positions = torch.arange(MAX_WORDS) + tokens * markers_before  # (B, W): where each word lands
-        image_count = (image_indices >= 0).sum(1)
         slots = int(image_count.max()) if len(indices) else 0
         lengths = (words >= 0).sum(1) + tokens * image_count
         length = int(lengths.max()) if len(indices) else 0
@@ -253,7 +261,6 @@ class InterleavedData:
         ids = torch.full((len(indices), length), PAD, dtype=torch.long)
         ids[rows[is_word], word_positions[is_word]] = words[is_word]
         image_starts = torch.full((len(indices), slots), -1, dtype=torch.long)
-        is_marker = markers.bool()
         image_starts[rows[is_marker], markers_before[is_marker]] = word_positions[is_marker] + 1
         positions = torch.arange(length)
         is_image = ((positions >= image_starts[..., None]) & (positions < image_starts[..., None] + tokens)
@@ -265,6 +272,20 @@ class InterleavedData:
         image_labels = torch.where(used, self.mnist_labels[image_indices[:, :slots].clamp(min=0)], -1)
         kinds = [KINDS[code] for code in self.kind_codes[indices].tolist()]
         return InterleavedBatch(ids, is_image, images, image_count, image_labels, image_starts, lengths, kinds)
+
+    def one_modality(self, modality: str) -> "InterleavedData":
+        """The same sequences with one modality: ``text`` (images dropped, ``<image>`` words kept as markers) or
+        ``image`` (words dropped: ``<bos>``, one ``<image>`` per image, ``<eos>``); see the module docstring."""
+        if modality not in SINGLE_MODALITIES:
+            raise ConfigError(f"modality must be one of {list(SINGLE_MODALITIES)}, got {modality!r}")
+        if modality == "text":
+            return replace(self, image_indices=torch.full_like(self.image_indices, -1))
+        image_count = (self.image_indices >= 0).sum(1, keepdim=True)
+        slots = torch.arange(MAX_WORDS)
+        words = torch.where(slots <= image_count, IMAGE, PAD)
+        words[:, 0] = BOS
+        words = torch.where(slots == image_count + 1, EOS, words)
+        return replace(self, words=words)
 
     def random_batch(self, size: int, generator: torch.Generator | None = None) -> InterleavedBatch:
         """``size`` sequences drawn uniformly with replacement, dequantized with the same ``generator``."""

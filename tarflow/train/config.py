@@ -27,6 +27,10 @@ class TrainConfig:
     flip: bool = option(False, "random horizontal flips of training images")
     on_bad_image: str = option("error", "an unreadable image in a folder dataset stops the run (error) or is "
                                "skipped and counted (skip)", choices=("error", "skip"))
+    single_modality: str = option("", "pretzel models: train on one modality of each interleaved sequence, the "
+                                  "baselines of the joint model: text (the words, <image> words kept as markers) or "
+                                  "image (the images: <bos>, <image> and its tokens per image, <eos>); empty: both",
+                                  choices=("", "text", "image"))
     noise: str = option("uniform", "input noise: uniform dequantization (for bits/dim) or gaussian "
                         "noise augmentation (for sample quality)", choices=("uniform", "gaussian"))
     noise_std: float = option(0.05, "std of the gaussian noise, in [-1, 1] units (noise=gaussian only)")
@@ -122,6 +126,9 @@ class RunConfig:
         if self.model.noise_conditioning and self.train.noise != "uniform":
             raise ConfigError("a noise-conditioned model (noise_conditioning=true) adds its own gaussian noise t eps "
                               "to uniformly dequantized images: set noise=uniform")
+        if self.train.single_modality and self.model.architecture != "pretzel":
+            raise ConfigError(f"single_modality={self.train.single_modality!r} makes a baseline of a pretzel model "
+                              f"(interleaved words and images): set architecture=pretzel, or leave it empty")
         if self.model.architecture == "ntm" and self.train.noise != "uniform":
             raise ConfigError("a Normalizing Trajectory Model (architecture=ntm) noises uniformly dequantized images "
                               "along its own trajectory: set noise=uniform")

@@ -38,7 +38,8 @@ from .run_dir import check_run_dir
 EVAL_BATCH = 64
 EVAL_SEQUENCES = 512  # test sequences of each evaluation during training (the result uses the whole split)
 LEVELS = 256
-SAMPLE_PROMPTS = ("a seven : <image>", "<image> shows")  # text-to-image; captioning of the first test image
+# text-to-image; captioning of the first test image. A text baseline draws no samples (its <image> has no tokens).
+SAMPLE_PROMPTS = {"": ("a seven : <image>", "<image> shows"), "image": ("<image>",), "text": ()}
 SAMPLE_ROWS = 4
 
 
@@ -57,6 +58,8 @@ def train_interleaved(config: RunConfig, run_dir: str | Path, progress: bool = T
     splits = {split: load_interleaved(split, seed=train_config.seed, patch_size=model_config.patch_size,
                                       data_dir=train_config.data_dir or None, progress=progress)
               for split in ("train", "test")}
+    if train_config.single_modality:
+        splits = {split: data.one_modality(train_config.single_modality) for split, data in splits.items()}
     longest = max(int(data.lengths.max()) for data in splits.values())
     if longest > model_config.context:
         raise ConfigError(f"the longest interleaved sequence takes {longest} positions: set context to at least "
@@ -78,12 +81,20 @@ def noisy_batch(data: InterleavedData, indices: torch.Tensor, noise: str, noise_
     return dataclasses.replace(batch, images=batch.images + noise_std * eps * present[..., None, None, None])
 
 
-def figures(likelihood: JointLikelihood) -> dict[str, float]:
-    """Bits per word of the text and bits/dim of the images (bin width 2/256) of a batch's sums."""
-    text_nats = -likelihood.text.sum().item() / max(1, likelihood.text_targets.sum().item())
-    image_nats = -likelihood.image.sum().item() / max(1, likelihood.image_dims.sum().item())
-    return {"text_bits_per_word": text_nats / math.log(2),
-            "image_bits_per_dim": (image_nats - math.log(2 / LEVELS)) / math.log(2)}
+def figures(likelihood: JointLikelihood) -> dict[str, float | None]:
+    """Bits per word of the text and bits/dim of the images (bin width 2/256) of a batch's sums; None for a
+    modality the batch does not hold (a single-modality baseline's)."""
+    targets, dims = likelihood.text_targets.sum().item(), likelihood.image_dims.sum().item()
+    text_nats = -likelihood.text.sum().item() / targets if targets else None
+    image_nats = -likelihood.image.sum().item() / dims if dims else None
+    return {"text_bits_per_word": None if text_nats is None else text_nats / math.log(2),
+            "image_bits_per_dim": None if image_nats is None else (image_nats - math.log(2 / LEVELS)) / math.log(2)}
+
+
+def say_figures(figures_: dict[str, float | None]) -> str:
+    """"text bits/word 1.2345, image bits/dim 0.9876", leaving out a modality the figures lack."""
+    names = {"text_bits_per_word": "text bits/word", "image_bits_per_dim": "image bits/dim"}
+    return ", ".join(f"{names[key]} {figures_[key]:.4f}" for key in names if figures_.get(key) is not None)
 
 
 @torch.no_grad()
@@ -130,14 +141,17 @@ class InterleavedJob(OneProcessJob):
         return batch.images, batch
 
     def describe(self, model):
-        return "a pretzel model (words and images)", f"{len(self.splits['train']):,} training sequences"
+        modality = self.config.train.single_modality
+        kind = f"a pretzel model, {modality} alone (single-modality baseline)" if modality else "a pretzel model"
+        return f"{kind} (words and images)", f"{len(self.splits['train']):,} training sequences"
 
     def figure(self, loss):
         """The joint loss in nats (text per word + images per dimension)."""
         return loss
 
     def postfix(self, loss, figure):
-        return {"loss": f"{loss:.4f}", **{name: f"{value:.3f}" for name, value in self.last.items()}}
+        return {"loss": f"{loss:.4f}", **{name: f"{value:.3f}" for name, value in self.last.items()
+                                          if value is not None}}
 
     def log_record(self, result, figure, lr):
         return {"train_loss": figure, **{f"train_{name}": value for name, value in self.last.items()}, "lr": lr,
@@ -147,8 +161,7 @@ class InterleavedJob(OneProcessJob):
         train_config = self.config.train
         evaluated = evaluate_interleaved(model, self.splits["test"], train_config.noise, train_config.noise_std,
                                          train_config.seed, EVAL_SEQUENCES)
-        say(f"step {step}: test text bits/word {evaluated['text_bits_per_word']:.4f}, image bits/dim "
-            f"{evaluated['image_bits_per_dim']:.4f} ({evaluated['sequences']} sequences)")
+        say(f"step {step}: test {say_figures(evaluated)} ({evaluated['sequences']} sequences)")
         return {f"test_{name}": value for name, value in evaluated.items() if name != "sequences"}
 
     def sample(self, model, step):
@@ -159,6 +172,7 @@ class InterleavedJob(OneProcessJob):
         noise_std = train_config.noise_std if train_config.noise == "gaussian" else 0.0
         metadata = {"dataset": "interleaved-mnist", "data_dir": train_config.data_dir, "steps": step,
                     "noise": train_config.noise, "noise_std": noise_std,
+                    "single_modality": train_config.single_modality,
                     "sampling": {"temperature": train_config.sample_temperature}}
         model.save_pretrained(self.run_dir / "model", metadata)
         result = evaluate_interleaved(model, self.splits["test"], train_config.noise, train_config.noise_std,
@@ -172,12 +186,15 @@ class InterleavedJob(OneProcessJob):
         """STEM.png (each generated sequence's images in a row, white after its last one: text-to-image rows, then
         captioning) and STEM.txt (their words, "[image]" for each image)."""
         train_config = self.config.train
+        prompts = SAMPLE_PROMPTS[train_config.single_modality]
+        if not prompts:
+            return
         noise_std = train_config.noise_std if train_config.noise == "gaussian" else 0.0
         test_image = self.splits["test"].batch([first_captioning(self.splits["test"])]).images[0, 0]
         generator = torch.Generator().manual_seed(train_config.seed)
         model.eval()
         lines, rows = [], []
-        for prompt, images in zip(SAMPLE_PROMPTS, ([None], [test_image])):
+        for prompt, images in zip(prompts, ([None], [test_image])):
             ids, slots = parse_prompt(prompt, [image for image in images if image is not None])
             batch = generate(model, ids, slots, temperature=train_config.sample_temperature, generator=generator,
                              noise_std=noise_std, batch=SAMPLE_ROWS).batch
