@@ -45,7 +45,8 @@ def test_train_prints_and_saves_the_test_figures(small_splits, tmp_path, capsys)
     assert main(["train", *TINY, "--out", str(run)]) == 0
     result = json.loads((run / "eval.json").read_text())
     printed = capsys.readouterr().out
-    assert f"test text bits/word: {result['text_bits_per_word']:.4f}" in printed and "not a bits/dim" in printed
+    assert (f"test text bits/word {result['text_bits_per_word']:.4f}, image bits/dim "
+            f"{result['image_bits_per_dim']:.4f}") in printed and "not a bits/dim" in printed
     model = Pretzel.from_pretrained(run / "model")
     assert model.words == list(WORDS) and model.metadata["noise_std"] == 0.5
     recomputed = evaluate_interleaved(model, job.load_interleaved("test", data_dir=MNIST, progress=False),

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..modalities import Video
 from .denoise import tweedie_correction
-from .small_denoiser import SmallDenoiser, check_size
+from .small_denoiser import SmallDenoiser, check_config
 
 
 @dataclass
@@ -38,9 +38,7 @@ class ScoreDenoiserConfig:
     heads: int = 2
 
     def __post_init__(self):
-        check_size(self.width, self.heads)
-        if not self.sigma > 0:
-            raise ConfigError(f"sigma (the flow's training noise std) must be positive, got {self.sigma}")
+        check_config(self)
 
 
 class CausalScoreDenoiser(SmallDenoiser):

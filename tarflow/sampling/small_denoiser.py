@@ -17,9 +17,14 @@ from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_bytes, atomic_write_text
 
 
-def check_size(width: int, heads: int) -> None:
-    if width % heads:
-        raise ConfigError(f"width={width} is not divisible by heads={heads}")
+def check_config(config) -> None:
+    """What every small denoiser's config must hold: width divisible by heads, sigma (the noise std it removes,
+    model-space units) positive and finite."""
+    if config.width % config.heads:
+        raise ConfigError(f"width={config.width} is not divisible by heads={config.heads}")
+    if not 0 < config.sigma < float("inf"):
+        raise ConfigError(f"sigma (the noise std the denoiser removes) must be positive and finite, got "
+                          f"{config.sigma}")
 
 
 class SmallDenoiser(nn.Module):

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..errors import CheckpointError, ConfigError
 from ..modalities import Pixels
 from .denoise import tweedie_correction
-from .small_denoiser import SmallDenoiser, check_size
+from .small_denoiser import SmallDenoiser, check_config
 
 DENOISER = "denoiser"  # its directory in the model directory
 FORMAT = "tarflow-trajectory-denoiser"
@@ -43,10 +43,7 @@ class DenoiserConfig:
     heads: int = 2
 
     def __post_init__(self):
-        check_size(self.width, self.heads)
-        if not 0 < self.sigma < float("inf"):
-            raise ConfigError(f"sigma (the noise std the denoiser removes) must be positive and finite, got "
-                              f"{self.sigma}")
+        check_config(self)
 
 
 def dequantization_std(levels: int) -> float:

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from ..data.interleaved import WORDS, InterleavedData, decode_words, load_interleaved, parse_prompt
+from ..data.interleaved import WORDS, InterleavedData, load_interleaved, parse_prompt
 from ..errors import ConfigError
 from ..flows.pretzel import JointLikelihood, Pretzel
+from ..interleaved_io import row_words, sequence_strip
 from ..io import atomic_write_text
 from ..sampling.interleaved import generate
-from ..viz import save_grid, to_uint8
+from ..viz import save_grid
 from .config import RunConfig
 from .device import pick_device
 from .loop import OneProcessJob, train_one_process
@@ -142,8 +143,9 @@ class InterleavedJob(OneProcessJob):
 
     def describe(self, model):
         modality = self.config.train.single_modality
-        kind = f"a pretzel model, {modality} alone (single-modality baseline)" if modality else "a pretzel model"
-        return f"{kind} (words and images)", f"{len(self.splits['train']):,} training sequences"
+        kind = (f"a pretzel model on the {modality} of each sequence alone (a single-modality baseline)" if modality
+                else "a pretzel model (words and images)")
+        return kind, f"{len(self.splits['train']):,} training sequences"
 
     def figure(self, loss):
         """The joint loss in nats (text per word + images per dimension)."""
@@ -193,20 +195,18 @@ class InterleavedJob(OneProcessJob):
         test_image = self.splits["test"].batch([first_captioning(self.splits["test"])]).images[0, 0]
         generator = torch.Generator().manual_seed(train_config.seed)
         model.eval()
-        lines, rows = [], []
+        lines, strips = [], []
         for prompt, images in zip(prompts, ([None], [test_image])):
             ids, slots = parse_prompt(prompt, [image for image in images if image is not None])
             batch = generate(model, ids, slots, temperature=train_config.sample_temperature, generator=generator,
-                             noise_std=noise_std, batch=SAMPLE_ROWS).batch
-            for row in range(len(batch.ids)):
-                words = batch.ids[row, :int(batch.lengths[row])]
-                lines.append(decode_words(words[~batch.is_image[row, :len(words)]]).replace("<image>", "[image]"))
-                rows.append(batch.images[row, :int(batch.image_count[row])])
-        columns = max(len(images) for images in rows)
-        strip = torch.cat([torch.cat([images, torch.ones(columns - len(images), *images.shape[1:])])
-                           for images in (row.cpu().float() for row in rows)])
+                             noise_std=noise_std, batch=SAMPLE_ROWS).batch.to("cpu")
+            lines += [" ".join(row_words(batch, row)).replace("<image>", "[image]") for row in range(len(batch.ids))]
+            strips.append(sequence_strip(batch).unflatten(0, (len(batch.ids), -1)))
+        columns = max(strip.shape[1] for strip in strips)
+        white = [strip.new_full((len(strip), columns - strip.shape[1], *strip.shape[2:]), 255) for strip in strips]
+        strip = torch.cat([torch.cat(parts, 1) for parts in zip(strips, white)]).flatten(0, 1)
         stem.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(to_uint8(strip, LEVELS), stem.with_suffix(".png"), nrow=columns)
+        save_grid(strip, stem.with_suffix(".png"), nrow=columns)
         atomic_write_text(stem.with_suffix(".txt"), "\n".join(lines) + "\n")
 
 
