@@ -125,8 +125,9 @@ def cmd_eval_interleaved(args: argparse.Namespace) -> int:
     counts = {task: DEFAULT_COUNTS[task] if count is None else count for task, count in counts.items()}
     result = evaluate_tasks(model, data, counts, training_noise(model), args.seed, data_dir=data_dir,
                             progress=not args.no_progress)
-    result.update(dataset="interleaved-mnist", split=args.split, model=str(model_dir),
-                  single_modality=modality or None)
+    result.update(dataset="interleaved-mnist", split=args.split, model=str(model_dir))
+    if modality:
+        result["single_modality"] = modality
     print(json.dumps(result, indent=2))
     return 0
 

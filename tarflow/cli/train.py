@@ -50,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         noisy = noisy and result["image_bits_per_dim"] is not None
         print(f"test {say_figures(result)} ({result['sequences']:,} test sequences"
               f"{'; images with gaussian noise, so not a bits/dim of the data' if noisy else ''})")
-        print(f"run directory: {run_dir}  (model/, samples/, metrics.jsonl, eval.json)")
+        samples = "samples/, " if config.train.single_modality != "text" else ""  # a text baseline draws none
+        print(f"run directory: {run_dir}  (model/, {samples}metrics.jsonl, eval.json)")
         return 0
     if "trajectory_steps" in result:  # a Normalizing Trajectory Model: bits/dim of its bound
         print(f"test bits/dim: {result['bits_per_dim']:.4f} ± {result['stderr']:.4f} ({result['bound']}; "
