@@ -160,3 +160,23 @@ def test_eval_of_a_pretzel_run_prints_the_task_metrics(model, data, tmp_path, mo
     assert main(["eval", str(tmp_path / "model"), "--image-to-text-count", "0", "--arithmetic-count", "0",
                  "--text-to-image-count", "0", "--likelihood-count", "0", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out).keys() == {"dataset", "split", "model"}
+
+
+@pytest.mark.parametrize("task, answer", [("image-to-text", "a three . <eos>"), ("arithmetic", "seven . <eos>")])
+def test_the_answer_after_the_prompt_is_what_is_scored(task, answer, model, data, monkeypatch):
+    """A decoder that always answers "three" (captioning) or "seven" (sums): the accuracy is the fraction of
+    images showing 3 / pairs adding to 7, read through the prompt's "shows" / "is"."""
+    def always(model, prompt, images, **options):
+        return torch.tensor(encode_words(answer)).expand(len(images), -1)
+
+    monkeypatch.setattr(metrics, "greedy_words", always)
+    indices = metrics.first_of_kind(data, task, 20)
+    labels = data.mnist_labels[data.image_indices[indices]]
+    if task == "image-to-text":
+        result = metrics.image_to_text_accuracy(model, data, 20, 0.0, seed=0, progress=False)
+        expected = (labels[:, 0] == 3).double().mean().item()
+    else:
+        result = metrics.arithmetic_accuracy(model, data, 20, 0.0, seed=0, progress=False)
+        expected = (labels.sum(1) == 7).double().mean().item()
+    name = "image_to_text_accuracy" if task == "image-to-text" else "arithmetic_accuracy"
+    assert expected > 0 and math.isclose(result[name], expected)

@@ -124,14 +124,15 @@ def first_of_kind(data: InterleavedData, kind: str, count: int) -> Tensor:
 
 def answers(model: Pretzel, data: InterleavedData, indices: Tensor, prompt: str, noise_std: float, seed: int,
             desc: str, progress: bool) -> list[int | None]:
-    """The greedy answer (`read_answer`) after ``prompt`` with the images of each sequence of ``indices``."""
+    """The greedy answer (`read_answer` of the prompt and the words generated after it) with the images of each
+    sequence of ``indices``."""
     generator = torch.Generator().manual_seed(seed)
     words = encode_words("<bos> " + prompt)
     read = []
     for start in progress_bar(range(0, len(indices), GENERATION_BATCH), desc=desc, enabled=progress, leave=False):
         images = data.batch(indices[start:start + GENERATION_BATCH]).images  # bin centres
-        read += [read_answer(row) for row in greedy_words(model, words, images, noise_std=noise_std,
-                                                          generator=generator).cpu()]
+        generated = greedy_words(model, words, images, noise_std=noise_std, generator=generator).cpu()
+        read += [read_answer(words + row.tolist()) for row in generated]  # "shows a" / "is" are the prompt's
     return read
 
 
