@@ -44,10 +44,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run directory: {run_dir}  (model/, samples.txt, metrics.jsonl, eval.json)")
         return 0
     if "text_bits_per_word" in result:  # a pretzel model: its words and its images
-        noisy = config.train.noise == "gaussian"
         from ..train.interleaved import say_figures
 
-        noisy = noisy and result["image_bits_per_dim"] is not None
+        noisy = config.train.noise == "gaussian" and result["image_bits_per_dim"] is not None
         print(f"test {say_figures(result)} ({result['sequences']:,} test sequences"
               f"{'; images with gaussian noise, so not a bits/dim of the data' if noisy else ''})")
         samples = "samples/, " if config.train.single_modality != "text" else ""  # a text baseline draws none

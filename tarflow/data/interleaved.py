@@ -247,9 +247,9 @@ class InterleavedData:
         image_indices = self.image_indices[indices]
         tokens = self.image_tokens
         image_count = (image_indices >= 0).sum(1)
-        is_marker = words == IMAGE
-        rank = is_marker.long().cumsum(1) - is_marker.long()  # each marker's index among the row's markers
-        is_marker = is_marker & (rank < image_count[:, None])  # a text-only view's markers carry no image
+        every_marker = (words == IMAGE).long()
+        rank = every_marker.cumsum(1) - every_marker  # each marker's index among the row's markers
+        is_marker = every_marker.bool() & (rank < image_count[:, None])  # a text-only view's markers carry no image
         markers = is_marker.long()
         markers_before = markers.cumsum(1) - markers
         word_positions = torch.arange(MAX_WORDS) + tokens * markers_before  # (B, W): where each word lands

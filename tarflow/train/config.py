@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..configs import check_choices, from_dict, option
+from ..data.interleaved import SINGLE_MODALITIES
 from ..errors import ConfigError
 from ..flows import FlowConfig
 
@@ -30,7 +31,7 @@ class TrainConfig:
     single_modality: str = option("", "pretzel models: train on one modality of each interleaved sequence, the "
                                   "baselines of the joint model: text (the words, <image> words kept as markers) or "
                                   "image (the images: <bos>, <image> and its tokens per image, <eos>); empty: both",
-                                  choices=("", "text", "image"))
+                                  choices=("",) + SINGLE_MODALITIES)
     noise: str = option("uniform", "input noise: uniform dequantization (for bits/dim) or gaussian "
                         "noise augmentation (for sample quality)", choices=("uniform", "gaussian"))
     noise_std: float = option(0.05, "std of the gaussian noise, in [-1, 1] units (noise=gaussian only)")
