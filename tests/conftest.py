@@ -149,3 +149,30 @@ def make_labels(model: TarFlow, batch: int = BATCH):
 @pytest.fixture
 def inputs(model):
     return make_inputs(model)
+
+
+def write_llama_directory(path, family: str = "llama", hidden: int = 32, layers: int = 2, heads: int = 4,
+                          kv_heads: int = 2, seed: int = 0, **options):
+    """A Hugging Face causal-LM directory (config.json + model.safetensors of random ``model.layers.*`` weights,
+    std 0.1, norm gains about 1) of the Llama family, written without transformers; returns its path as text."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from tarflow.nn.llama import LAYER_PREFIX, LlamaSpec, llama_layers
+
+    config = {"model_type": family, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+              "num_key_value_heads": kv_heads, "intermediate_size": 2 * hidden, "hidden_act": "silu",
+              "rms_norm_eps": 1e-6, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, **options}
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    generator = torch.Generator().manual_seed(seed)
+    stack = llama_layers(LlamaSpec.from_json(json.dumps(config), 64), 64)
+    tensors = {}
+    for name, parameter in stack.state_dict().items():
+        noise = torch.randn(parameter.shape, generator=generator) * 0.1
+        tensors[LAYER_PREFIX + name] = (1 + noise) if name.endswith("norm.weight") else noise
+    save_file(tensors, str(path / "model.safetensors"))
+    return str(path)

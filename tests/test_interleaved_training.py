@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,12 @@ from tarflow.cli import main
 from tarflow.data.interleaved import WORDS
 from tarflow.errors import ConfigError
 from tarflow.flows.pretzel import Pretzel
+from tarflow.nn.llama import LlamaLayer
 from tarflow.presets import PRESETS
 from tarflow.train import train
 from tarflow.train.config import RunConfig
 from tarflow.train.interleaved import evaluate_interleaved
+from conftest import write_llama_directory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,6 +63,19 @@ def test_train_prints_and_saves_the_test_figures(small_splits, tmp_path, capsys)
     assert any("test_text_bits_per_word" in record for record in records)
     assert main(["sample", str(run), "--count", "2"]) == 2
     assert "holds a pretzel model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files in /work/shared/data/mnist")
+def test_a_hugging_face_language_model_trains_as_the_lm_stream(small_splits, tmp_path, capsys):
+    directory = write_llama_directory(tmp_path / "llama", hidden=16, layers=1, heads=2, kv_heads=1)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--language-model", directory, "--out", str(run)]) == 0
+    shutil.rmtree(directory)
+    model = Pretzel.from_pretrained(run / "model")
+    assert isinstance(model.lm_layers[0], LlamaLayer) and model.config.language_model == directory
+    assert main(["generate", str(run), "--prompt", "a seven : <image>", "--out", str(tmp_path / "sequence")]) == 0
+    assert main(["train", *TINY, "--language-model", directory, "--out", str(tmp_path / "again")]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
 
 
 def tiny_config(**train_options) -> RunConfig:

@@ -1,8 +1,8 @@
 """The Pretzel model of interleaved words and images (STARFlow2, issue 18) and its generation, in float64.
 
 Tiny sizes: 8 px images, patch 4 (T = 4 tokens of D = 16 values per image), width 32, two shallow blocks and two
-joint layers; every parameter re-drawn (`randomise`) so that skips, heads and flows really act. Each check compares
-with an independent computation: autograd Jacobians, a naive recompute of the likelihood from cached steps, the
+joint layers (the LM stream's ours, or a Hugging Face Llama directory's); every parameter re-drawn (`randomise`)
+so that skips, heads and flows really act. Each check compares with an independent computation: autograd Jacobians, a naive recompute of the likelihood from cached steps, the
 noise generation drew, a perturbation of one position.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import shutil
 
 import pytest
 import torch
@@ -21,8 +22,9 @@ from tarflow.errors import ConfigError, InputError
 from tarflow.flows.config import FlowConfig
 from tarflow.flows.pretzel import JointLikelihood, Pretzel
 from tarflow.flows.saving import load_model
+from tarflow.nn.llama import read_tensors
 from tarflow.sampling.interleaved import generate
-from conftest import randomise
+from conftest import randomise, write_llama_directory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,10 +40,16 @@ def tiny_config(**options) -> FlowConfig:
     return FlowConfig(**{**settings, **options})
 
 
-@pytest.fixture(scope="module", params=["learned", "rope"])
-def model(request) -> Pretzel:
+@pytest.fixture(scope="module", params=["learned", "rope", "llama"])
+def model(request, tmp_path_factory) -> Pretzel:
+    """Our LM stream with learned or rotary positions, or a Hugging Face Llama directory's layers (GQA, 2 KV heads
+    of 4; written without transformers) as the LM stream."""
     torch.manual_seed(0)
-    return randomise(Pretzel(tiny_config(positions=request.param)).double(), seed=1, std=0.15).eval()
+    options = {"positions": request.param}
+    if request.param == "llama":
+        directory = write_llama_directory(tmp_path_factory.mktemp("llama"), heads=4, kv_heads=2)
+        options = {"positions": "learned", "language_model": directory}
+    return randomise(Pretzel(tiny_config(**options)).double(), seed=1, std=0.15).eval()
 
 
 def make_batch(texts: list[str], seed: int = 0) -> InterleavedBatch:
@@ -332,6 +340,13 @@ def test_prompt_errors(model):
         generate(model, prompt("<bos> a <eos>"), max_length=30)
 
 
+def test_a_text_only_baseline_generates_no_images(model):
+    baseline = copy.copy(model)
+    baseline.metadata = {"single_modality": "text"}
+    with pytest.raises(InputError, match="text-only baseline"):
+        generate(baseline, prompt("<bos> a seven :"), max_length=30)
+
+
 def test_batch_errors(model):
     batch = make_batch(SEQUENCES[1:2])
     batch.is_image[0, -1] = True
@@ -358,3 +373,29 @@ def test_config_errors(options, message):
 def test_a_model_needs_its_vocabulary():
     with pytest.raises(ConfigError, match="vocabulary is empty"):
         Pretzel(tiny_config(words=""))
+
+
+def test_a_hugging_face_language_model_is_the_lm_stream(tmp_path):
+    directory = write_llama_directory(tmp_path / "llama", family="qwen2", heads=4, kv_heads=1)
+    model = Pretzel(tiny_config(language_model=directory))
+    tensors = read_tensors(tmp_path / "llama")
+    for name, parameter in model.lm_layers.state_dict().items():
+        assert torch.equal(parameter, tensors["model.layers." + name])
+    assert model.config.language_model_config == (tmp_path / "llama" / "config.json").read_text()
+    model.save_pretrained(tmp_path / "pretzel")
+    shutil.rmtree(tmp_path / "llama")  # a saved model needs the directory no more
+    loaded = load_model(Pretzel, tmp_path / "pretzel")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_language_model_errors(tmp_path):
+    directory = write_llama_directory(tmp_path / "llama", hidden=48, layers=3)
+    with pytest.raises(ConfigError, match="hidden size 48 and 3 layers: set width=48 and the last of layers_per_block "
+                                          "to 3"):
+        tiny_config(language_model=directory)
+    with pytest.raises(ConfigError, match="holds no config.json"):
+        tiny_config(language_model=str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="language_model is an option of architecture=pretzel"):
+        FlowConfig(language_model=directory)
+    with pytest.raises(ConfigError, match="set from language_model"):
+        tiny_config(language_model_config="{}")

@@ -58,9 +58,6 @@ def cmd_generate_interleaved(args: argparse.Namespace) -> int:
     if args.length is not None:
         raise ConfigError("--length counts characters of text models: a pretzel model takes --max-length (positions)")
     model, _ = load_pretzel(args.path, args.device)
-    if model.metadata.get("single_modality") == "text":
-        raise ConfigError(f"{args.path} is a text-only baseline (trained with single_modality=text): its <image> words "
-                          f"have no image tokens to generate; generate with the joint model")
     config = model.config
     images = [read_image_file(file, config.image_size, config.channels) for file in args.image or []]
     ids, slots = parse_prompt(args.prompt, images)

@@ -57,6 +57,13 @@ class FlowConfig:
                                choices=ARCHITECTURES)
     words: str = option("", "pretzel: the words of its vocabulary in id order, space-separated (set by training from "
                         "tarflow.data.interleaved.WORDS); must hold <bos>, <eos> and <image>")
+    language_model: str = option("", "pretzel: a local Hugging Face causal-LM directory of the Llama family (Llama, "
+                                 "Mistral, Qwen2, Qwen3, SmolLM) whose decoder layers, with their weights, are the "
+                                 "language-model stream (trained on with the rest; the word embedding and head stay "
+                                 "ours); width and the last layers_per_block must be its hidden size and layer count. "
+                                 "Empty: layers of our own")
+    language_model_config: str = option("", "pretzel: the language_model directory's config.json, as text (set from "
+                                        "the directory, so a saved model loads without it)")
     # ----- the stack of flow blocks
     num_blocks: int = option(4, "number of autoregressive flow blocks (N)")
     layers_per_block: int | list[int] = option(2, "Transformer layers in each flow block: one number for every "
@@ -261,9 +268,10 @@ class FlowConfig:
         vocabulary (when set: training sets it from the data) with the words the model reads and writes itself, and a
         position table that holds at least one image."""
         if self.architecture != "pretzel":
-            if self.words:
-                raise ConfigError(f"words is the vocabulary of architecture=pretzel, not {self.architecture!r}: leave "
-                                  f"it unset")
+            for name in ("words", "language_model"):
+                if getattr(self, name):
+                    raise ConfigError(f"{name} is an option of architecture=pretzel, not {self.architecture!r}: leave "
+                                      f"it unset")
             return
         if self.modality != "pixels" or self.transform != "affine" or self.mixer != "attention":
             raise ConfigError(f"architecture=pretzel needs modality=pixels, transform=affine and mixer=attention, got "
@@ -276,11 +284,29 @@ class FlowConfig:
         if words and (missing or len(set(words)) != len(words)):
             raise ConfigError(f"words must list each word of the vocabulary once, including "
                               f"{' '.join(PRETZEL_WORDS)}; got {self.words!r} (missing: {missing or 'none'})")
+        self.check_language_model()
         image_tokens = (self.image_size // self.patch_size) ** 2
         if self.context < image_tokens + 2:
             raise ConfigError(f"context={self.context} positions cannot hold <bos>, <image> and one image of "
                               f"{image_tokens} tokens: set context to the longest sequence (at least "
                               f"{image_tokens + 2})")
+
+    def check_language_model(self) -> None:
+        """A Hugging Face language-model stream: its config read once from the directory; width and depth match."""
+        from ..nn.llama import LlamaSpec, read_config_text
+
+        if not self.language_model:
+            if self.language_model_config:
+                raise ConfigError("language_model_config is set from language_model: leave it unset")
+            return
+        if not self.language_model_config:
+            self.language_model_config = read_config_text(self.language_model)
+        spec = LlamaSpec.from_json(self.language_model_config, self.context)
+        if (spec.hidden_size, spec.layers) != (self.width, self.block_layers[-1]):
+            raise ConfigError(f"the language model in {self.language_model!r} has hidden size {spec.hidden_size} and "
+                              f"{spec.layers} layers: set width={spec.hidden_size} and the last of layers_per_block "
+                              f"to {spec.layers} (the flow stream pairs each of its layers with one of the LM's), got "
+                              f"{self.width} and {self.block_layers[-1]}")
 
     @property
     def signal_levels(self) -> list[float]:

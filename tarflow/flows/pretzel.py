@@ -15,11 +15,14 @@ T = (size / patch)^2 positions right after an ``<image>`` word, in raster order.
   input embedding (word embedding, or projected u plus a within-image position embedding; plus the sequence
   position). Layer i: h_lm <- lm_layers[i](h_lm + lm_skip[i](h_flow)), then
   h_flow <- flow_layers[i](h_flow + flow_skip[i](h_lm)), the skips zero-initialised linear layers. This is our
-  reading of the paper's "interleaved layer by layer with residual skip connections".
+  reading of the paper's "interleaved layer by layer with residual skip connections". The LM stream's layers are
+  ours, or a Hugging Face causal LM's decoder layers with their weights (``config.language_model``,
+  `tarflow.nn.llama`).
 
 Position p's LM head predicts the word at p + 1; its flow head gives the affine params of the image token at
-p + 1. `step` is the one Transformer pass: without a cache on a whole sequence (training), with one KV cache of
-2L layers (the LM stream's, then the flow stream's) on a chunk of positions (generation, `sampling.interleaved`).
+p + 1. `step` is the one Transformer pass: without a cache on a whole sequence (training), with one KV cache
+(`JointCache`: the LM stream's layers and the flow stream's) on a chunk of positions (generation,
+`sampling.interleaved`).
 A batch is anything with the fields of `tarflow.data.interleaved.InterleavedBatch` (ids, is_image, images,
 image_count, image_starts, lengths).
 """
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, InputError
 from ..modalities import build_modality
 from ..nn import KVCache, TransformerLayer, layer_norm, linear
+from ..nn.llama import LlamaSpec, llama_layers, load_llama_weights
 from .block import ARFlowBlock
 from .conditioning import Condition
 from .config import FlowConfig
@@ -43,6 +47,21 @@ from .orders import block_orders
 from .priors import StandardNormal
 from .saving import load_model, save_model
 from .transforms import Params, build_transform
+
+
+@dataclass
+class JointCache:
+    """The KV caches of the two streams (their layers may differ in heads and head size)."""
+
+    lm: KVCache
+    flow: KVCache
+
+
+def stream_cache(layers: nn.ModuleList, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> KVCache:
+    """A KV cache for a stack of layers: keys and values of its attention's cached heads (GQA: the KV heads)."""
+    attention = layers[0].attn
+    heads = getattr(attention, "kv_heads", attention.heads)
+    return KVCache(len(layers), batch, heads, length, attention.head_dim, dtype, device)
 
 
 @dataclass
@@ -93,7 +112,7 @@ class Pretzel(nn.Module):
         self.pos_embed = None
         if config.positions == "learned":
             self.pos_embed = nn.Parameter(torch.randn(config.context, width) * 0.02)
-        self.lm_layers = nn.ModuleList(self.joint_layer() for _ in range(joint_layers))
+        self.lm_layers = self.language_model_layers(joint_layers)
         self.flow_layers = nn.ModuleList(self.joint_layer() for _ in range(joint_layers))
         self.lm_skip = nn.ModuleList(zero_linear(width, width) for _ in range(joint_layers))
         self.flow_skip = nn.ModuleList(zero_linear(width, width) for _ in range(joint_layers))
@@ -101,6 +120,18 @@ class Pretzel(nn.Module):
         self.lm_head = nn.Linear(width, vocab)
         self.flow_norm = nn.LayerNorm(width)
         self.flow_head = zero_linear(width, self.transform.num_params(token_dim))
+
+    def language_model_layers(self, count: int) -> nn.ModuleList:
+        """The LM stream: ``count`` layers of our own, or the decoder layers of ``config.language_model`` (a
+        Hugging Face directory, `tarflow.nn.llama`) with its weights while the directory is there (a saved model's
+        own weights replace them when it loads)."""
+        config = self.config
+        if not config.language_model:
+            return nn.ModuleList(self.joint_layer() for _ in range(count))
+        layers = llama_layers(LlamaSpec.from_json(config.language_model_config, config.context), config.context)
+        if Path(config.language_model).expanduser().is_dir():
+            load_llama_weights(layers, config.language_model)
+        return layers
 
     def joint_layer(self) -> TransformerLayer:
         config = self.config
@@ -151,20 +182,20 @@ class Pretzel(nn.Module):
             h = h + self.pos_embed[pos:pos + ids.shape[1]]
         return h
 
-    def streams(self, h: Tensor, cache: KVCache | None = None, pos: int = 0) -> tuple[Tensor, Tensor]:
+    def streams(self, h: Tensor, cache: JointCache | None = None, pos: int = 0) -> tuple[Tensor, Tensor]:
         """Both streams' last rows (B n, W) from the input embeddings h (B, n, W) at positions pos .. pos+n-1; with
-        ``cache``, earlier positions come from it (layers 0 .. L-1 the LM stream's, L .. 2L-1 the flow stream's)."""
+        ``cache``, earlier positions come from it."""
         batch, length, width = h.shape
-        shape, count = (batch, length), len(self.lm_layers)
+        shape = (batch, length)
         lm = flow = h.reshape(batch * length, width)
-        for index in range(count):
-            lm_cache = None if cache is None else cache.layer(index)
-            flow_cache = None if cache is None else cache.layer(count + index)
+        for index in range(len(self.lm_layers)):
+            lm_cache = None if cache is None else cache.lm.layer(index)
+            flow_cache = None if cache is None else cache.flow.layer(index)
             lm = self.lm_layers[index](lm + linear(self.lm_skip[index], flow), None, lm_cache, pos, shape)
             flow = self.flow_layers[index](flow + linear(self.flow_skip[index], lm), None, flow_cache, pos, shape)
         return lm, flow
 
-    def step(self, ids: Tensor, image_tokens: Tensor, is_image: Tensor, cache: KVCache | None = None, pos: int = 0,
+    def step(self, ids: Tensor, image_tokens: Tensor, is_image: Tensor, cache: JointCache | None = None, pos: int = 0,
              image_index: Tensor | None = None) -> tuple[Tensor, Params]:
         """Predictions for positions pos+1 .. pos+n from positions pos .. pos+n-1: log p(word) (B, n, V) and the
         deep affine params (a, b) (B, n, D). ids, is_image, image_index (B, n) (or (B,) for one position, then the
@@ -189,12 +220,11 @@ class Pretzel(nn.Module):
             return word_log_probs[:, 0], tuple(param[:, 0] for param in params)
         return word_log_probs, params
 
-    def new_cache(self, batch: int, length: int) -> KVCache:
-        """One KV cache for ``batch`` rows of up to ``length`` positions, both streams (2L layers)."""
+    def new_cache(self, batch: int, length: int) -> "JointCache":
+        """One KV cache for ``batch`` rows of up to ``length`` positions: both streams' layers."""
         self.check_length(length)
-        attention = self.lm_layers[0].attn
-        return KVCache(2 * len(self.lm_layers), batch, attention.heads, length, attention.head_dim, self.dtype,
-                       self.device)
+        return JointCache(*(stream_cache(layers, batch, length, self.dtype, self.device)
+                            for layers in (self.lm_layers, self.flow_layers)))
 
     def check_length(self, length: int) -> None:
         if length > self.config.context:

@@ -52,6 +52,9 @@ def generate(model: Pretzel, prompt_ids, prompt_images=None, max_length: int | N
 
     ``prompt_ids``: word ids from ``<bos>`` (a list or a 1-D tensor); ``prompt_images``: one entry per ``<image>``
     word of the prompt, an image (C, H, W) in [-1, 1] or None (the model generates it: the last word only)."""
+    if model.metadata.get("single_modality") == "text":
+        raise InputError("this model is a text-only baseline (trained with single_modality=text): its <image> words "
+                         "have no image tokens to generate; generate with the joint model")
     max_length = model.config.context if max_length is None else max_length
     ids, given_images, open_image = check_prompt(model, prompt_ids, prompt_images, max_length)
     prompt = prompt_positions(model, ids, given_images, noise_std, generator)
