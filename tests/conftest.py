@@ -152,9 +152,10 @@ def inputs(model):
 
 
 def write_llama_directory(path, family: str = "llama", hidden: int = 32, layers: int = 2, heads: int = 4,
-                          kv_heads: int = 2, seed: int = 0, **options):
-    """A Hugging Face causal-LM directory (config.json + model.safetensors of random ``model.layers.*`` weights,
-    std 0.1, norm gains about 1) of the Llama family, written without transformers; returns its path as text."""
+                          kv_heads: int = 2, seed: int = 0, vocab_size: int = 50, **options):
+    """A Hugging Face causal-LM directory (config.json + model.safetensors of random weights, std 0.1, norm gains
+    about 1: the layers, the token embedding and the head) of the Llama family, written without transformers;
+    returns its path as text."""
     import json
     from pathlib import Path
 
@@ -174,5 +175,7 @@ def write_llama_directory(path, family: str = "llama", hidden: int = 32, layers:
     for name, parameter in stack.state_dict().items():
         noise = torch.randn(parameter.shape, generator=generator) * 0.1
         tensors[LAYER_PREFIX + name] = (1 + noise) if name.endswith("norm.weight") else noise
+    tensors["model.embed_tokens.weight"] = torch.randn(vocab_size, hidden, generator=generator) * 0.1
+    tensors["lm_head.weight"] = torch.randn(vocab_size, hidden, generator=generator) * 0.1
     save_file(tensors, str(path / "model.safetensors"))
     return str(path)

@@ -70,6 +70,7 @@ def test_a_hugging_face_language_model_trains_as_the_lm_stream(small_splits, tmp
     directory = write_llama_directory(tmp_path / "llama", hidden=16, layers=1, heads=2, kv_heads=1)
     run = tmp_path / "run"
     assert main(["train", *TINY, "--language-model", directory, "--out", str(run)]) == 0
+    assert f"its language-model stream the layers of {directory} (0 of {len(WORDS)} words" in capsys.readouterr().out
     shutil.rmtree(directory)
     model = Pretzel.from_pretrained(run / "model")
     assert isinstance(model.lm_layers[0], LlamaLayer) and model.config.language_model == directory

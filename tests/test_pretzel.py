@@ -2,8 +2,9 @@
 
 Tiny sizes: 8 px images, patch 4 (T = 4 tokens of D = 16 values per image), width 32, two shallow blocks and two
 joint layers (the LM stream's ours, or a Hugging Face Llama directory's); every parameter re-drawn (`randomise`)
-so that skips, heads and flows really act. Each check compares with an independent computation: autograd Jacobians, a naive recompute of the likelihood from cached steps, the
-noise generation drew, a perturbation of one position.
+so that skips, heads and flows really act. Each check compares with an independent computation: autograd
+Jacobians, a naive recompute of the likelihood from cached steps, the noise generation drew, a perturbation of one
+position.
 """
 
 from __future__ import annotations
@@ -382,10 +383,29 @@ def test_a_hugging_face_language_model_is_the_lm_stream(tmp_path):
     for name, parameter in model.lm_layers.state_dict().items():
         assert torch.equal(parameter, tensors["model.layers." + name])
     assert model.config.language_model_config == (tmp_path / "llama" / "config.json").read_text()
+    assert model.language_model_words == 0  # no tokenizer.json: our word embedding and head as they were
     model.save_pretrained(tmp_path / "pretzel")
     shutil.rmtree(tmp_path / "llama")  # a saved model needs the directory no more
     loaded = load_model(Pretzel, tmp_path / "pretzel")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_words_start_from_the_language_models_rows(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="needs the tokenizers package (tarflow[text])")
+    directory = write_llama_directory(tmp_path / "llama")
+    plain = [word for word in WORDS if not word.startswith("<")]
+    vocabulary = {"[UNK]": 0, **{word: index + 1 for index, word in enumerate(plain)}}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocabulary, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "llama" / "tokenizer.json"))
+    model = Pretzel(tiny_config(language_model=directory))
+    tensors = read_tensors(tmp_path / "llama")
+    assert model.language_model_words == len(plain)
+    for word in ("seven", "plus", ":"):
+        assert torch.equal(model.word_embed.weight[WORDS.index(word)],
+                           tensors["model.embed_tokens.weight"][vocabulary[word]])
+        assert torch.equal(model.lm_head.weight[WORDS.index(word)], tensors["lm_head.weight"][vocabulary[word]])
+    assert not torch.equal(model.word_embed.weight[WORDS.index("<bos>")], tensors["model.embed_tokens.weight"][0])
 
 
 def test_language_model_errors(tmp_path):

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, InputError
 from ..modalities import build_modality
 from ..nn import KVCache, TransformerLayer, layer_norm, linear
-from ..nn.llama import LlamaSpec, llama_layers, load_llama_weights
+from ..nn.llama import LlamaSpec, llama_layers, load_llama_weights, read_tensors, word_rows
 from .block import ARFlowBlock
 from .conditioning import Condition
 from .config import FlowConfig
@@ -120,18 +120,33 @@ class Pretzel(nn.Module):
         self.lm_head = nn.Linear(width, vocab)
         self.flow_norm = nn.LayerNorm(width)
         self.flow_head = zero_linear(width, self.transform.num_params(token_dim))
+        self.language_model_words = 0  # words started from the language model's rows (a saved model's own weights
+        if config.language_model and Path(config.language_model).expanduser().is_dir():  # replace all when it loads)
+            self.language_model_words = self.load_language_model(config.language_model)
 
     def language_model_layers(self, count: int) -> nn.ModuleList:
-        """The LM stream: ``count`` layers of our own, or the decoder layers of ``config.language_model`` (a
-        Hugging Face directory, `tarflow.nn.llama`) with its weights while the directory is there (a saved model's
-        own weights replace them when it loads)."""
+        """The LM stream: ``count`` layers of our own, or the decoder layers ``config.language_model`` describes
+        (`tarflow.nn.llama`; `load_language_model` fills them)."""
         config = self.config
         if not config.language_model:
             return nn.ModuleList(self.joint_layer() for _ in range(count))
-        layers = llama_layers(LlamaSpec.from_json(config.language_model_config, config.context), config.context)
-        if Path(config.language_model).expanduser().is_dir():
-            load_llama_weights(layers, config.language_model)
-        return layers
+        return llama_layers(LlamaSpec.from_json(config.language_model_config, config.context), config.context)
+
+    def load_language_model(self, directory: str) -> int:
+        """The LM stream's weights from the directory, and the word embedding and LM head started from its rows for
+        our words (`word_rows`: the mean over each word's tokens, by its tokenizer); returns the number of words so
+        started (0 without a tokenizer)."""
+        tensors = read_tensors(Path(directory).expanduser())
+        load_llama_weights(self.lm_layers, directory, tensors)
+        rows = word_rows(directory, tensors, self.words)
+        if rows is None:
+            return 0
+        inputs, outputs, known = rows
+        with torch.no_grad():
+            self.word_embed.weight[known] = inputs[known].to(self.dtype)
+            self.lm_head.weight[known] = outputs[known].to(self.dtype)
+            self.lm_head.bias.zero_()
+        return int(known.sum())
 
     def joint_layer(self) -> TransformerLayer:
         config = self.config

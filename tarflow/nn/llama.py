@@ -6,11 +6,13 @@ a SwiGLU MLP):
     h <- h + o(Attention(RMSNorm(h)))        queries of ``heads`` heads, keys/values of ``kv_heads`` (GQA)
     h <- h + down(silu(gate(x)) * up(x)),    x = RMSNorm(h)
 
-with q/k/v biases in Qwen2 (and all four with ``attention_bias`` in Llama and Qwen3) and a per-head RMSNorm of queries and keys (before RoPE) in Qwen3. `LlamaSpec` reads
-the sizes from the directory's config.json; `llama_layers` builds the layers and `load_llama_weights` fills them
-from ``model.safetensors`` (one file or shards) or ``pytorch_model.bin``. Our modules carry Hugging Face's parameter
-names, so ``model.layers.{i}.*`` loads as it is. Reading the files needs neither ``transformers`` nor a network;
-being ours, the layers run in any dtype (float64 included) and share the library's KV cache and masks.
+with q/k/v biases in Qwen2 (all four with ``attention_bias`` in Llama and Qwen3) and a per-head RMSNorm of
+queries and keys (before RoPE) in Qwen3. `LlamaSpec` reads the sizes from the directory's config.json;
+`llama_layers` builds the layers and `load_llama_weights` fills them from ``model.safetensors`` (one file or shards)
+or ``pytorch_model.bin``; `word_rows` gives words the LM's embedding and head rows through its tokenizer. Our
+modules carry Hugging Face's parameter names, so ``model.layers.{i}.*`` loads as it is. Reading the weights needs
+neither ``transformers`` nor a network; being ours, the layers run in any dtype (float64 included) and share the
+library's KV cache and masks.
 """
 
 from __future__ import annotations
@@ -171,17 +173,42 @@ def llama_layers(spec: LlamaSpec, context: int) -> nn.ModuleList:
     return nn.ModuleList(LlamaLayer(spec, context) for _ in range(spec.layers))
 
 
-def load_llama_weights(layers: nn.ModuleList, directory: str) -> None:
-    """Copy the directory's ``model.layers.*`` tensors into ``layers`` (cast to their dtype); a ConfigError when
-    the weights are missing or do not fit."""
-    path = Path(directory).expanduser()
-    tensors = {name.removeprefix(LAYER_PREFIX): tensor for name, tensor in read_tensors(path).items()
-               if name.startswith(LAYER_PREFIX)}
+def load_llama_weights(layers: nn.ModuleList, directory: str, tensors: dict[str, Tensor] | None = None) -> None:
+    """Copy the directory's ``model.layers.*`` tensors (``tensors``: as `read_tensors` read them) into ``layers``
+    (cast to their dtype); a ConfigError when the weights are missing or do not fit."""
+    tensors = read_tensors(Path(directory).expanduser()) if tensors is None else tensors
+    state = {name.removeprefix(LAYER_PREFIX): tensor for name, tensor in tensors.items()
+             if name.startswith(LAYER_PREFIX)}
     try:
-        layers.load_state_dict(tensors, strict=True)
+        layers.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ConfigError(f"the weights in {str(path)!r} do not fit the layers its config.json describes: "
+        raise ConfigError(f"the weights in {directory!r} do not fit the layers its config.json describes: "
                           f"{error}") from None
+
+
+def word_rows(directory: str, tensors: dict[str, Tensor], words: list[str]) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Our words in the LM's own terms: for each word, the mean over the tokens of " word" (the directory's
+    tokenizer.json) of the LM's input-embedding rows and of its output-head rows (the embedding when tied):
+    (inputs (V, W), outputs (V, W), known (V,) bool: False for <...> words, kept as they are). None without a
+    tokenizer.json or the ``tokenizers`` package (a part of transformers)."""
+    path = Path(directory).expanduser() / "tokenizer.json"
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    if not path.is_file():
+        return None
+    tokenizer = Tokenizer.from_file(str(path))
+    embedding = tensors["model.embed_tokens.weight"]
+    head = tensors.get("lm_head.weight", embedding)
+    known = torch.tensor([not word.startswith("<") for word in words])
+    inputs, outputs = torch.zeros(len(words), embedding.shape[1]), torch.zeros(len(words), head.shape[1])
+    for index, word in enumerate(words):
+        tokens = tokenizer.encode(" " + word, add_special_tokens=False).ids if known[index] else []
+        if tokens:
+            inputs[index] = embedding[tokens].float().mean(0)
+            outputs[index] = head[tokens].float().mean(0)
+    return inputs, outputs, known
 
 
 def read_tensors(path: Path) -> dict[str, Tensor]:

@@ -145,6 +145,9 @@ class InterleavedJob(OneProcessJob):
         modality = self.config.train.single_modality
         kind = (f"a pretzel model on the {modality} of each sequence alone (a single-modality baseline)" if modality
                 else "a pretzel model (words and images)")
+        if model.config.language_model:
+            kind += (f", its language-model stream the layers of {model.config.language_model} "
+                     f"({model.language_model_words} of {len(model.words)} words started from its embedding)")
         return kind, f"{len(self.splits['train']):,} training sequences"
 
     def figure(self, loss):
