@@ -17,6 +17,7 @@ from tarflow import ConfigError, FlowConfig, Guidance, InputError, SequentialSam
 from tarflow.flows import Condition
 from tarflow.flows.video import FrameLocalBlock
 from tarflow.sampling import VideoJacobiSampler, continue_clips
+from tarflow.sampling.calibrate import calibrate, sampler_from_entry
 
 from conftest import randomise
 
@@ -226,6 +227,20 @@ def test_video_jacobi_matches_sequential(model, guided):
         assert iterations == expected
     early = VideoJacobiSampler(model)  # the default tolerance stops early
     assert (early.sample(BATCH, y, guidance=guidance, z=z) - sequential).abs().max() <= 1e-3
+
+
+def test_calibration_counts_a_frame_local_block_by_its_frames(model):
+    lines = []
+    entry = calibrate(model, 2, log=lines.append)
+    for index, block in enumerate(model.blocks):
+        tried = sorted(int(line.split()[2]) for line in lines if line.startswith(f"block {index}: "))
+        if isinstance(block, FrameLocalBlock):  # 4 tokens a frame: Jacobi only (a split of 3 unknowns is too short)
+            assert tried == [1]
+        else:  # 12 tokens: the usual splits, and one module per frame
+            assert FRAMES in tried and tried == sorted(set(tried)) and max(tried) <= (TOKENS_PER_FRAME * FRAMES - 1) // 2
+    z, y = noise(2), labels(model, 2)
+    reference = SequentialSampler(model).sample(2, y, z=z)
+    assert (sampler_from_entry(model, entry).sample(2, y, z=z) - reference).abs().max() <= 1e-3
 
 
 # ----- continuation -----------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Calibration (`calibrate`) on one seeded batch of the requested size:
 
 1. the sequential sampler runs once (warm-up) and once timed, block by block, keeping every block's
    input and output: the exact reference;
-2. for each block and each candidate module count G, GS-Jacobi inverts that block's own reference input
+2. for each block and each candidate module count G (a video block within frames counts the tokens of one frame;
+   a video block over the clip also tries one module per frame), GS-Jacobi inverts that block's own reference input
    (so blocks are judged independently) with the tolerance ``tol``; a candidate is dropped as soon as it
    takes longer than the sequential inverse of that block. The fastest surviving candidate whose output
    is within ``max_abs_diff`` / N of the reference (N blocks) wins the block, with an iteration cap of
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..flows.video import FrameLocalBlock
 from ..io import atomic_write_text
 from .guidance import Guidance
 from .jacobi import BlockStrategy, JacobiSampler, TooSlow, module_bounds, solve_block
@@ -56,11 +58,21 @@ def entry_key(device: torch.device, batch: int, guided: bool) -> str:
     return f"{device_key(device)}|batch={batch}|guided={int(guided)}"
 
 
-def candidate_modules(num_tokens: int) -> list[int]:
-    """Module counts to try: 1 (Jacobi) and a few GS-Jacobi splits between 2 and (T - 1) / 2."""
+def candidate_modules(num_tokens: int, frames: int | None = None) -> list[int]:
+    """Module counts to try: 1 (Jacobi) and a few GS-Jacobi splits between 2 and (T - 1) / 2, and ``frames`` (one
+    module per frame of a video block over the whole clip: video-aware Jacobi's split) when given."""
     n = num_tokens - 1
-    out = sorted({g for g in (1, 2, 3, 4, 6, 8, 12, 16) if g <= max(1, n // 2)})
+    out = sorted({g for g in (1, 2, 3, 4, 6, 8, 12, 16, frames or 1) if g <= max(1, n // 2)})
     return out or [1]
+
+
+def block_tokens(model, block) -> tuple[int, int | None]:
+    """(tokens of each sequence the block inverts, its frame count): a video block within frames
+    (`FrameLocalBlock`) inverts every frame as a sequence of its own; a video block over the clip has frames."""
+    modality = model.modality
+    if isinstance(block, FrameLocalBlock):
+        return modality.tokens_per_frame, None
+    return modality.num_tokens, getattr(modality, "frame_count", None)
 
 
 def synchronize(device: torch.device) -> None:
@@ -108,7 +120,8 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
         strategies, block_report = [], []
         for i in reversed(range(num_blocks)):
             best = None  # (seconds, strategy, iterations, max abs diff)
-            for module_count in modules or candidate_modules(config.num_tokens):
+            tokens, frames = block_tokens(model, model.blocks[i])
+            for module_count in modules or candidate_modules(tokens, frames):
                 synchronize(device)
                 started = time.perf_counter()
                 try:
@@ -125,7 +138,7 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
                     f"iterations {iterations}, max abs diff {error:.2e}")
                 faster = seconds < sequential_seconds[i] and (best is None or seconds < best[0])
                 if error <= per_block_limit and faster:
-                    bounds = module_bounds(config.num_tokens, module_count, model.blocks[i].first)
+                    bounds = module_bounds(tokens, module_count, model.blocks[i].first)
                     cap = max(min(2 * k + 2, end - start) for k, (start, end) in zip(iterations, bounds))
                     best = (seconds, BlockStrategy(module_count, cap), iterations, error)
             if best is None:
