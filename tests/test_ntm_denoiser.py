@@ -52,28 +52,33 @@ def test_distillation_lowers_the_loss_below_no_correction():
     """On held-out trajectories of the model, the distilled d is closer to the target than d = 0 is."""
     model = initial_model(torch.float32)
     denoiser, losses = distill_denoiser(model, steps=60, batch_size=16, lr=3e-3, width=16, layers=1, sigma=0.5)
-    assert len(losses) == 60 and denoiser.config.sigma == 0.5
+    assert len(losses) == 60 and denoiser.config.sigma == 0.5 and denoiser.config.num_classes == 3
     trajectory = TrajectorySampler(model).trajectory(64, torch.arange(64) % 3,
                                                      generator=torch.Generator().manual_seed(99))
     final, last_input = trajectory[:, 0], trajectory[:, 1]
     target = -0.25 * (final - SIGNAL[0] * last_input) / (1 - SIGNAL[0] ** 2)  # closed form, as above
     with torch.no_grad():
-        distilled = (denoiser(final, last_input) - target).pow(2).mean().item()
+        distilled = (denoiser(final, last_input, torch.arange(64) % 3) - target).pow(2).mean().item()
     assert distilled < 0.5 * target.pow(2).mean().item()
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
 def test_sampling_with_the_denoiser_is_the_trajectory_denoised_by_seed(tmp_path):
     model = initial_model(torch.float32)
-    denoiser = TrajectoryDenoiser(DenoiserConfig(4, 2, 2, 0.1, width=16, layers=1)).eval()  # as when loaded
+    denoiser = TrajectoryDenoiser(DenoiserConfig(4, 2, 2, 0.1, width=16, layers=1, num_classes=3)).eval()
     torch.nn.init.normal_(denoiser.proj_out.weight, std=0.1)  # a non-zero correction
     sampler, y = TrajectorySampler(model, denoiser), torch.arange(4) % 3
     images = sampler.sample(4, y, 0.9, generator=torch.Generator().manual_seed(5))
     again = sampler.sample(4, y, 0.9, generator=torch.Generator().manual_seed(5))
     trajectory = TrajectorySampler(model).trajectory(4, y, 0.9, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        by_hand = trajectory[:, 0] + denoiser(trajectory[:, 0], trajectory[:, 1])
+        by_hand = trajectory[:, 0] + denoiser(trajectory[:, 0], trajectory[:, 1], y)
+        other_classes = trajectory[:, 0] + denoiser(trajectory[:, 0], trajectory[:, 1], (y + 1) % 3)
+        no_class = denoiser(trajectory[:, 0], trajectory[:, 1])
+        null_class = denoiser(trajectory[:, 0], trajectory[:, 1], torch.full((4,), 3))
     assert torch.equal(images, again) and torch.equal(images, by_hand)
+    assert not torch.allclose(images, other_classes)  # the class is read
+    assert torch.equal(no_class, null_class)  # no class and the null label: the same row
     assert not torch.equal(images, trajectory[:, 0])
     assert not torch.equal(images, sampler.sample(4, y, 0.9, generator=torch.Generator().manual_seed(6)))
     assert sampler.describe() == "ntm, 3 steps, self-distilled denoiser"
@@ -93,6 +98,10 @@ def test_bad_denoisers_are_refused(tmp_path):
         load_denoiser(model, tmp_path)
     (tmp_path / DENOISER / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="not a saved trajectory denoiser"):
+        load_denoiser(model, tmp_path)
+    TrajectoryDenoiser(DenoiserConfig(4, 2, 2, 0.1, width=16, layers=1, num_classes=5)).save_pretrained(
+        tmp_path / DENOISER)
+    with pytest.raises(CheckpointError, match="distilled for 5 classes, not this model's 3"):
         load_denoiser(model, tmp_path)
     with pytest.raises(ConfigError, match="not divisible"):
         DenoiserConfig(4, 2, 2, 0.1, width=15, heads=2)

@@ -46,9 +46,11 @@ class SmallDenoiser(nn.Module):
         nn.init.zeros_(self.proj_out.weight)  # starts as no correction
         nn.init.zeros_(self.proj_out.bias)
 
-    def correction(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, T, in_dim) -> (B, T, out_dim); ``mask`` True where attention is not allowed."""
-        return self.proj_out(self.layers(self.proj_in(tokens) + self.pos_embed, mask=mask))
+    def correction(self, tokens: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """(B, T, in_dim) -> (B, T, out_dim); ``mask`` True where attention is not allowed; ``bias`` (B, 1, width)
+        added to every token's input (e.g. a class embedding)."""
+        h = self.proj_in(tokens) + self.pos_embed
+        return self.proj_out(self.layers(h if bias is None else h + bias, mask=mask))
 
     def fit(self, draw_batch: Callable[[], tuple[tuple[Tensor, ...], Tensor]], steps: int, lr: float) -> list[float]:
         """``steps`` AdamW steps on mean over dims of (self(*inputs) - target)^2, (inputs, target) = draw_batch()

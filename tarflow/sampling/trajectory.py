@@ -73,4 +73,4 @@ class TrajectorySampler:
         trajectory = self.trajectory(n, y, temperature, guidance, generator, noise)
         if self.denoiser is None:
             return trajectory[:, 0]
-        return self.denoiser.denoise(trajectory[:, 0], trajectory[:, 1])
+        return self.denoiser.denoise(trajectory[:, 0], trajectory[:, 1], y)

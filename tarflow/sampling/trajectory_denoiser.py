@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
 from ..modalities import Pixels
@@ -32,7 +32,8 @@ FORMAT = "tarflow-trajectory-denoiser"
 
 @dataclass
 class DenoiserConfig:
-    """The image geometry of the model it denoises, sigma (model space units, [-1, 1] images) and its size."""
+    """The image geometry of the model it denoises, sigma (model space units, [-1, 1] images), its size, and the
+    classes of a class-conditional model (0: it reads no class)."""
 
     image_size: int
     channels: int
@@ -41,6 +42,7 @@ class DenoiserConfig:
     width: int = 64
     layers: int = 2
     heads: int = 2
+    num_classes: int = 0
 
     def __post_init__(self):
         check_config(self)
@@ -52,8 +54,10 @@ def dequantization_std(levels: int) -> float:
 
 
 class TrajectoryDenoiser(SmallDenoiser):
-    """d(x_0, x_1): the final sample and the last step's input (B, C, H, W) -> the correction of x_0 (same shape).
-    A bidirectional Transformer on the tokens of x_0 and x_1 side by side; it starts as no correction."""
+    """d(x_0, x_1, y): the final sample and the last step's input (B, C, H, W), and the class (B,) of a
+    class-conditional model -> the correction of x_0 (same shape). A bidirectional Transformer on the tokens of x_0
+    and x_1 side by side, a class embedding added to every token (row num_classes: no class, for y None or the null
+    label); it starts as no correction."""
 
     FORMAT, CONFIG, NOUN = FORMAT, DenoiserConfig, "trajectory denoiser"
     HOW = "distill one with `tarflow distill-denoiser RUN`"
@@ -64,15 +68,23 @@ class TrajectoryDenoiser(SmallDenoiser):
         self.modality = Pixels(config.image_size, config.channels, config.patch_size)
         tokens, token_dim = self.modality.num_tokens, self.modality.token_dim
         self.build(tokens, 2 * token_dim, token_dim, config.width, config.layers, config.heads)
+        self.class_embed = nn.Embedding(config.num_classes + 1, config.width) if config.num_classes else None
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
 
-    def forward(self, final: Tensor, last_input: Tensor) -> Tensor:
+    def forward(self, final: Tensor, last_input: Tensor, y: Tensor | None = None) -> Tensor:
         tokens = torch.cat([self.modality.to_tokens(final), self.modality.to_tokens(last_input)], dim=-1)
-        return self.modality.from_tokens(self.correction(tokens))
+        bias = None
+        if self.class_embed is not None:
+            no_class = self.config.num_classes
+            labels = torch.full((len(final),), no_class, device=final.device) if y is None else y.to(final.device)
+            bias = self.class_embed(labels.clamp(0, no_class))[:, None]
+        return self.modality.from_tokens(self.correction(tokens, bias=bias))
 
     @torch.no_grad()
-    def denoise(self, final: Tensor, last_input: Tensor) -> Tensor:
-        """x_hat_0 = x_0 + d(x_0, x_1)."""
-        return final + self(final, last_input)
+    def denoise(self, final: Tensor, last_input: Tensor, y: Tensor | None = None) -> Tensor:
+        """x_hat_0 = x_0 + d(x_0, x_1, y)."""
+        return final + self(final, last_input, y)
 
 
 def load_denoiser(model, model_dir: str | Path) -> TrajectoryDenoiser | None:
@@ -85,6 +97,9 @@ def load_denoiser(model, model_dir: str | Path) -> TrajectoryDenoiser | None:
     if (d.image_size, d.channels, d.patch_size) != (c.image_size, c.channels, c.patch_size):
         raise CheckpointError(f"{path} was distilled for {d.channels}x{d.image_size}x{d.image_size} images, patch "
                               f"{d.patch_size}, not this model's: distill it again with `tarflow distill-denoiser`")
+    if d.num_classes not in (0, c.num_classes):
+        raise CheckpointError(f"{path} was distilled for {d.num_classes} classes, not this model's {c.num_classes}: "
+                              f"distill it again with `tarflow distill-denoiser`")
     return denoiser.to(model.device, model.dtype)
 
 
@@ -97,15 +112,16 @@ def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 
                      layers: int = 2, sigma: float | None = None, seed: int = 0
                      ) -> tuple[TrajectoryDenoiser, list[float]]:
     """A `TrajectoryDenoiser` fitted to the frozen ``model``'s Tweedie corrections on its own trajectories (drawn at
-    temperature 1, classes at random, no guidance); ``sigma`` default: the dequantization std of the model's
-    levels. Returns it and the loss of every step."""
+    temperature 1, classes at random, no guidance; a class-conditional model's denoiser reads the class);
+    ``sigma`` default: the dequantization std of the model's levels. Returns it and the loss of every step."""
     from .trajectory import TrajectorySampler
 
     if model.config.architecture != "ntm":
         raise ConfigError("distill-denoiser needs a Normalizing Trajectory Model (architecture=ntm)")
     c = model.config
     sigma = sigma if sigma is not None else dequantization_std(int(model.metadata.get("levels", 256)))
-    denoiser = TrajectoryDenoiser(DenoiserConfig(c.image_size, c.channels, c.patch_size, sigma, width, layers))
+    denoiser = TrajectoryDenoiser(DenoiserConfig(c.image_size, c.channels, c.patch_size, sigma, width, layers,
+                                                 num_classes=c.num_classes))
     denoiser = denoiser.to(model.device, model.dtype)
     generator = torch.Generator().manual_seed(seed)
     sampler = TrajectorySampler(model)  # the model stays frozen: only the denoiser's parameters are stepped
@@ -115,6 +131,6 @@ def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 
         y = torch.randint(0, c.num_classes, (batch_size,), generator=generator) if c.num_classes else None
         trajectory = sampler.trajectory(batch_size, y, generator=generator)
         final, last_input = trajectory[:, 0], trajectory[:, 1]
-        return (final, last_input), score_correction(model, final, last_input, y, sigma)
+        return (final, last_input, y), score_correction(model, final, last_input, y, sigma)
 
     return denoiser, denoiser.fit(draw_batch, steps, lr)
