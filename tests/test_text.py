@@ -12,7 +12,7 @@ from torch.autograd.functional import jacobian
 from conftest import randomise
 from tarflow import FlowConfig, TarFlow
 from tarflow.data.text import ByteTokenizer, CharTokenizer, load_text
-from tarflow.errors import DataError, InputError
+from tarflow.errors import ConfigError, DataError, InputError
 from tarflow.flows.language import DiscreteAR, build_language_model, log_likelihood
 from tarflow.sampling.text import flow_window, generate
 
@@ -89,12 +89,14 @@ def test_bad_text_files(tmp_path, content, message):
 
 # ----- the text modality's contract (float64) -------------------------------------------------------
 
-KINDS = [("affine", 1), ("affine", 2), ("mixture", 2), ("mixture-d", 1), ("mixture-d", 2), ("mixture-d", 3)]
+KINDS = [("affine", 1), ("affine", 2), ("mixture", 2), ("mixture-d", 1), ("mixture-d", 2), ("mixture-d", 3),
+         ("mixture-d-codebook", 1)]
 
 
 @pytest.mark.parametrize("transform, chars_per_token", KINDS)
 def test_continuous_part_is_exactly_invertible_with_autograd_logdet(transform, chars_per_token):
-    model = text_model(transform, chars_per_token)
+    codebook = transform == "mixture-d-codebook"
+    model = text_model(transform.removesuffix("-codebook"), chars_per_token, mixture_codebook=codebook)
     vectors, _ = model.modality.encode(random_ids(model), torch.Generator().manual_seed(2))
     z, logdet = model(vectors)
     assert z.shape == vectors.shape and (z - vectors).abs().max() > 0.1
@@ -137,6 +139,34 @@ def test_modality_parameters_are_saved(tmp_path):
     ids = random_ids(model)
     assert torch.equal(log_likelihood(loaded, ids, torch.Generator().manual_seed(4)),
                        log_likelihood(model, ids, torch.Generator().manual_seed(4)))
+
+
+def test_a_codebook_tied_block_is_a_discrete_autoregressive_model():
+    """mixture_codebook: block 0's components are the codebook's Gaussians. Fresh (every output head zero, so the
+    other blocks are the identity) with a separated codebook, the ELBO is sum_t log softmax(b)_{id_t}, b the logits
+    block 0 predicts (here its head's bias): a discrete model of the ids, from the first step of training."""
+    config = FlowConfig(modality="text", vocabulary=VOCABULARY, context=6, chars_per_token=1, embed_dim=2, width=16,
+                        head_dim=8, mlp_ratio=2, num_blocks=3, layers_per_block=1, transform="mixture-d",
+                        mixture_components=2, mixture_codebook=True, start_token="learned")
+    torch.manual_seed(0)
+    model = TarFlow(config).double().eval()
+    logits = torch.tensor([1.0, -1.0, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        model.modality.means.copy_(torch.tensor([[50.0, 0.0], [0.0, 50.0], [-50.0, -50.0]]))
+        model.modality.log_scales.fill_(math.log(0.1))
+        model.blocks[0].proj_out.bias[:3] = logits
+    ids = random_ids(model, batch=5)
+    elbo = log_likelihood(model, ids, torch.Generator().manual_seed(9))
+    expected = torch.log_softmax(logits, 0)[ids].sum(1)
+    assert torch.allclose(elbo, expected, atol=1e-8), (elbo, expected)
+    assert model.blocks[0].transform.components == 3 and model.blocks[1].transform.components == 2
+
+
+@pytest.mark.parametrize("options", [{"chars_per_token": 2}, {"transform": "affine"}])
+def test_mixture_codebook_needs_mix_d_on_single_characters(options):
+    settings = dict(modality="text", vocabulary=VOCABULARY, context=6, transform="mixture-d", mixture_codebook=True)
+    with pytest.raises(ConfigError, match="mixture_codebook ties block 0's Mix-d components to the text codebook"):
+        FlowConfig(**{**settings, **options})
 
 
 # ----- the bound is a bound --------------------------------------------------------------------------

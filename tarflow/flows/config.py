@@ -114,6 +114,10 @@ class FlowConfig:
     log_scale_clip: float = option(0.0, "affine: soft-clip a to c tanh(a/c) with this c > 0 (0: no clip)")
     mixture_components: int = option(4, "mixture transforms: Gaussian components K (per token dimension for Mix-1, "
                                      "per token for Mix-d)")
+    mixture_codebook: bool = option(False, "text, transform=mixture-d, chars_per_token=1: block 0 (nearest the data) "
+                                    "has one component per vocabulary entry, at that entry's codebook mean and scale "
+                                    "plus predicted offsets, so it starts as a discrete autoregressive model of the "
+                                    "ids (TarFlowLM's connection); the other blocks keep mixture_components")
     prior: str = option("auto", "prior of z: standard N(0, I), learned (diagonal Gaussian with a learned std per "
                         "token dimension), or auto (learned for additive transforms, standard otherwise)",
                         choices=PRIORS)
@@ -187,6 +191,12 @@ class FlowConfig:
         self.check_captions()
         if self.modality == "text" and self.num_classes:
             raise ConfigError(f"text models are unconditional: set num_classes=0, not {self.num_classes}")
+        if self.mixture_codebook and (self.modality, self.transform, self.chars_per_token, self.architecture) != (
+                "text", "mixture-d", 1, "flow"):
+            raise ConfigError(f"mixture_codebook ties block 0's Mix-d components to the text codebook: it needs "
+                              f"modality=text, transform=mixture-d, chars_per_token=1 and architecture=flow, got "
+                              f"{self.modality!r}, {self.transform!r}, {self.chars_per_token} and "
+                              f"{self.architecture!r}")
         if self.width % self.head_dim:
             raise ConfigError(f"width={self.width} is not divisible by head_dim={self.head_dim}")
 

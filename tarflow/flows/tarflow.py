@@ -19,6 +19,7 @@ from .priors import LearnedDiagonal, build_prior
 from .saving import load_model, save_model
 from .text_prefix import caption_conditioning
 from .transforms import build_transform
+from .transforms.mixture_d import CodebookMixture
 from .video import video_blocks
 
 
@@ -57,12 +58,19 @@ class TarFlow(nn.Module):
             self.blocks = nn.ModuleList(video_blocks(config, transform, self.modality.tokens_per_frame))
         else:
             self.blocks = nn.ModuleList(
-                ARFlowBlock(config, layers, orders[index], transform,
+                ARFlowBlock(config, layers, orders[index], self.block_transform(index, transform),
                             conditioned=bool(config.num_classes) and not captioned
                             and (index == last or not config.condition_top_only),
                             captioned=captioned and index == last)
                 for index, layers in enumerate(config.block_layers))
         self.prior = build_prior(config, self.modality.num_tokens, self.modality.token_dim)
+
+    def block_transform(self, index: int, transform):
+        """Block ``index``'s transform: the config's, or for block 0 of a ``mixture_codebook`` text model Mix-d tied
+        to the codebook (`CodebookMixture`)."""
+        if index == 0 and self.config.mixture_codebook:
+            return CodebookMixture(self.modality)
+        return transform
 
     # ----- labels and inputs -------------------------------------------------------------------
     @property

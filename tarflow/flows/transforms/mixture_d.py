@@ -91,3 +91,28 @@ class MixtureVector(Transform):
     def guide(self, params: Params, guidance, tokens: int | Tensor, num_tokens: int) -> Params:
         """TarFlow rule on every parameter: p = p_c + w (p_c - p_u), as for Mix-1."""
         return guide_every_parameter(params, guidance, tokens, num_tokens, self.name)
+
+
+class CodebookMixture(MixtureVector):
+    """Mix-d with one component per vocabulary entry j, tied to the text codebook (``codebook``, a
+    `tarflow.modalities.text.Text`): mu_j = codebook mean_j + m_j, log sigma_j = codebook log scale_j + s_j, with the
+    offsets (m, s) and the logits predicted. At zero offsets the token's density is sum_j pi_j q(v | j): the flow
+    block is then a discrete autoregressive model of the ids (with a separated codebook, ELBO = sum_t log pi_id_t).
+    Raw layout as `MixtureVector`'s, K = the vocabulary size."""
+
+    name = "mixture-d (codebook)"
+
+    def __init__(self, codebook):
+        super().__init__(codebook.vocab_size)
+        self.codebook = codebook
+
+    def split(self, raw: Tensor) -> Params:
+        """(B, L, V (1 + 2 e)) -> (logits (B, L, V), mu (B, L, e, V), log sigma (B, L, e, V))."""
+        if raw.dtype in (torch.float16, torch.bfloat16):
+            raw = raw.float()
+        vocabulary = self.components
+        logits, rest = raw[..., :vocabulary], raw[..., vocabulary:]
+        mean_offsets, log_scale_offsets = rest.unflatten(-1, (2, -1, vocabulary)).unbind(dim=-3)
+        means = self.codebook.means.T.to(raw.dtype) + mean_offsets
+        log_scales = self.codebook.log_scales.to(raw.dtype) + log_scale_offsets
+        return logits, means, log_scales
