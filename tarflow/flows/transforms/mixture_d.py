@@ -49,14 +49,20 @@ class MixtureVector(Transform):
     def num_params(self, token_dim: int) -> int:
         return self.components * (1 + 2 * token_dim)
 
-    def split(self, raw: Tensor) -> Params:
-        """(B, L, K (1 + 2 D)) -> (logits (B, L, K), mu (B, L, D, K), log sigma (B, L, D, K))."""
+    def unpack(self, raw: Tensor) -> Params:
+        """(B, L, K (1 + 2 D)) -> the raw (logits (B, L, K), means (B, L, D, K), log scales (B, L, D, K)), in
+        float32 at least."""
         if raw.dtype in (torch.float16, torch.bfloat16):
             raw = raw.float()
         K = self.components
-        logits, rest = raw[..., :K], raw[..., K:]
-        means, log_scales = rest.unflatten(-1, (2, -1, K)).unbind(dim=-3)
-        gains = torch.arange(1, K + 1, dtype=raw.dtype, device=raw.device) * (2 / (K + 1))
+        means, log_scales = raw[..., K:].unflatten(-1, (2, -1, K)).unbind(dim=-3)
+        return raw[..., :K], means, log_scales
+
+    def split(self, raw: Tensor) -> Params:
+        """(B, L, K (1 + 2 D)) -> (logits (B, L, K), mu (B, L, D, K), log sigma (B, L, D, K))."""
+        logits, means, log_scales = self.unpack(raw)
+        K = self.components
+        gains = torch.arange(1, K + 1, dtype=means.dtype, device=means.device) * (2 / (K + 1))
         return logits, gains * means, gains * log_scales
 
     def forward(self, x: Tensor, params: Params) -> tuple[Tensor, Tensor]:
@@ -108,11 +114,6 @@ class CodebookMixture(MixtureVector):
 
     def split(self, raw: Tensor) -> Params:
         """(B, L, V (1 + 2 e)) -> (logits (B, L, V), mu (B, L, e, V), log sigma (B, L, e, V))."""
-        if raw.dtype in (torch.float16, torch.bfloat16):
-            raw = raw.float()
-        vocabulary = self.components
-        logits, rest = raw[..., :vocabulary], raw[..., vocabulary:]
-        mean_offsets, log_scale_offsets = rest.unflatten(-1, (2, -1, vocabulary)).unbind(dim=-3)
-        means = self.codebook.means.T.to(raw.dtype) + mean_offsets
-        log_scales = self.codebook.log_scales.to(raw.dtype) + log_scale_offsets
-        return logits, means, log_scales
+        logits, mean_offsets, log_scale_offsets = self.unpack(raw)
+        means = self.codebook.means.T.to(mean_offsets.dtype) + mean_offsets
+        return logits, means, self.codebook.log_scales.to(log_scale_offsets.dtype) + log_scale_offsets
