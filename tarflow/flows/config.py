@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..configs import check_choices, option
 from ..errors import ConfigError
 from ..modalities import MODALITIES, build_modality
+from ..nn.llama import LlamaSpec, read_config_text
 from .captions import CAPTION_SETS, caption_vocabulary, phrasings, words_of
 from .orders import ORDERS
 from .priors import PRIORS
@@ -303,8 +304,6 @@ class FlowConfig:
 
     def check_language_model(self) -> None:
         """A Hugging Face language-model stream: its config read once from the directory; width and depth match."""
-        from ..nn.llama import LlamaSpec, read_config_text
-
         if not self.language_model:
             if self.language_model_config:
                 raise ConfigError("language_model_config is set from language_model: leave it unset")

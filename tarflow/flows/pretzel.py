@@ -235,7 +235,7 @@ class Pretzel(nn.Module):
             return word_log_probs[:, 0], tuple(param[:, 0] for param in params)
         return word_log_probs, params
 
-    def new_cache(self, batch: int, length: int) -> "JointCache":
+    def new_cache(self, batch: int, length: int) -> JointCache:
         """One KV cache for ``batch`` rows of up to ``length`` positions: both streams' layers."""
         self.check_length(length)
         return JointCache(*(stream_cache(layers, batch, length, self.dtype, self.device)

@@ -64,9 +64,7 @@ class CausalAFT(nn.Module):
         B, L, W = h.shape
         q, k, v = linear(self.qkv, h).chunk(3, dim=-1)
         if cache is not None:
-            cache.keys[:, 0, pos:pos + L] = k  # (B, 1, T, W)
-            cache.values[:, 0, pos:pos + L] = v
-            k, v = cache.keys[:, 0, :pos + L], cache.values[:, 0, :pos + L]
+            k, v = (seen[:, 0] for seen in cache.extend(k[:, None], v[:, None], pos))  # the cache is (B, 1, T, W)
         w = self.bias(slice(pos, pos + L), k.shape[1], h.device, h.dtype)  # (L, S)
         if attn_temp is not None:
             tau = attn_temp.view(B, 1, 1).to(h.dtype)

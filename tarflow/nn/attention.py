@@ -57,6 +57,14 @@ class LayerCache:
         self.keys, self.values, self.mask = cache.k[index], cache.v[index], cache.mask
         self.query_scale = cache.query_scale
 
+    def extend(self, keys: Tensor, values: Tensor, pos: int) -> tuple[Tensor, Tensor]:
+        """Write a chunk's keys and values (batch, heads, L, head_dim) at positions pos .. pos+L-1 in place; return
+        the keys and values of positions 0 .. pos+L-1 (views of the cache)."""
+        end = pos + keys.shape[2]
+        self.keys[:, :, pos:end] = keys
+        self.values[:, :, pos:end] = values
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
 
 def exclude_self(y: Tensor, v: Tensor) -> Tensor:
     """XSA: z_i = y_i - (y_i . v_i / ||v_i||^2) v_i, per head; y, v (..., L, head_dim), v_i the query's own value."""
@@ -119,9 +127,7 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:  # sampling: the cache holds the earlier keys and values, and the query scale (with attn_temp)
             q = q * cache.query_scale
-            cache.keys[:, :, pos:pos + L] = k
-            cache.values[:, :, pos:pos + L] = v
-            k, v = cache.keys[:, :, :pos + L], cache.values[:, :, :pos + L]
+            k, v = cache.extend(k, v, pos)
             if L == 1 and B * self.heads > FUSED_SINGLE_QUERY_ROWS:  # many single queries: two matmuls win on CPU
                 y = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
             else:

@@ -120,9 +120,7 @@ class LlamaAttention(nn.Module):
         q, k = self.rotary(q, pos), self.rotary(k, pos)
         mask = None
         if cache is not None:
-            cache.keys[:, :, pos:pos + length] = k
-            cache.values[:, :, pos:pos + length] = v
-            k, v = cache.keys[:, :, :pos + length], cache.values[:, :, :pos + length]
+            k, v = cache.extend(k, v, pos)
             mask = cache.mask(pos, length)
         groups = self.heads // self.kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
