@@ -118,6 +118,12 @@ def tiny_autoencoder_dir(tmp_path_factory):
     return save_tiny_autoencoder(tmp_path_factory.mktemp("autoencoder") / "model")
 
 
+@pytest.fixture(scope="session")
+def frame_autoencoder_dir(tmp_path_factory):
+    """A random autoencoder of 8x8 grey frames into 1x4x4 latents, for video models on latent frames."""
+    return save_tiny_autoencoder(tmp_path_factory.mktemp("frame-autoencoder") / "model", latent_channels=1)
+
+
 @pytest.fixture(params=KINDS)
 def model(request) -> TarFlow:
     torch.manual_seed(0)

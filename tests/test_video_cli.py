@@ -123,3 +123,66 @@ def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
     assert "needs a video model" in capsys.readouterr().err
     assert main(["temporal-consistency", str(run)]) != 0
     assert "needs a video model trained on moving-mnist" in capsys.readouterr().err
+
+
+# ----- frames through an autoencoder (STARFlow-V's latent space) -----------------------------------
+
+@pytest.fixture(scope="module")
+def latent_run(mnist_dir, tmp_path_factory):
+    """moving-mnist-tiny on the 4x16x16 latents of a tiny random autoencoder (32x32 grey frames, downsample x2)."""
+    from conftest import save_tiny_autoencoder
+
+    folder = tmp_path_factory.mktemp("latent-video")
+    save_tiny_autoencoder(folder / "autoencoder")
+    run = folder / "run"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(run),
+                 "--steps", "2", "--clip-count", "6", "--autoencoder", str(folder / "autoencoder"),
+                 "--image-size", "16", "--channels", "4", "--patch-size", "4", "--noise", "gaussian",
+                 "--noise-std", "0.3", "--no-progress"]) == 0
+    return run
+
+
+def test_latent_frames_train_eval_and_sample_as_images(latent_run, mnist_dir, tmp_path, capsys):
+    trained = json.loads((latent_run / "eval.json").read_text())
+    assert "latent_nats_per_dim" in trained and "bits_per_dim" not in trained
+    assert read_clip(latent_run / "samples.gif", channels=1).shape == (4, 1, 32, 32)  # decoded frames
+    capsys.readouterr()
+    assert main(["eval", str(latent_run), "--data-dir", str(mnist_dir), "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clips"] == 6 and result["latent_dims"] == 4 * 4 * 16 * 16
+    assert abs(result["latent_nats_per_dim"] - trained["latent_nats_per_dim"]) <= 1e-9  # the trainer's figure
+    assert abs(np.mean(result["latent_nats_per_dim_per_frame"]) - result["latent_nats_per_dim"]) <= 1e-5
+    out = tmp_path / "drawn.png"
+    assert main(["sample", str(latent_run), "--count", "2", "--sampler", "video-jacobi", "--out", str(out)]) == 0
+    assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)
+    assert "denoise on (sigma=0.3)" in capsys.readouterr().out
+
+
+def test_latent_frames_continue_from_given_frames(latent_run, tmp_path, capsys):
+    generated = torch.randint(0, 256, (2, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    save_gif(generated, tmp_path / "given.gif")
+    out = tmp_path / "continued.png"
+    assert main(["sample", str(latent_run), "--count", "1", "--first-frames", str(tmp_path / "given.gif"),
+                 "--frames", "6", "--denoise", "none", "--sampler", "sequential", "--out", str(out)]) == 0
+    clip = read_clip(out.with_suffix(".gif"), channels=1)
+    assert clip.shape == (6, 1, 32, 32) and torch.equal(clip[:2], generated)
+    save_gif(torch.zeros(2, 1, 16, 16, dtype=torch.uint8), tmp_path / "small.gif")
+    assert main(["sample", str(latent_run), "--first-frames", str(tmp_path / "small.gif"), "--denoise", "none",
+                 "--out", str(out)]) != 0
+    assert "its frames are 16x16 pixels but the model's are 32x32" in capsys.readouterr().err
+
+
+def test_latent_frames_score_denoiser_and_temporal_consistency(latent_run, mnist_dir, capsys):
+    capsys.readouterr()
+    assert main(["fit-score-denoiser", str(latent_run), "--data-dir", str(mnist_dir), "--steps", "2", "--width",
+                 "16", "--layers", "1", "--no-progress"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    out = latent_run / "denoised.png"
+    assert main(["sample", str(latent_run), "--count", "2", "--sampler", "sequential", "--score-denoiser",
+                 fitted["out"], "--out", str(out)]) == 0
+    assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)
+    capsys.readouterr()
+    assert main(["temporal-consistency", str(latent_run), "--data-dir", str(mnist_dir), "--count", "2",
+                 "--classifier-steps", "2", "--sampler", "sequential", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 2 and 0 <= result["consistent_samples"] <= 1  # decoded frames were classified

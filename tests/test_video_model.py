@@ -2,7 +2,9 @@
 autograd Jacobian, KV cache against a naive recompute, video Jacobi against sequential, save/load, causality over
 frames, continuation from given frames, and the errors.
 
-Clips of 3 frames of 4x4 grey pixels, patch 2: 4 tokens per frame, 12 tokens of 4 dims, 48 dims per clip.
+Clips of 3 frames of 4x4 grey pixels, patch 2: 4 tokens per frame, 12 tokens of 4 dims, 48 dims per clip. The
+"latent" kind models frames through a tiny autoencoder (8x8 grey images -> 1x4x4 latents), so its clips in model space
+have the same shape.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ KINDS = {
                                            start_token="learned", positions="rope", layers_per_block=[1, 1, 2]),
     "causal-cond": dict(frame_layout="causal", num_classes=CLASSES),
     "causal-additive-same": dict(frame_layout="causal", transform="additive", order="same"),
+    "global-local-latent": dict(frame_layout="global-local", autoencoder="tiny", latent_scale=2.0, latent_shift=0.25),
 }
 
 
@@ -42,8 +45,11 @@ def video_config(**options) -> FlowConfig:
 
 @pytest.fixture(params=list(KINDS), scope="module")
 def model(request) -> TarFlow:
+    options = dict(KINDS[request.param])
+    if options.get("autoencoder"):
+        options["autoencoder"] = str(request.getfixturevalue("frame_autoencoder_dir"))
     torch.manual_seed(0)
-    return randomise(TarFlow(video_config(**KINDS[request.param])).double()).eval()
+    return randomise(TarFlow(video_config(**options)).double()).eval()
 
 
 def clips(batch: int = BATCH, seed: int = 1) -> torch.Tensor:
@@ -358,3 +364,29 @@ def test_video_fields_on_other_modalities_are_refused():
         FlowConfig(frame_count=4)
     with pytest.raises(ConfigError, match="apply to modality=video"):
         FlowConfig(frame_layout="causal")
+    with pytest.raises(ConfigError, match="autoencoder applies to modality=latents or video, not 'text'"):
+        FlowConfig(modality="text", autoencoder="somewhere")
+
+
+# ----- frames through an autoencoder ---------------------------------------------------------------
+
+def test_latent_frames_are_each_frame_encoded_and_decoded_alone(frame_autoencoder_dir):
+    from tarflow.autoencoders import load_autoencoder
+
+    model = TarFlow(video_config(**{**KINDS["global-local-latent"], "autoencoder": str(frame_autoencoder_dir)}))
+    model = model.double()
+    autoencoder = load_autoencoder(frame_autoencoder_dir).double()
+    assert model.config.latent and model.modality.latent and model.modality.image_shape() == (1, 8, 8)
+    images = torch.rand(2, FRAMES, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    latents = model.modality.from_frames(images)
+    assert latents.shape == (2, FRAMES, 1, SIZE, SIZE)
+    for frame in range(FRAMES):
+        expected = (autoencoder.encode(images[:, frame]) - 0.25) * 2.0
+        assert torch.allclose(latents[:, frame], expected, rtol=0, atol=1e-6)  # the autoencoder runs in float32
+        decoded = autoencoder.decode(latents[:, frame] / 2.0 + 0.25)
+        assert torch.allclose(model.modality.to_frames(latents)[:, frame], decoded, rtol=0, atol=1e-6)
+    assert model.log_prob(latents).shape == (2,)
+    with pytest.raises(InputError, match="frames of 8x8 latents but the model expects 4x4"):
+        model.log_prob(images)  # images, not their latents
+    pixels = TarFlow(video_config())
+    assert not pixels.config.latent and torch.equal(pixels.modality.to_frames(images), images)

@@ -24,6 +24,8 @@ def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, 
     data = load_clips(name, args.split, data_dir, model.config, not args.no_progress, options)
     if args.prior is not None:
         model.set_likelihood_prior(args.prior)
+    if model.config.latent:
+        return eval_latent_clips(args, model, model_dir, name, data)
     config = model.config
     labels = data.labels if config.num_classes else None
     result = evaluate_bpd(model, data.clips, labels, data.levels, draws=args.draws, seed=args.seed,
@@ -38,31 +40,60 @@ def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, 
     return 0
 
 
+def eval_latent_clips(args: argparse.Namespace, model, model_dir: Path, name: str, data) -> int:
+    """Test latent nats/dim of a video model on autoencoder latents (frames encoded one by one), and per frame
+    given the earlier ones: the figure its trainer writes to eval.json, with the same noise."""
+    from ..metrics.video import evaluate_frame_latent_nll
+    from ..train.latents import encode_split, evaluate_latent_nll
+    from .latents import LATENT_UNIT
+
+    if args.draws != 1:
+        raise ConfigError("--draws does not apply to frames through an autoencoder: the figure is -log p of the "
+                          "test latents with one draw of the training noise, as in the run's eval.json")
+    noise_std = float(model.metadata.get("noise_std", 0.0))
+    if not noise_std:
+        raise ConfigError(f"{model_dir} does not record its training noise std (metadata noise_std), which the "
+                          f"latent nats/dim are measured at")
+    config = model.config
+    latents = encode_split(model.modality.frames, data, progress=not args.no_progress)
+    labels = latents.labels if config.num_classes else None
+    result = evaluate_latent_nll(model, latents, labels, noise_std, seed=args.seed,
+                                 progress=not args.no_progress)
+    per_frame = evaluate_frame_latent_nll(model, latents.latents, labels, noise_std, seed=args.seed)
+    result.update(latent_nats_per_dim_per_frame=[round(nats, 6) for nats in per_frame],
+                  per_frame="latent nats/dim of frame f given frames < f", unit=LATENT_UNIT, noise_std=noise_std,
+                  latent_dims=config.num_dims, clips=len(latents), dataset=name, split=args.split,
+                  conditional=bool(config.num_classes), model=str(model_dir), likelihood_prior=config.likelihood_prior)
+    result.pop("images", None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def read_first_frames(path: str, model, levels: int):
-    """The frames of a clip file (GIF, MP4, ...) in model space (1, k, C, H, W), each at its bin's centre; an
-    `InputError` when they do not fit the model (size, channels, count)."""
+    """The frames of a clip file (GIF, MP4, ...) as images (1, k, C, H, W) in [-1, 1], each pixel at its bin's
+    centre; an `InputError` when they do not fit the model's frames (size, channels, count; the frames its
+    autoencoder encodes when frames are latents)."""
     import torch
 
     from ..data.quantize import place_in_bins
     from ..video_io import read_clip
 
     modality = model.modality
+    model_channels, size, _ = modality.image_shape()
     file = Path(path)
     if not file.is_file():
-        raise InputError(f"--first-frames {path}: no such file; give a clip (GIF, MP4, ...) of "
-                         f"{modality.image_size}x{modality.image_size} frames")
+        raise InputError(f"--first-frames {path}: no such file; give a clip (GIF, MP4, ...) of {size}x{size} frames")
     clip = read_clip(file, channels=3)
     grey = bool((clip == clip[:, :1]).all())
-    if grey != (modality.channels == 1):
-        what = "grey" if grey else "colour"
-        raise InputError(f"--first-frames {path}: its frames are {what} but the model makes "
-                         f"{modality.channels}-channel clips ({'grey' if modality.channels == 1 else 'colour'}): give "
-                         f"a {'grey' if modality.channels == 1 else 'colour'} clip")
-    clip = clip[:, :modality.channels]
+    wanted = "grey" if model_channels == 1 else "colour"
+    if grey != (model_channels == 1):
+        raise InputError(f"--first-frames {path}: its frames are {'grey' if grey else 'colour'} but the model makes "
+                         f"{model_channels}-channel clips ({wanted}): give a {wanted} clip")
+    clip = clip[:, :model_channels]
     frames, channels, height, width = clip.shape
-    if (height, width) != (modality.image_size, modality.image_size):
+    if (height, width) != (size, size):
         raise InputError(f"--first-frames {path}: its frames are {width}x{height} pixels but the model's are "
-                         f"{modality.image_size}x{modality.image_size}: resize the clip")
+                         f"{size}x{size}: resize the clip")
     if frames >= modality.frame_count:
         raise InputError(f"--first-frames {path}: it has {frames} frames but the model makes clips of "
                          f"{modality.frame_count}: give at most {modality.frame_count - 1} to continue from")
@@ -89,6 +120,7 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
                  out: Path) -> tuple[float, str]:
     """Clips to ``out`` (a frame strip PNG, the first clip as a GIF beside it): drawn whole, or with
     ``--first-frames`` continued from the clip's frames; ``--frames`` beyond the model's F continue in windows.
+    Latent frames are decoded by the autoencoder (given first frames are encoded, continued, and shown as given).
     Returns (seconds, a phrase saying what was drawn)."""
     import torch
 
@@ -122,12 +154,17 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
             raise ConfigError("--first-frames continues clips exactly; it does not combine with denoising: pass "
                               "--denoise none and no --score-denoiser")
         given = read_first_frames(args.first_frames, model, levels).expand(args.count, -1, -1, -1, -1)
-        x = extend(sampler, given.to(model.dtype), frames, y, settings["temperature"], guidance, generator, context)
+        given = given.to(model.device, model.dtype)
+        x = extend(sampler, model.modality.from_frames(given), frames, y, settings["temperature"], guidance,
+                   generator, context)
+        x = model.modality.to_frames(x)
+        x[:, :given.shape[1]] = given  # latent frames: the given frames, not their autoencoder reconstruction
         what = f"continued from {given.shape[1]} frames of {args.first_frames}"
     else:
         x = sampler.sample(args.count, y, settings["temperature"], guidance, sigma, generator=generator)
         if frames > window:
             x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context)
+        x = model.modality.to_frames(x)
         what = "drawn whole" + (", denoised by the score denoiser" if args.score_denoiser else "")
     x = x[:, :frames]
     seconds = time.perf_counter() - started
@@ -178,7 +215,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
     temperature = float(metadata.get("sampling", {}).get("temperature", 1.0))
     samples = sampler.sample(args.count, temperature=temperature, generator=torch.Generator().manual_seed(args.seed))
-    clips = to_uint8(samples, train.levels).cpu()
+    clips = to_uint8(model.modality.to_frames(samples), train.levels).cpu()
     result = {"consistent_samples": consistent_fraction(classifier, clips, digits), "samples": args.count,
               "consistent_real_test": consistent_fraction(classifier, test.clips, digits),
               "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),

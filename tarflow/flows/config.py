@@ -29,16 +29,19 @@ class FlowConfig:
                            "latent grid of a frozen autoencoder, STARFlow) or text (token ids as learned Gaussian "
                            "vectors, TarFlowLM) or video (clips, each frame patchified, tokens frame-major, STARFlow-V)",
                            choices=MODALITIES)
-    image_size: int = option(8, "image height and width in pixels (square images); latents: the latent grid's side")
-    channels: int = option(1, "image channels (1 grey, 3 RGB); latents: the autoencoder's latent channels")
+    image_size: int = option(8, "image height and width in pixels (square images); latents (and video through an "
+                             "autoencoder): the latent grid's side")
+    channels: int = option(1, "image channels (1 grey, 3 RGB); latents (and video through an autoencoder): the "
+                           "autoencoder's latent channels")
     patch_size: int = option(2, "patch side p; tokens are p x p x channels, T = (size/p)^2")
     frame_count: int = option(1, "video: frames F per clip; T = F (size/p)^2 tokens, frame-major")
     frame_layout: str = option("global-local", "video: global-local (every block but the last acts within each "
                                "frame, frames folded into the batch; the last block, nearest the prior, is causal over "
                                "the whole frame-major sequence, STARFlow-V) or causal (every block over the whole "
                                "sequence, causal over frames)", choices=("global-local", "causal"))
-    autoencoder: str = option("", "latents: directory of the frozen autoencoder (a `tarflow autoencoder train` run, "
-                              "or a diffusers AutoencoderKL); a relative path is read from the flow model's directory")
+    autoencoder: str = option("", "latents, and video frames: directory of the frozen autoencoder (a `tarflow "
+                              "autoencoder train` run, or a diffusers AutoencoderKL); a relative path is read from the "
+                              "flow model's directory. A video model given one models each frame's latents")
     latent_scale: float = option(0.0, "latents: z = (encode(x) - latent_shift) * latent_scale; 0: measured on the "
                                  "training data (1 / std) when training starts")
     latent_shift: float = option(0.0, "latents: the mean subtracted before scaling (measured with latent_scale)")
@@ -183,6 +186,9 @@ class FlowConfig:
         if self.modality != "video" and (self.frame_count != 1 or self.frame_layout != "global-local"):
             raise ConfigError(f"frame_count and frame_layout apply to modality=video, not {self.modality!r}: leave "
                               f"them unset")
+        if self.autoencoder and self.modality not in ("latents", "video"):
+            raise ConfigError(f"autoencoder applies to modality=latents or video, not {self.modality!r}: leave it "
+                              f"unset, or set modality=latents to model its latents")
         if self.modality == "video" and self.architecture != "flow":
             raise ConfigError(f"video models are flows: set architecture=flow, not {self.architecture!r}")
         if self.architecture == "autoregressive" and self.modality != "text":
@@ -331,6 +337,12 @@ class FlowConfig:
         if isinstance(self.layers_per_block, int):
             return [self.layers_per_block] * self.num_blocks
         return list(self.layers_per_block)
+
+    @property
+    def latent(self) -> bool:
+        """Whether the flow models autoencoder latents (modality=latents, or video frames through an autoencoder):
+        a continuous density, reported in latent nats/dim, and samples decoded to images."""
+        return self.modality == "latents" or (self.modality == "video" and bool(self.autoencoder))
 
     @property
     def vocab_size(self) -> int:

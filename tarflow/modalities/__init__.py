@@ -15,15 +15,16 @@ MODALITIES = ("pixels", "latents", "text", "video")
 
 
 def build_modality(config) -> Modality:
-    """The modality a `FlowConfig` names, with its geometry (and, for text, its learned codebook)."""
-    if config.modality == "latents":
-        return Latents(config.image_size, config.channels, config.patch_size, config.autoencoder, config.latent_scale,
-                       config.latent_shift)
+    """The modality a `FlowConfig` names, with its geometry (and, for text, its learned codebook); video frames are
+    latents when the config names an autoencoder, else pixels."""
     if config.modality == "text":
         return Text(config.vocab_size, config.context, config.chars_per_token, config.embed_dim)
-    if config.modality == "video":
-        return Video(config.frame_count, config.image_size, config.channels, config.patch_size)
-    return Pixels(config.image_size, config.channels, config.patch_size)
+    if config.modality == "latents" or (config.modality == "video" and config.autoencoder):
+        frames = Latents(config.image_size, config.channels, config.patch_size, config.autoencoder,
+                         config.latent_scale, config.latent_shift)
+    else:
+        frames = Pixels(config.image_size, config.channels, config.patch_size)
+    return Video(config.frame_count, frames) if config.modality == "video" else frames
 
 
 __all__ = ["MODALITIES", "Latents", "Modality", "Pixels", "Text", "Video", "build_modality", "measure_latent_scale"]

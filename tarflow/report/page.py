@@ -98,10 +98,12 @@ def image_figure(evaluation: dict) -> str:
 
 def figure_of(contents: RunContents) -> Figure:
     """Latent models report nats/dim, text models bits/char (validation during training), images bits/dim."""
-    modality = contents.config["model"].get("modality")
-    if contents.config["model"].get("architecture") == "pretzel":  # words and images: the text figure first
+    model = contents.config["model"]
+    modality = model.get("modality")
+    latent = modality == "latents" or (modality == "video" and bool(model.get("autoencoder")))
+    if model.get("architecture") == "pretzel":  # words and images: the text figure first
         return Figure("text_bits_per_word", "text bits/word", "test_text_bits_per_word", "test", "sequences")
-    if modality == "latents":
+    if latent:
         return Figure("latent_nats_per_dim", "latent nats/dim", "test_nats_per_dim", "test", "images")
     if modality == "text":
         return Figure("bits_per_char", "bits/char", "validation_bits_per_char", "validation", "characters")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..modalities import Video
+from ..modalities import Pixels, Video
 from .denoise import tweedie_correction
 from .small_denoiser import SmallDenoiser, check_config
 
@@ -50,7 +50,7 @@ class CausalScoreDenoiser(SmallDenoiser):
     def __init__(self, config: ScoreDenoiserConfig):
         super().__init__()
         self.config = config
-        self.modality = Video(config.frame_count, config.image_size, config.channels, config.patch_size)
+        self.modality = Video(config.frame_count, Pixels(config.image_size, config.channels, config.patch_size))
         tokens, token_dim = self.modality.num_tokens, self.modality.token_dim
         self.build(tokens, token_dim, token_dim, config.width, config.layers, config.heads)
         frame = torch.arange(tokens) // self.modality.tokens_per_frame
@@ -74,7 +74,8 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
                        lr: float = 1e-3, width: int = 64, layers: int = 2, seed: int = 0
                        ) -> tuple[CausalScoreDenoiser, list[float]]:
     """A `CausalScoreDenoiser` fitted to the flow's corrections on uint8 training ``clips`` (N, F, C, H, W) with
-    noise ``sigma`` (the flow's training noise std); returns it and the loss of every step."""
+    noise ``sigma`` (the flow's training noise std; on the scaled latents of latent frames, which the denoiser then
+    works on); returns it and the loss of every step."""
     from ..data import dequantize
 
     if model.config.modality != "video":
@@ -87,7 +88,12 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
 
     def draw_batch():
         rows = torch.randint(0, clips.shape[0], (batch_size,), generator=generator)
-        noisy = dequantize(clips[rows], levels, "gaussian", sigma, generator=generator).to(model.device, model.dtype)
+        if model.modality.latent:  # the noise is added to the scaled latents of the frames, as in training
+            centres = dequantize(clips[rows], levels, "gaussian", 0.0).to(model.device, model.dtype)
+            clean = model.modality.encode(centres)
+            noisy = clean + sigma * torch.randn(clean.shape, generator=generator).to(clean)
+        else:
+            noisy = dequantize(clips[rows], levels, "gaussian", sigma, generator=generator).to(model.device, model.dtype)
         return (noisy,), flow_correction(model, noisy, sigma)
 
     return denoiser, denoiser.fit(draw_batch, steps, lr)

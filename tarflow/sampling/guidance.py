@@ -51,4 +51,4 @@ class Guidance:
 
 def default_rule(config) -> str:
     """The guidance rule a model samples with unless told: STARFlow's for latent models, TarFlow's otherwise."""
-    return "starflow" if config.modality == "latents" else "tarflow"
+    return "starflow" if config.latent else "tarflow"

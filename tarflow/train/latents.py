@@ -1,5 +1,6 @@
 """Training a flow on autoencoder latents (STARFlow): the dataset encoded once by the frozen autoencoder, noisy
-latent batches, and the test figure in latent nats per dimension.
+latent batches, and the test figure in latent nats per dimension. Video clips (STARFlow-V) are encoded frame by
+frame, (N, F, C, H, W) -> (N, F, C', S, S).
 
 The autoencoder is frozen, so each image is encoded once (its posterior mean) before training; batches are
 z + sigma eps, eps ~ N(0, I), with z the scaled latent and sigma = ``noise_std`` in latent units. The density
@@ -28,7 +29,8 @@ from ..progress import progress_bar
 
 @dataclass
 class LatentData:
-    """One split as scaled latents (N, C, S, S) float32, with the labels and pixel levels of its images."""
+    """One split as scaled latents (N, C, S, S) float32, or (N, F, C, S, S) of clips, with the labels and pixel
+    levels of its images."""
 
     name: str
     split: str
@@ -47,7 +49,7 @@ class LatentData:
 
     @property
     def channels(self) -> int:
-        return self.latents.shape[1]
+        return self.latents.shape[-3]
 
     def noisy(self, index: Tensor, noise_std: float, generator: torch.Generator) -> Tensor:
         """The latents ``index`` plus sigma eps (the training distribution)."""
@@ -58,7 +60,7 @@ class LatentData:
 def image_geometry(model_config: FlowConfig) -> tuple[int, int]:
     """(image side, channels) of the data: the config's own for pixels; for latents, those of the images its
     autoencoder encodes to the configured latent grid (side = latent side x downsample)."""
-    if model_config.modality != "latents":
+    if not model_config.latent:
         return model_config.image_size, model_config.channels
     channels, _, downsample = autoencoder_geometry(autoencoder_dir(model_config))
     return model_config.image_size * downsample, channels
@@ -74,14 +76,18 @@ def autoencoder_dir(model_config: FlowConfig) -> str:
 
 @torch.no_grad()
 def encode_images(modality: Latents, data: ImageData, batch_size: int = 256, progress: bool = False) -> Tensor:
-    """The autoencoder's latents of every image (bin centres 2 (k + 1/2) / L - 1), before shift and scale."""
+    """The autoencoder's latents of every image (bin centres 2 (k + 1/2) / L - 1), before shift and scale; of every
+    frame for clips (N, F, C, H, W), ``batch_size`` frames at a time."""
     autoencoder = modality.autoencoder
+    clips = data.images.dim() == 5
+    images = data.images.flatten(0, 1) if clips else data.images
     chunks = []
-    for start in progress_bar(range(0, len(data), batch_size), desc=f"encoding {data.name} {data.split}",
+    for start in progress_bar(range(0, len(images), batch_size), desc=f"encoding {data.name} {data.split}",
                               enabled=progress, leave=False):
-        images = dequantize(data.images[start:start + batch_size], data.levels, "gaussian", 0.0)
-        chunks.append(autoencoder.encode(images.to(getattr(autoencoder, "device", "cpu"))).float().cpu())
-    return torch.cat(chunks)
+        batch = dequantize(images[start:start + batch_size], data.levels, "gaussian", 0.0)
+        chunks.append(autoencoder.encode(batch.to(getattr(autoencoder, "device", "cpu"))).float().cpu())
+    latents = torch.cat(chunks)
+    return latents.unflatten(0, data.images.shape[:2]) if clips else latents
 
 
 def encode_split(modality: Latents, data: ImageData, progress: bool = False) -> LatentData:

@@ -63,7 +63,7 @@ def train(config: RunConfig, run_dir: str | Path, progress: bool = True, stop_at
     try:
         dist.check_batch(train_config.batch_size, cluster)
         data, test = load_data(train_config, model_config, cluster, progress)
-        if model_config.modality == "latents":  # encoded once by the frozen autoencoder; shift and scale measured
+        if model_config.latent:  # encoded once by the frozen autoencoder (video: frame by frame); scale measured
             model_config, data, test = prepare_latents(model_config, train_config, data, test, device,
                                                        progress and cluster.is_main)
             config = dataclasses.replace(config, model=model_config)
@@ -273,14 +273,6 @@ def check_fits(model_config: FlowConfig, data: ImageData) -> None:
                           f"{data.num_classes} (conditional) or 0 (unconditional), not {model_config.num_classes}")
 
 
-
-
-
-
-
-
-
-
 def batch(data: ImageData, step: int, train_config: TrainConfig, model_config: FlowConfig, device: torch.device,
           part: slice = slice(None)):
     """The images and labels of ``step``: a function of (seed, step) only, so a resumed run sees the same batches.
@@ -372,7 +364,7 @@ def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowCon
                                         generator=torch.Generator().manual_seed(train_config.seed))
     if model_config.noise_conditioning:  # generated at t1: 10 ODE steps of iterative denoising
         x = IterativeDenoiser().denoise(model, x, y)
-    if model_config.modality == "latents":
+    if model_config.latent:
         x = model.modality.decode(x)
     if model_config.modality == "video":
         return save_clips(to_uint8(x, levels), path)
