@@ -22,7 +22,7 @@ from .models import add_calibrate_parser, add_import_reference_parser, add_prese
 from .options import SECTIONS, config_from_args, number, parse_bool, parse_ints, parse_label
 from .report import add_report_parser
 from .sample import add_sample_parser
-from .sweep import add_sweep_parser
+from .sweep import add_sweep_denoising_parser, add_sweep_parser
 from .text import add_generate_parser
 from .train import add_train_parser
 from .trajectory import add_distill_denoiser_parser
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_sample_parser, add_calibrate_parser, add_eval_parser,
                 add_import_reference_parser, add_fid_parser, add_guidance_accuracy_parser, add_sweep_parser,
-                add_score_parser,
+                add_sweep_denoising_parser, add_score_parser,
                 add_presets_parser, add_report_parser, add_demo_parser,
                 add_autoencoder_parser, add_generate_parser, add_temporal_consistency_parser,
                 add_fit_score_denoiser_parser, add_distill_denoiser_parser):

@@ -43,6 +43,11 @@ class Setting:
         return f"{guided}, T={self.temperature:g}"
 
     @property
+    def stem(self) -> str:
+        """The setting's file name in the cache."""
+        return f"w{self.guidance:g}_{self.rule}_T{self.temperature:g}"
+
+    @property
     def guidance_object(self) -> Guidance | None:
         return Guidance(self.guidance, self.rule) if self.guidance else None
 
@@ -135,12 +140,12 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def row_files(cache: Path, setting: Setting) -> tuple[Path, Path]:
-    stem = f"w{setting.guidance:g}_{setting.rule}_T{setting.temperature:g}"
-    return cache / f"{stem}.json", cache / f"{stem}.pt"
+def row_files(cache: Path, setting) -> tuple[Path, Path]:
+    """A setting's cached row (JSON) and picture strip; any setting with a ``stem``."""
+    return cache / f"{setting.stem}.json", cache / f"{setting.stem}.pt"
 
 
-def read_cached_row(cache: Path, key: dict[str, Any], setting: Setting) -> dict[str, Any] | None:
+def read_cached_row(cache: Path, key: dict[str, Any], setting) -> dict[str, Any] | None:
     record_file, strip_file = row_files(cache, setting)
     try:
         record = json.loads(record_file.read_text())
@@ -152,7 +157,7 @@ def read_cached_row(cache: Path, key: dict[str, Any], setting: Setting) -> dict[
     return {**record["row"], "strip": strip}
 
 
-def write_cached_row(cache: Path, key: dict[str, Any], setting: Setting, row: dict[str, Any]) -> None:
+def write_cached_row(cache: Path, key: dict[str, Any], setting, row: dict[str, Any]) -> None:
     record_file, strip_file = row_files(cache, setting)
     cache.mkdir(parents=True, exist_ok=True)
     partial = strip_file.with_name(strip_file.name + ".partial")
@@ -176,7 +181,8 @@ def plot_sweep(rows: list[dict[str, Any]], levels: int, path: str | os.PathLike)
         picture = torch.cat(list(strip), dim=2).permute(1, 2, 0).numpy()  # side by side: (H, K*W, C)
         ax.imshow(np.squeeze(picture), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         figures = [f"consistency {row['consistency']:.3f}" if "consistency" in row else "",
-                   f"FID {row['fid']:.2f}" if "fid" in row else ""]
+                   f"FID {row['fid']:.2f}" if "fid" in row else "",
+                   f"{row['seconds_per_image']['total']:.3g} s/image" if "seconds_per_image" in row else ""]
         ax.set_ylabel(row["setting"] + "\n" + "\n".join(text for text in figures if text), rotation=0,
                       ha="right", va="center", fontsize=8)
         ax.set_xticks([])
