@@ -193,8 +193,8 @@ def test_config_errors():
         tiny_config(num_classes=10, text_encoder="learned", captions="digits", caption_length=5)
     with pytest.raises(ConfigError, match="mixer=attention"):
         tiny_config(num_classes=10, text_encoder="learned", captions="digits", mixer="aft-full")
-    with pytest.raises(ConfigError, match="video models do not take one yet"):
-        tiny_config(num_classes=10, text_encoder="learned", captions="digits", modality="video", frame_count=2)
+    with pytest.raises(ConfigError, match="an image, latent or video modality"):
+        tiny_config(num_classes=10, text_encoder="learned", captions="digits", modality="text")
 
 
 def test_default_config_has_no_prefix():

@@ -186,3 +186,25 @@ def test_latent_frames_score_denoiser_and_temporal_consistency(latent_run, mnist
                  "--classifier-steps", "2", "--sampler", "sequential", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 2 and 0 <= result["consistent_samples"] <= 1  # decoded frames were classified
+
+
+# ----- text-to-video: captions of the digit pair as a prefix of the deep block ---------------------------
+
+def test_text_to_video_from_prompts_and_its_digit_matching(mnist_dir, tmp_path, capsys):
+    run = tmp_path / "captioned"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(run),
+                 "--steps", "2", "--clip-count", "6", "--text-encoder", "learned", "--captions", "moving-digits",
+                 "--num-classes", "55", "--caption-length", "6", "--text-layers", "1", "--no-progress"]) == 0
+    out = tmp_path / "prompted.png"
+    capsys.readouterr()
+    assert main(["sample", str(run), "--prompt", "the digits 3 and 7 bouncing", "--prompt", "two and five",
+                 "--count", "2", "--sampler", "sequential", "--out", str(out)]) == 0
+    assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)
+    assert main(["temporal-consistency", str(run), "--data-dir", str(mnist_dir), "--count", "3",
+                 "--classifier-steps", "2", "--sampler", "sequential", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after the sample's line
+    assert 0 <= result["matching_first_frame"] <= 1 and 0 <= result["matching_last_frame"] <= 1
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "b"),
+                 "--steps", "1", "--clip-count", "6", "--text-encoder", "learned", "--captions", "moving-digits",
+                 "--no-progress"]) != 0
+    assert "captions 55 classes: set num_classes=55" in capsys.readouterr().err

@@ -101,7 +101,11 @@ def test_moving_mnist_digits_stay_in_frame_and_move(tmp_path, monkeypatch):
     assert (np.abs(np.diff(clips.astype(int), axis=1)).sum(axis=(2, 3, 4)) > 0).all()  # every frame moves
     two = moving(tmp_path, data_dir=data_dir)
     assert two.object_labels.shape == (5, 2) and (two.clips.numpy() > 0).sum(axis=(2, 3, 4)).min() >= 28 * 28
-    assert two.num_classes == 0 and two.labels.tolist() == [0] * 5 and (two.levels, two.channels) == (256, 1)
+    assert (two.levels, two.channels) == (256, 1)
+    assert two.num_classes == 55 and two.classes[:2] == ("0 and 0", "0 and 1") and two.classes[-1] == "9 and 9"
+    for label, digits in zip(two.labels.tolist(), two.object_labels.tolist()):  # the class is the sorted pair
+        assert two.classes[label] == " and ".join(str(digit) for digit in sorted(digits))
+    assert one.num_classes == 10 and torch.equal(one.labels, one.object_labels[:, 0])
 
 
 def test_moving_mnist_uses_the_split_of_the_same_name(tmp_path, monkeypatch):

@@ -34,6 +34,8 @@ KINDS = {
     "causal-cond": dict(frame_layout="causal", num_classes=CLASSES),
     "causal-additive-same": dict(frame_layout="causal", transform="additive", order="same"),
     "global-local-latent": dict(frame_layout="global-local", autoencoder="tiny", latent_scale=2.0, latent_shift=0.25),
+    "causal-captioned": dict(frame_layout="causal", num_classes=55, text_encoder="learned", captions="moving-digits",
+                             caption_length=6, text_layers=1),
 }
 
 
@@ -59,6 +61,11 @@ def clips(batch: int = BATCH, seed: int = 1) -> torch.Tensor:
 
 def labels(model, batch: int = BATCH):
     return torch.arange(batch) % CLASSES if model.config.num_classes else None
+
+
+def condition_of(model, y) -> Condition:
+    """The blocks' condition of labels ``y``: the labels, or a captioned model's caption ids of them."""
+    return Condition(model.conditioning.check(y, BATCH, model.device))
 
 
 def noise(batch: int = BATCH, seed: int = 2) -> torch.Tensor:
@@ -90,10 +97,12 @@ def test_layout_shapes_the_stack(model):
     else:
         assert local == [False, False, False]
     assert model.blocks[-1].num_tokens == FRAMES * TOKENS_PER_FRAME
-    conditioned = [(block.block if isinstance(block, FrameLocalBlock) else block).class_embed is not None
-                   for block in model.blocks]
+    inner = [block.block if isinstance(block, FrameLocalBlock) else block for block in model.blocks]
     c = model.config
-    assert conditioned == [bool(c.num_classes) and (i == 2 or not c.condition_top_only) for i in range(3)]
+    captioned = bool(c.text_encoder)
+    conditioned = [bool(c.num_classes) and not captioned and (i == 2 or not c.condition_top_only) for i in range(3)]
+    assert [block.class_embed is not None for block in inner] == conditioned
+    assert [block.prefix is not None for block in inner] == [False, False, captioned]  # the caption: the last block
 
 
 # ----- invertibility and density ----------------------------------------------------------------
@@ -148,7 +157,7 @@ def test_flow_is_causal_over_frames(model, frame):
 @pytest.mark.parametrize("frame", range(FRAMES))
 def test_local_blocks_do_not_mix_frames_and_the_global_block_does(model, frame):
     tokens, y = model.patchify(clips()), labels(model)
-    condition = Condition(y)
+    condition = condition_of(model, y)
     moved = tokens.clone()
     moved[:, frame * TOKENS_PER_FRAME:(frame + 1) * TOKENS_PER_FRAME] += 0.3
     per_frame = (FRAMES, TOKENS_PER_FRAME)
@@ -174,7 +183,7 @@ def inner_blocks(model):
 def test_kv_cache_steps_match_uncached_pass(model):
     tokens, y = model.patchify(clips()), labels(model)
     for block, outer in zip(inner_blocks(model), model.blocks):
-        condition = Condition(y)
+        condition = condition_of(model, y)
         x = block.order.apply(tokens)
         if isinstance(outer, FrameLocalBlock):
             x, condition = outer.fold(x), outer.fold_condition(condition)
@@ -200,7 +209,7 @@ def naive_block_inverse(block, z, condition):
 
 
 def naive_inverse(model, z, y):
-    tokens, condition = model.patchify(z), Condition(y)
+    tokens, condition = model.patchify(z), condition_of(model, y)
     with torch.no_grad():
         for block in reversed(model.blocks):
             tokens = naive_block_inverse(block, tokens, condition)

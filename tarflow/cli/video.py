@@ -192,7 +192,8 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     """The fraction of generated clips whose digits stay the same first to last frame, beside real test clips'."""
     import torch
 
-    from ..metrics.temporal import consistent_fraction, frame_accuracy, train_digit_classifier
+    from ..data.moving_mnist import digit_sets
+    from ..metrics.temporal import consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier
     from ..runs import load_model
     from ..train.video import load_clips
     from ..viz import to_uint8
@@ -214,9 +215,17 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     trained_in = time.perf_counter() - started
     sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
     temperature = float(metadata.get("sampling", {}).get("temperature", 1.0))
-    samples = sampler.sample(args.count, temperature=temperature, generator=torch.Generator().manual_seed(args.seed))
+    classes = model.config.num_classes
+    y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
+    samples = sampler.sample(args.count, y, temperature, generator=torch.Generator().manual_seed(args.seed))
     clips = to_uint8(model.modality.to_frames(samples), train.levels).cpu()
-    result = {"consistent_samples": consistent_fraction(classifier, clips, digits), "samples": args.count,
+    matching = {}
+    if classes:
+        wanted = torch.tensor(digit_sets(digits))[y]
+        matching = {"matching_first_frame": matching_fraction(classifier, clips[:, 0], wanted),
+                    "matching_last_frame": matching_fraction(classifier, clips[:, -1], wanted),
+                    "matching": "fraction of sampled clips whose frame shows the digits drawn for (classes in turn)"}
+    result = {"consistent_samples": consistent_fraction(classifier, clips, digits), **matching, "samples": args.count,
               "consistent_real_test": consistent_fraction(classifier, test.clips, digits),
               "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,

@@ -11,12 +11,17 @@ Protocol, per clip and per digit (defaults: 2 digits of 28x28 on a 64x64 canvas,
   corner at floor(R p) pixels (so frame 0 is already one step from the start, as in the original code);
 - digits are combined by a pixel-wise maximum (overlaps stay within 0..255).
 
+Classes: a clip's class is the set of digits it shows, sorted (`digit_sets`: (0, 0), (0, 1), ..., (9, 9), 55
+classes for two digits, 10 for one), named "3 and 7"; its digits in paste order are its ``object_labels``.
+
 Randomness: clips come in blocks of 1,000, block b drawing from numpy's PCG64 seeded with (seed, split, b)
 (train 0, test 1): digit indices (block, D), start positions (block, D, 2), angles (block, D), in that
 order. Clip i is therefore the same whatever the number of clips asked for.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -79,3 +84,23 @@ def generate(images: np.ndarray, labels: np.ndarray, split: str, clip_count: int
         clips[first:first + size] = render(images[indices], corners, image_size)
         digit_labels[first:first + size] = labels[indices]
     return clips, digit_labels
+
+
+def digit_sets(count: int) -> list[tuple[int, ...]]:
+    """The classes of clips of ``count`` digits: every sorted tuple of digit classes, (0, 0), (0, 1), ..., (9, 9)."""
+    return list(itertools.combinations_with_replacement(range(10), count))
+
+
+def digit_set_labels(object_labels: np.ndarray) -> np.ndarray:
+    """Each clip's class (N,): the index in `digit_sets` of its sorted digits ``object_labels`` (N, count)."""
+    index = {digits: label for label, digits in enumerate(digit_sets(object_labels.shape[1]))}
+    return np.array([index[tuple(sorted(row))] for row in object_labels.tolist()], dtype=np.int64)
+
+
+def digit_set_names(count: int) -> tuple[str, ...]:
+    """The class names: "3 and 7", or "1, 3 and 7" for three digits."""
+    def name(digits: tuple[int, ...]) -> str:
+        words = [str(digit) for digit in digits]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    return tuple(name(digits) for digits in digit_sets(count))

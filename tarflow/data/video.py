@@ -194,7 +194,8 @@ def load_video_folder(split: str, root: Path, image_size: int, frame_count: int,
 
 def load_moving_mnist(split: str, clip_count: int, frame_count: int, image_size: int, digit_count: int, seed: int,
                       data_dir: Path | None, cache_dir: Path, download: bool, progress: bool) -> VideoData:
-    """Moving MNIST clips (N, F, 1, S, S) from the MNIST split of the same name, generated once and cached."""
+    """Moving MNIST clips (N, F, 1, S, S) from the MNIST split of the same name, generated once and cached; a clip's
+    label is the set of digits it shows (`moving_mnist.digit_sets`: 55 classes for two digits)."""
     files = SOURCES["mnist"][:2] if split == "train" else SOURCES["mnist"][2:]
     source = (f"moving-mnist|seed {seed}|clips {clip_count}|digits {digit_count}|mnist "
               + "+".join(f.md5 for f in files))
@@ -209,8 +210,10 @@ def load_moving_mnist(split: str, clip_count: int, frame_count: int, image_size:
 
     shape = (frame_count, 1, image_size, image_size)
     x, y, _, _ = cached("moving-mnist", split, shape, source, generate, Options(cache_dir=cache_dir))
-    return VideoData("moving-mnist", split, torch.from_numpy(x), torch.zeros(len(x), dtype=torch.int64), levels=256,
-                     num_classes=0, object_labels=torch.from_numpy(np.asarray(y, dtype=np.int64)))
+    digits = np.asarray(y, dtype=np.int64)
+    classes = moving_mnist.digit_set_names(digit_count)
+    return VideoData("moving-mnist", split, torch.from_numpy(x), torch.from_numpy(moving_mnist.digit_set_labels(digits)),
+                     levels=256, num_classes=len(classes), classes=classes, object_labels=torch.from_numpy(digits))
 
 
 VIDEO_DATASETS = ("moving-mnist", "video-folder")

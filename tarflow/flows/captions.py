@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..data.moving_mnist import digit_sets
 from ..errors import ConfigError, InputError
 from .conditioning import Condition
 
@@ -28,6 +29,15 @@ UNKNOWN = "<unk>"  # our tokenizer's id 0: every word outside the vocabulary
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CIFAR10_NAMES = (("airplane", "plane"), ("car", "automobile"), ("bird",), ("cat", "kitten"), ("deer",),
                  ("dog", "puppy"), ("frog", "toad"), ("horse", "pony"), ("ship", "boat"), ("truck", "lorry"))
+
+
+def digit_pair_synonyms(pair: tuple[int, int]) -> tuple[str, ...]:
+    """The ways to name a Moving MNIST clip's two digits: "3 and 7", "7 and 3", "three and seven", "seven and
+    three" (two ways when the digits are the same)."""
+    orders = dict.fromkeys([pair, pair[::-1]])
+    return (*(f"{a} and {b}" for a, b in orders), *(f"{DIGIT_NAMES[a]} and {DIGIT_NAMES[b]}" for a, b in orders))
+
+
 # {word}: a synonym of the class; {a_word}: it with its article (a seven, an eight)
 CAPTION_SETS = {
     "digits": {"synonyms": [(name, str(k)) for k, name in enumerate(DIGIT_NAMES)],
@@ -38,6 +48,10 @@ CAPTION_SETS = {
     "cifar10": {"synonyms": CIFAR10_NAMES,
                 "train": ("a photo of {a_word}", "a picture of {a_word}", "{a_word}", "the {word}"),
                 "held-out": ("a photo of the {word}", "the picture of {a_word}", "{word} photo")},
+    # Moving MNIST clips of two digits (text-to-video): a class per digit pair, `tarflow.data.moving_mnist`
+    "moving-digits": {"synonyms": [digit_pair_synonyms(pair) for pair in digit_sets(2)],
+                      "train": ("the digits {word}", "{word} bouncing", "digits {word} moving", "{word}"),
+                      "held-out": ("the digits {word} bouncing", "{word} moving", "digits {word}")},
 }
 
 

@@ -232,9 +232,9 @@ class FlowConfig:
         if self.num_classes != classes:
             raise ConfigError(f"caption set {self.captions!r} captions {classes} classes: set num_classes={classes}, "
                               f"not {self.num_classes}")
-        if self.mixer != "attention" or self.architecture != "flow" or self.modality in ("text", "video"):
-            raise ConfigError("a text prefix needs architecture=flow, mixer=attention and an image or latent modality "
-                              "(video models do not take one yet)")
+        if self.mixer != "attention" or self.architecture != "flow" or self.modality == "text":
+            raise ConfigError("a text prefix needs architecture=flow, mixer=attention and an image, latent or video "
+                              "modality")
         if self.caption_length < 1 or self.text_layers < 1:
             raise ConfigError(f"caption_length and text_layers must be at least 1, got {self.caption_length}, "
                               f"{self.text_layers}")

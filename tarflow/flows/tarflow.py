@@ -55,7 +55,7 @@ class TarFlow(nn.Module):
         orders = block_orders(config.order, config.num_blocks)
         last = config.num_blocks - 1
         if config.modality == "video":
-            self.blocks = nn.ModuleList(video_blocks(config, transform, self.modality.tokens_per_frame))
+            self.blocks = nn.ModuleList(video_blocks(config, transform, self.modality.tokens_per_frame, captioned))
         else:
             self.blocks = nn.ModuleList(
                 ARFlowBlock(config, layers, orders[index], self.block_transform(index, transform),

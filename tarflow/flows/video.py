@@ -94,19 +94,21 @@ def video_orders(kind: str, count: int, frames: int, tokens_per_frame: int, loca
     return [flip if kind == "alternate" and index % 2 else Identity() for index in range(count)]
 
 
-def video_blocks(config, transform, tokens_per_frame: int) -> list[nn.Module]:
+def video_blocks(config, transform, tokens_per_frame: int, captioned: bool = False) -> list[nn.Module]:
     """The block stack of a video model (see the module docstring); the class, if any, enters the last block, and
-    every block unless ``condition_top_only``."""
+    every block unless ``condition_top_only``; ``captioned``: the caption is a text prefix of the last block
+    instead (text-to-video), which then reads it from every frame's tokens."""
     frames, last = config.frame_count, config.num_blocks - 1
     local = config.frame_layout == "global-local"
     local_orders = video_orders(config.order, config.num_blocks, frames, tokens_per_frame, local=True)
     global_orders = video_orders(config.order, config.num_blocks, frames, tokens_per_frame, local=False)
     blocks = []
     for index, layers in enumerate(config.block_layers):
-        conditioned = bool(config.num_classes) and (index == last or not config.condition_top_only)
+        conditioned = bool(config.num_classes) and not captioned and (index == last or not config.condition_top_only)
         if local and index < last:
             inner = ARFlowBlock(config, layers, local_orders[index], transform, conditioned, num_tokens=tokens_per_frame)
             blocks.append(FrameLocalBlock(inner, frames))
         else:
-            blocks.append(ARFlowBlock(config, layers, global_orders[index], transform, conditioned))
+            blocks.append(ARFlowBlock(config, layers, global_orders[index], transform, conditioned,
+                                      captioned=captioned and index == last))
     return blocks

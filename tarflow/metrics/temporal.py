@@ -4,7 +4,9 @@ A multi-label digit classifier (`SmallCNN` with one logit per digit class: which
 trained on frames of real training clips against their ``object_labels``; a frame's digits are its K highest
 logits (K = digits per clip). A clip is consistent when its first and last frames show the same set of digit
 classes. The fraction of consistent clips is reported for generated clips and, as the ceiling the classifier
-allows, for real test clips, beside the classifier's accuracy on single test frames (the whole set right).
+allows, for real test clips, beside the classifier's accuracy on single test frames (the whole set right). For
+a class- or caption-conditioned model (a clip's class is its digit pair, `tarflow.data.moving_mnist.digit_sets`),
+also the fraction of first and last frames that show the digits the clip was drawn for.
 """
 
 from __future__ import annotations
@@ -66,3 +68,10 @@ def frame_accuracy(classifier, clips: Tensor, object_labels: Tensor) -> float:
     frames = clips.flatten(0, 1)
     truth = object_labels.long().sort(dim=1).values.repeat_interleave(clips.shape[1], dim=0)
     return (frame_digits(classifier, frames, truth.shape[1]) == truth).all(dim=1).double().mean().item()
+
+
+def matching_fraction(classifier, frames: Tensor, wanted: Tensor) -> float:
+    """The fraction of uint8 ``frames`` (N, C, S, S) that show exactly the digit classes ``wanted`` (N, K) (a class
+    or caption-conditioned model's clips against the digits they were drawn for)."""
+    wanted = wanted.long().sort(dim=1).values
+    return (frame_digits(classifier, frames, wanted.shape[1]) == wanted).all(dim=1).double().mean().item()

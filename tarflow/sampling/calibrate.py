@@ -94,7 +94,8 @@ def calibrate(model, batch: int, guidance: Guidance | None = None, tol: float = 
         sequential = SequentialSampler(model)
         config = model.config
         z = model.modality.to_tokens(sequential.noise(batch, 1.0, torch.Generator().manual_seed(seed)))
-        y = (torch.arange(batch) % config.num_classes).to(device) if config.num_classes else None
+        labels = torch.arange(batch) % config.num_classes if config.num_classes else None
+        y = model.conditioning.check(labels, batch, device)  # a caption-conditioned model: the labels' captions
         condition = sequential.condition(y, batch, guidance)
         num_blocks = len(model.blocks)
 
