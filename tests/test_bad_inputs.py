@@ -17,6 +17,7 @@ directory check run for real; training itself is covered by test_train.py and te
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -59,6 +60,8 @@ BASE = {
     "score": ["model", "--count", "2", "--out", "scores.csv", "--no-progress"],
     "sweep-sampling": ["model", "--count", "2", "--guidance", "0", "--classifier-steps", "2", "--sampler",
                        "sequential", "--out", "sweep", "--no-progress"],
+    "sweep-denoising": ["itarflow", "--count", "2", "--steps", "1", "--classifier-steps", "2", "--sampler",
+                        "sequential", "--out", "dsweep", "--no-progress"],
     "presets": [],
     "report": ["run"],
     "demo": ["model", "--device", "cpu"],
@@ -116,24 +119,25 @@ ACCEPTED[("autoencoder finetune-decoder", "seed", "zero")] = ZERO_OK
 ACCEPTED[("autoencoder train", "kl_weight", "huge")] = "finite: the KL term dominates the loss (AdamW steps stay lr)"
 for variant in ("file", "truncated file"):
     ACCEPTED[("autoencoder eval", "out", variant)] = "an existing output file is overwritten"
-ACCEPTED[("sweep-sampling", "seed", "zero")] = ZERO_OK
-ACCEPTED[("sweep-sampling", "guidance", "zero")] = "w = 0 is no guidance"
-ACCEPTED[("sweep-sampling", "temperature", "huge")] = "finite: saturated samples"
-ACCEPTED[("sweep-sampling", "guidance", "huge")] = "finite: the guided step saturates every pixel"
-for variant in ("foreign dir", "dot", "truncated model"):
-    ACCEPTED[("sweep-sampling", "out", variant)] = ("an output directory: sweep.json, sweep.png and cache/ are "
-                                                    "written into it, the files already there are kept")
+for sweep in ("sweep-sampling", "sweep-denoising"):
+    ACCEPTED[(sweep, "seed", "zero")] = ZERO_OK
+    ACCEPTED[(sweep, "guidance", "zero")] = "w = 0 is no guidance"
+    ACCEPTED[(sweep, "temperature", "huge")] = "finite: saturated samples"
+    ACCEPTED[(sweep, "guidance", "huge")] = "finite: the guided step saturates every pixel"
+    for variant in ("foreign dir", "dot", "truncated model"):
+        ACCEPTED[(sweep, "out", variant)] = ("an output directory: its JSON, picture and cache/ are written into it, "
+                                             "the files already there are kept")
 NEW_OUTPUT = "a new output path: created, with its parent directories"
 RUN_DIR = "a directory holding model/ is read as a run directory (here the world holds one)"
 BUILT_IN = "digits is built in: an existing --data-dir is not read"
 for command, dest in (("train", "out"), ("sample", "out"), ("import-reference", "out"), ("guidance-accuracy", "plot"),
                       ("score", "out"), ("calibrate", "out"), ("autoencoder train", "out"),
-                      ("autoencoder eval", "out"), ("sweep-sampling", "out")):
+                      ("autoencoder eval", "out"), ("sweep-sampling", "out"), ("sweep-denoising", "out")):
     ACCEPTED[(command, dest, "missing")] = NEW_OUTPUT
 for command in ("sample", "calibrate", "eval", "guidance-accuracy", "score", "demo", "sweep-sampling"):
     ACCEPTED[(command, "path", "dot")] = RUN_DIR
 for command, dest in (("train", "data_dir"), ("eval", "data_dir"), ("guidance-accuracy", "data_dir"),
-                      ("sweep-sampling", "data_dir"),
+                      ("sweep-sampling", "data_dir"), ("sweep-denoising", "data_dir"),
                       ("score", "data_dir"), ("autoencoder train", "data_dir"), ("autoencoder eval", "data_dir"),
                       ("autoencoder finetune-decoder", "data_dir")):
     for variant in ("foreign dir", "dot", "truncated model"):
@@ -211,6 +215,8 @@ def template(tmp_path_factory):
     model = TarFlow(FlowConfig(image_size=8, channels=1, patch_size=4, width=16, num_blocks=2, layers_per_block=1,
                                head_dim=8, num_classes=10))
     model.save_pretrained(root / "model", metadata={"dataset": "digits", "levels": 17})
+    noisy = dataclasses.replace(model.config, noise_conditioning=True)
+    TarFlow(noisy).save_pretrained(root / "itarflow", metadata={"dataset": "digits", "levels": 17})
     save_tiny_autoencoder(root / "ae", metadata={"dataset": "digits", "levels": 17})
     latent = FlowConfig(modality="latents", autoencoder="../ae", image_size=4, channels=4, patch_size=1, width=16,
                         num_blocks=2, layers_per_block=1, head_dim=8, latent_scale=1.0)

@@ -4,6 +4,7 @@ denoised by hand), save/load, `tarflow distill-denoiser`, `--denoise none`, and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from tarflow import ConfigError, FlowConfig
 from tarflow.cli import main
 from tarflow.errors import CheckpointError
 from tarflow.flows import NormalizingTrajectoryModel
-from tarflow.sampling import TrajectorySampler
+from tarflow.sampling import Guidance, TrajectorySampler
 from tarflow.sampling.trajectory_denoiser import (DENOISER, DenoiserConfig, TrajectoryDenoiser, dequantization_std,
                                                   distill_denoiser, load_denoiser, score_correction)
 from tarflow.viz import save_grid, to_uint8
@@ -61,6 +62,27 @@ def test_distillation_lowers_the_loss_below_no_correction():
         distilled = (denoiser(final, last_input, torch.arange(64) % 3) - target).pow(2).mean().item()
     assert distilled < 0.5 * target.pow(2).mean().item()
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_distillation_draws_trajectories_with_the_given_guidance_and_temperature(monkeypatch):
+    model = initial_model(torch.float32)
+    drawn = []
+    original = TrajectorySampler.trajectory
+
+    def recording(self, n, y=None, temperature=1.0, guidance=None, generator=None, noise=None):
+        drawn.append((temperature, guidance))
+        return original(self, n, y, temperature, guidance, generator, noise)
+
+    monkeypatch.setattr(TrajectorySampler, "trajectory", recording)
+    guidance = Guidance(1.5, "starflow")
+    denoiser, _ = distill_denoiser(model, steps=2, batch_size=4, width=16, layers=1, sigma=0.5, guidance=guidance,
+                                   temperature=0.8)
+    assert drawn == [(0.8, guidance)] * 2
+    assert (denoiser.config.guidance, denoiser.config.guidance_rule, denoiser.config.temperature) == (1.5, "starflow",
+                                                                                                        0.8)
+    unconditional = NormalizingTrajectoryModel(dataclasses.replace(model.config, num_classes=0))
+    with pytest.raises(ConfigError, match="guidance needs a class-conditional model"):
+        distill_denoiser(unconditional, steps=1, guidance=guidance)
 
 
 def test_sampling_with_the_denoiser_is_the_trajectory_denoised_by_seed(tmp_path):
@@ -133,6 +155,9 @@ def test_cli_distills_and_sample_uses_it_unless_denoise_none(run_dir, tmp_path, 
     said = json.loads(capsys.readouterr().out)
     model = NormalizingTrajectoryModel.from_pretrained(run_dir / "model")
     assert said["out"] == str(run_dir / "model" / DENOISER) and said["sigma"] == pytest.approx(dequantization_std(17))
+    stored = model.metadata["sampling"]  # distilled on trajectories drawn as the model samples by default
+    assert (said["guidance"], said["temperature"]) == (stored["guidance"], stored.get("temperature", 1.0))
+    assert stored["guidance"] > 0 and load_denoiser(model, run_dir / "model").config.guidance == stored["guidance"]
     denoised, skipped = tmp_path / "denoised.png", tmp_path / "skipped.png"
     assert main(["sample", str(run_dir), *SETTING, "--out", str(denoised)]) == 0
     assert "the self-distilled denoiser" in capsys.readouterr().out

@@ -117,25 +117,34 @@ def cmd_eval_trajectory(args: argparse.Namespace) -> int:
 def cmd_distill_denoiser(args: argparse.Namespace) -> int:
     """Distill the model's denoiser from its own trajectories and score; save it in the model directory."""
     from ..runs import load_model
+    from ..sampling import Guidance
+    from ..sampling.guidance import default_rule
     from ..sampling.small_denoiser import loss_summary
     from ..sampling.trajectory_denoiser import DENOISER, distill_denoiser
+    from .sample import stored_settings
 
     model, model_dir = load_model(args.path, args.device, trajectory=True)
     if model.config.architecture != "ntm":
         raise ConfigError(f"{args.path} holds a TarFlow model: distill-denoiser is for Normalizing Trajectory Models "
                           f"(architecture=ntm); a video model trained with gaussian noise has `tarflow "
                           f"fit-score-denoiser`")
+    stored, settings = stored_settings(model, args)  # the trajectories it learns on: drawn as they will be sampled
+    rule = settings["guidance_rule"] or default_rule(model.config)
+    guidance = Guidance(settings["guidance"], rule) if settings["guidance"] else None
     started = time.perf_counter()
     denoiser, losses = distill_denoiser(model, args.steps, args.batch_size, args.lr, args.width, args.layers,
-                                        args.sigma, args.seed)
+                                        args.sigma, args.seed, guidance, settings["temperature"])
     out = denoiser.save_pretrained(model_dir / DENOISER)
-    print(json.dumps({"out": str(out), "steps": args.steps, "sigma": denoiser.config.sigma,
+    config = denoiser.config
+    print(json.dumps({"out": str(out), "steps": args.steps, "sigma": config.sigma, "guidance": config.guidance,
+                      "guidance_rule": config.guidance_rule if config.guidance else None,
+                      "temperature": config.temperature, "settings": stored.strip(" ()") or "flags and defaults",
                       "seconds": round(time.perf_counter() - started, 1), **loss_summary(losses)}, indent=2))
     return 0
 
 
 def add_distill_denoiser_parser(sub) -> None:
-    from .options import DEVICE_HELP, number
+    from .options import DEVICE_HELP, RULE_HELP, number
 
     parser = sub.add_parser("distill-denoiser", help="Normalizing Trajectory Models: distill a small denoiser from "
                             "the model's own samples and last-step score (self-distillation, docs/ntm.md), saved as "
@@ -152,5 +161,11 @@ def add_distill_denoiser_parser(sub) -> None:
                         help="noise std removed, in model units ([-1, 1] images) (default: the dequantization "
                         "noise's, 2 / levels / sqrt(12))")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and label seed (default 0)")
+    parser.add_argument("--guidance", type=number(float, minimum=0), default=None,
+                        help="guidance weight of the trajectories it learns on (default: the model's stored sampling "
+                        "setting, else 0): distill at the setting you will sample with")
+    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None, help=RULE_HELP)
+    parser.add_argument("--temperature", type=number(float, above=0), default=None,
+                        help="prior temperature of those trajectories (default: the stored setting, else 1)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.set_defaults(func=cmd_distill_denoiser)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, ConfigError
 from ..modalities import Pixels
 from .denoise import tweedie_correction
+from .guidance import Guidance
 from .small_denoiser import SmallDenoiser, check_config
 
 DENOISER = "denoiser"  # its directory in the model directory
@@ -43,6 +44,9 @@ class DenoiserConfig:
     layers: int = 2
     heads: int = 2
     num_classes: int = 0
+    guidance: float = 0.0  # the sampling the trajectories it was distilled on were drawn with
+    guidance_rule: str = "tarflow"
+    temperature: float = 1.0
 
     def __post_init__(self):
         check_config(self)
@@ -109,19 +113,24 @@ def score_correction(model, final: Tensor, last_input: Tensor, y: Tensor | None,
 
 
 def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 1e-3, width: int = 64,
-                     layers: int = 2, sigma: float | None = None, seed: int = 0
-                     ) -> tuple[TrajectoryDenoiser, list[float]]:
-    """A `TrajectoryDenoiser` fitted to the frozen ``model``'s Tweedie corrections on its own trajectories (drawn at
-    temperature 1, classes at random, no guidance; a class-conditional model's denoiser reads the class);
-    ``sigma`` default: the dequantization std of the model's levels. Returns it and the loss of every step."""
+                     layers: int = 2, sigma: float | None = None, seed: int = 0, guidance: Guidance | None = None,
+                     temperature: float = 1.0) -> tuple[TrajectoryDenoiser, list[float]]:
+    """A `TrajectoryDenoiser` fitted to the frozen ``model``'s Tweedie corrections on its own trajectories, drawn
+    with ``guidance`` and ``temperature`` (those it will denoise: the model's sampling settings), classes at random
+    (a class-conditional model's denoiser reads the class); ``sigma`` default: the dequantization std of the
+    model's levels. Returns it and the loss of every step."""
     from .trajectory import TrajectorySampler
 
     if model.config.architecture != "ntm":
         raise ConfigError("distill-denoiser needs a Normalizing Trajectory Model (architecture=ntm)")
     c = model.config
+    if guidance is not None and guidance.weight and not c.num_classes:
+        raise ConfigError("guidance needs a class-conditional model: this one is unconditional, distill without it")
     sigma = sigma if sigma is not None else dequantization_std(int(model.metadata.get("levels", 256)))
+    weight, rule = (guidance.weight, guidance.rule) if guidance is not None else (0.0, "tarflow")
     denoiser = TrajectoryDenoiser(DenoiserConfig(c.image_size, c.channels, c.patch_size, sigma, width, layers,
-                                                 num_classes=c.num_classes))
+                                                 num_classes=c.num_classes, guidance=weight, guidance_rule=rule,
+                                                 temperature=temperature))
     denoiser = denoiser.to(model.device, model.dtype)
     generator = torch.Generator().manual_seed(seed)
     sampler = TrajectorySampler(model)  # the model stays frozen: only the denoiser's parameters are stepped
@@ -129,7 +138,7 @@ def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 
 
     def draw_batch():
         y = torch.randint(0, c.num_classes, (batch_size,), generator=generator) if c.num_classes else None
-        trajectory = sampler.trajectory(batch_size, y, generator=generator)
+        trajectory = sampler.trajectory(batch_size, y, temperature, guidance, generator=generator)
         final, last_input = trajectory[:, 0], trajectory[:, 1]
         return (final, last_input, y), score_correction(model, final, last_input, y, sigma)
 
