@@ -131,6 +131,20 @@ def parse_temperatures(text: str) -> list[float]:
     return values
 
 
+def add_measure_options(parser: argparse.ArgumentParser) -> None:
+    """What the sweeps measure each setting with: the FID extractor and reference, the class-consistency classifier."""
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="TorchScript Inception feature extractor (as for tarflow fid): also FID per setting")
+    parser.add_argument("--split", default="test", choices=("train", "test"),
+                        help="FID reference split (default test)")
+    parser.add_argument("--ref-count", type=number(int, minimum=2), default=None,
+                        help="FID reference images, drawn at random (default: the whole split)")
+    parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
+    parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
+    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
+                        help="training steps of the class-consistency classifier (default 1000)")
+
+
 def add_sweep_parser(sub) -> None:
     parser = sub.add_parser("sweep-sampling", help="class consistency and FID over guidance weights, rules and "
                             "temperatures", description="Sample --count images for every setting of the grid (the "
@@ -147,16 +161,7 @@ def add_sweep_parser(sub) -> None:
     parser.add_argument("--temperature", default="1", metavar="T1,T2,...", help="prior temperatures (default 1)")
     parser.add_argument("--count", type=number(int, minimum=2), default=1000,
                         help="samples per setting (default 1000)")
-    parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="TorchScript Inception feature extractor (as for tarflow fid): also FID per setting")
-    parser.add_argument("--split", default="test", choices=("train", "test"),
-                        help="FID reference split (default test)")
-    parser.add_argument("--ref-count", type=number(int, minimum=2), default=None,
-                        help="FID reference images, drawn at random (default: the whole split)")
-    parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
-    parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
-    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
-                        help="training steps of the class-consistency classifier (default 1000)")
+    add_measure_options(parser)
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="noise seed, the same for every setting")
     add_sampler_options(parser)
     parser.add_argument("--sample-batch", type=number(int, minimum=1), default=256,
@@ -187,16 +192,7 @@ def add_sweep_denoising_parser(sub) -> None:
     parser.add_argument("--clip", action="store_true", help="clamp each step's clean estimate to [-1, 1]")
     parser.add_argument("--count", type=number(int, minimum=2), default=1000,
                         help="samples, shared by every setting (default 1000)")
-    parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="TorchScript Inception feature extractor (as for tarflow fid): also FID per setting")
-    parser.add_argument("--split", default="test", choices=("train", "test"),
-                        help="FID reference split (default test)")
-    parser.add_argument("--ref-count", type=number(int, minimum=2), default=None,
-                        help="FID reference images, drawn at random (default: the whole split)")
-    parser.add_argument("--dataset", default=None, help="dataset (default: the one the model was trained on)")
-    parser.add_argument("--data-dir", default=None, help="local copy of the dataset's files (no download)")
-    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
-                        help="training steps of the class-consistency classifier (default 1000)")
+    add_measure_options(parser)
     parser.add_argument("--guidance", type=number(float, minimum=0), default=0.0,
                         help="guidance weight of the generation at t1 (default 0)")
     parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None, help=RULE_HELP)

@@ -29,10 +29,10 @@ from ..errors import ConfigError, TarflowError
 from ..io import atomic_write_text
 from ..progress import progress_bar
 from ..sampling import IterativeDenoiser
-from .fid import FeatureExtractor, dataset_statistics, fid_from_stats
+from .fid import FeatureExtractor, dataset_statistics
 from .model_data import folder_size, model_levels
 from .sample_quality import fitted_classifier
-from .sweep import cache_key, read_cached_row, write_cached_row
+from .sweep import cache_key, measured_row, read_cached_row, write_cached_row
 
 
 @dataclass(frozen=True)
@@ -123,17 +123,11 @@ def sweep_denoising(model, dataset: str, settings: list[Denoising], count: int =
         images = denoised_levels(model, drawn["samples"], labels, setting, levels, batch_size, seed, progress)
         denoising = (time.perf_counter() - started) / count
         generation = drawn["seconds"] / count
-        row: dict[str, Any] = {"setting": setting.name, "steps": setting.steps, "dynamics": setting.dynamics,
-                               "clip": setting.clip,
-                               "seconds_per_image": {"generation": round(generation, 6),
-                                                     "denoising": round(denoising, 6),
-                                                     "total": round(generation + denoising, 6)}}
-        if classifier is not None:
-            row["consistency"] = round((classifier.predict(images) == labels).double().mean().item(), 6)
-        if extractor is not None:
-            stats = extractor.statistics(images, levels, progress=progress, desc="FID features samples")
-            row["fid"] = round(fid_from_stats(stats, reference), 4)
-        row["strip"] = images[:max(config.num_classes, 10)]
+        seconds = {"generation": round(generation, 6), "denoising": round(denoising, 6),
+                   "total": round(generation + denoising, 6)}
+        row = measured_row({"setting": setting.name, "steps": setting.steps, "dynamics": setting.dynamics,
+                            "clip": setting.clip, "seconds_per_image": seconds}, images, labels, classifier, extractor,
+                           reference, levels, config.num_classes, progress)
         if cache:
             write_cached_row(cache, key, setting, row)
         rows.append(row)

@@ -107,13 +107,8 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
         guidance = setting.guidance_object
         images = generate_levels(sampler_for(guidance), count, labels, levels, setting.temperature, guidance,
                                  denoise_std, min(batch_size, count), seed, progress=progress)
-        row: dict[str, Any] = {"setting": setting.name, **asdict(setting)}
-        if classifier is not None:
-            row["consistency"] = round((classifier.predict(images) == labels).double().mean().item(), 6)
-        if extractor is not None:
-            stats = extractor.statistics(images, levels, progress=progress, desc="FID features samples")
-            row["fid"] = round(fid_from_stats(stats, reference), 4)
-        row["strip"] = images[:max(config.num_classes, 10)]
+        row = measured_row({"setting": setting.name, **asdict(setting)}, images, labels, classifier, extractor,
+                           reference, levels, config.num_classes, progress)
         if cache:
             write_cached_row(cache, key, setting, row)
         rows.append(row)
@@ -121,6 +116,20 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
             "denoise_std": denoise_std, **(decoding or {}), "rows": rows,
             "classifier": None if classifier_info is None else {"test_accuracy": classifier_info["test_accuracy"],
                                                                 "file": classifier_info["path"]}}
+
+
+def measured_row(row: dict[str, Any], images, labels, classifier, extractor: FeatureExtractor | None, reference,
+                 levels: int, num_classes: int, progress: bool) -> dict[str, Any]:
+    """``row`` with the figures of uint8 ``images``: "consistency" against ``labels`` (with ``classifier``), "fid"
+    against ``reference`` (with ``extractor``), and "strip", the first images (one per class, at least 10), for the
+    picture."""
+    if classifier is not None:
+        row["consistency"] = round((classifier.predict(images) == labels).double().mean().item(), 6)
+    if extractor is not None:
+        stats = extractor.statistics(images, levels, progress=progress, desc="FID features samples")
+        row["fid"] = round(fid_from_stats(stats, reference), 4)
+    row["strip"] = images[:max(num_classes, 10)]
+    return row
 
 
 def cache_key(model, dataset, split, ref_count, count, seed, batch_size, sampler_name, extractor) -> dict[str, Any]:
