@@ -208,3 +208,27 @@ def test_text_to_video_from_prompts_and_its_digit_matching(mnist_dir, tmp_path, 
                  "--steps", "1", "--clip-count", "6", "--text-encoder", "learned", "--captions", "moving-digits",
                  "--no-progress"]) != 0
     assert "captions 55 classes: set num_classes=55" in capsys.readouterr().err
+
+
+def test_continuation_from_real_test_frames(run_dir, mnist_dir, capsys):
+    capsys.readouterr()
+    assert main(["temporal-consistency", str(run_dir), "--data-dir", str(mnist_dir), "--count", "2",
+                 "--classifier-steps", "2", "--sampler", "sequential", "--continue-from", "3", "--no-progress"]) == 0
+    continuation = json.loads(capsys.readouterr().out)["continuation"]
+    assert (continuation["given_frames"], continuation["continued_frames"], continuation["clips"]) == (3, 3, 2)
+    assert len(continuation["mse_per_frame"]) == 3 and 0 <= continuation["mse"] <= 1
+    assert abs(np.mean(continuation["mse_per_frame"]) - continuation["mse"]) <= 1e-6
+    assert 0 < continuation["mse_repeating_last_given_frame"] <= 1  # the digits move
+    assert 0 <= continuation["last_frame_shows_the_digits"] <= 1
+
+
+def test_continuation_error_against_the_trivial_prediction():
+    from tarflow.metrics.temporal import continuation_error
+
+    real = torch.zeros(1, 4, 1, 2, 2, dtype=torch.uint8)
+    real[:, 3] = 255  # the last frame lights up
+    continued = real.clone()
+    continued[:, 2] = 255  # one wrong frame of two
+    result = continuation_error(continued, real, given=2)
+    assert result["mse_per_frame"] == [1.0, 0.0] and result["mse"] == 0.5
+    assert result["mse_repeating_last_given_frame"] == 0.5

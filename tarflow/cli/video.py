@@ -231,8 +231,44 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
               "classifier_train_s": round(trained_in, 1), "temperature": temperature, "sampler": how,
               "model": str(model_dir)}
+    if args.continue_from:
+        result["continuation"] = continuation_figures(args, model, sampler, classifier, data_dir, options,
+                                                      temperature, train.levels)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def continuation_figures(args: argparse.Namespace, model, sampler, classifier, data_dir, options: dict,
+                         temperature: float, levels: int) -> dict:
+    """Video-to-video on real test clips: their first k = --continue-from frames, continued to 2k by the model
+    (windows of its length, each from the last half of the frames so far); the per-pixel error of frames k+1..2k
+    and whether the last one still shows the clip's digits, beside the real last frame."""
+    import torch
+
+    from ..data.quantize import place_in_bins
+    from ..metrics.temporal import continuation_error, matching_fraction
+    from ..train.video import load_clips
+    from ..viz import to_uint8
+
+    given = args.continue_from
+    if model.config.noise_conditioning:
+        raise ConfigError("--continue-from continues clips exactly, which a noise-conditioned model (generated at a "
+                          "noise level, then denoised) does not support")
+    real = load_clips("moving-mnist", "test", data_dir, model.config, not args.no_progress, options, 2 * given)
+    clips, count = real.clips[:args.count], min(args.count, len(real))
+    y = real.labels[:count] if model.config.num_classes else None
+    first = place_in_bins(clips[:, :given].long(), torch.full(clips[:, :given].shape, 0.5), levels)
+    first = model.modality.from_frames(first.to(model.device, model.dtype))
+    window = model.modality.frame_count
+    generator = torch.Generator().manual_seed(args.seed)
+    continued = extend(sampler, first, 2 * given, y, temperature, None, generator, max(1, window // 2))
+    continued = to_uint8(model.modality.to_frames(continued), levels).cpu()
+    continued[:, :given] = clips[:, :given]  # latent frames: the given frames, not their reconstruction
+    digits = real.object_labels[:count]
+    return {"given_frames": given, "continued_frames": given, "clips": count,
+            **continuation_error(continued, clips, given, levels),
+            "last_frame_shows_the_digits": matching_fraction(classifier, continued[:, -1], digits),
+            "real_last_frame_shows_the_digits": matching_fraction(classifier, clips[:, -1], digits)}
 
 
 def add_temporal_consistency_parser(sub) -> None:
@@ -246,6 +282,9 @@ def add_temporal_consistency_parser(sub) -> None:
                         help="training steps of the digit classifier on frames of the training clips (default 1000)")
     parser.add_argument("--data-dir", default=None, help="the MNIST files (default: the model's record)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
+    parser.add_argument("--continue-from", type=number(int, minimum=1), default=None, metavar="K",
+                        help="also continue --count real test clips from their first K frames to 2K (video-to-video): "
+                        "the per-pixel error of the continued frames and their digits' consistency")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_sampler_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

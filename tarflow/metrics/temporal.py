@@ -7,9 +7,16 @@ classes. The fraction of consistent clips is reported for generated clips and, a
 allows, for real test clips, beside the classifier's accuracy on single test frames (the whole set right). For
 a class- or caption-conditioned model (a clip's class is its digit pair, `tarflow.data.moving_mnist.digit_sets`),
 also the fraction of first and last frames that show the digits the clip was drawn for.
+
+Continuation: from the first k frames of real test clips, the model continues to 2k frames (windows of its own
+length); `continuation_error` gives the per-pixel error of the continued frames against the real ones, beside the
+trivial prediction (repeat the last given frame), and `matching_fraction` whether the last continued frame still
+shows the clip's digits.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,3 +82,17 @@ def matching_fraction(classifier, frames: Tensor, wanted: Tensor) -> float:
     or caption-conditioned model's clips against the digits they were drawn for)."""
     wanted = wanted.long().sort(dim=1).values
     return (frame_digits(classifier, frames, wanted.shape[1]) == wanted).all(dim=1).double().mean().item()
+
+
+def continuation_error(continued: Tensor, real: Tensor, given: int, levels: int = 256) -> dict[str, Any]:
+    """Mean squared error per pixel (values scaled to [0, 1]) of uint8 ``continued`` clips (N, F, C, S, S) against
+    the ``real`` ones over the frames after the first ``given``, per frame and overall, beside that of the trivial
+    prediction that repeats the last given frame."""
+    def scaled(clips: Tensor) -> Tensor:
+        return clips.double() / (levels - 1)
+
+    truth = scaled(real[:, given:])
+    per_frame = ((scaled(continued[:, given:]) - truth) ** 2).mean(dim=(0, 2, 3, 4))
+    repeated = ((scaled(real[:, given - 1:given]) - truth) ** 2).mean(dim=(0, 2, 3, 4))
+    return {"mse_per_frame": [round(value, 6) for value in per_frame.tolist()], "mse": per_frame.mean().item(),
+            "mse_repeating_last_given_frame": repeated.mean().item()}

@@ -30,15 +30,15 @@ def dataset_options(dataset: str, clip_count: int) -> dict[str, Any]:
 
 
 def load_clips(dataset: str, split: str, data_dir: str | None, model_config, progress: bool,
-               options: dict[str, Any] | None = None) -> ClipData:
-    """One split of a video dataset with the model's frame count, frame size and channels (of the frames its
-    autoencoder encodes, when frames are latents)."""
+               options: dict[str, Any] | None = None, frame_count: int | None = None) -> ClipData:
+    """One split of a video dataset with the model's frame size and channels (of the frames its autoencoder
+    encodes, when frames are latents) and its frame count, or ``frame_count`` (longer clips to continue)."""
     from .latents import image_geometry
 
     image_size, channels = image_geometry(model_config)
     channels = None if dataset == "moving-mnist" else channels  # moving-mnist is grey only
     data = load_video_dataset(dataset, split, data_dir=data_dir or None, image_size=image_size,
-                              frame_count=model_config.frame_count, channels=channels, progress=progress,
+                              frame_count=frame_count or model_config.frame_count, channels=channels, progress=progress,
                               **(options or {}))
     return ClipData(**{name: getattr(data, name) for name in VideoData.__dataclass_fields__})
 
