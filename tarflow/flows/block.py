@@ -72,7 +72,8 @@ class ARFlowBlock(nn.Module):
         positions = num_tokens + self.prefix_length
         self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, positions,
                                                      config.aft_window, config.exclusive_attention,
-                                                     config.sigma_reparam, config.positions == "rope")
+                                                     config.sigma_reparam, config.positions == "rope",
+                                                     dropout=config.dropout)
                                     for _ in range(layers))
         self.norm = nn.LayerNorm(width) if config.output_norm == "layernorm" else None
         self.num_tokens = num_tokens

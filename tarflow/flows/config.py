@@ -136,6 +136,8 @@ class FlowConfig:
                             "its input) or rope (rotary embedding of queries and keys; mixer=attention only)",
                             choices=("learned", "rope"))
     mlp_ratio: int = option(4, "MLP hidden width as a multiple of width")
+    dropout: float = option(0.0, "residual dropout of every Transformer layer in training, in [0, 1) (0: none; "
+                            "nanoGPT's character-level Shakespeare uses 0.2); sampling and evaluation never drop")
     output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
                               "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
     sigma_reparam: bool = option(False, "sigma-Reparam: every linear layer of each block's Transformer (and its input "
@@ -170,6 +172,11 @@ class FlowConfig:
         if not 0 < self.noise_level_min < self.noise_level_max < float("inf"):
             raise ConfigError(f"noise levels must satisfy 0 < noise_level_min < noise_level_max (finite), got "
                               f"{self.noise_level_min} and {self.noise_level_max}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout and self.architecture == "pretzel":
+            raise ConfigError("dropout is not supported for architecture=pretzel yet (its language-model layers have "
+                              "none): leave it at 0")
         if self.aft_window < 1:
             raise ConfigError(f"aft_window must be at least 1, got {self.aft_window}")
         if self.exclusive_attention and self.mixer != "attention":

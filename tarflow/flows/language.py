@@ -42,7 +42,8 @@ class DiscreteAR(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(context, width) * 0.02) if config.positions == "learned" else None
         self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, config.mixer, context,
                                                      config.aft_window, config.exclusive_attention,
-                                                     config.sigma_reparam, config.positions == "rope")
+                                                     config.sigma_reparam, config.positions == "rope",
+                                                     dropout=config.dropout)
                                     for _ in range(sum(config.block_layers)))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, config.vocab_size)

@@ -68,7 +68,8 @@ class TrajectoryPredictor(nn.Module):
             self.class_embed = nn.Embedding(config.num_classes + 1, width)  # last row: the null class
             nn.init.normal_(self.class_embed.weight, std=0.02)
         self.layers = nn.ModuleList(TransformerLayer(width, config.head_dim, config.mlp_ratio, "attention", num_tokens,
-                                                     sigma_reparam=config.sigma_reparam, causal=False)
+                                                     sigma_reparam=config.sigma_reparam, causal=False,
+                                                     dropout=config.dropout)
                                     for _ in range(config.predictor_layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 2 * token_dim)

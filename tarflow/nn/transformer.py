@@ -28,15 +28,17 @@ class MLP(nn.Module):
 class TransformerLayer(nn.Module):
     """One pre-norm layer. ``mixer``: "attention" (optionally ``exclusive``, XSA) or "aft-{full,local,simple,conv}"
     over ``num_tokens`` positions (``aft_window`` for local and conv); ``sigma_reparam``: every linear layer
-    is a `SigmaReparamLinear`; ``causal=False``: attention sees every position (attention mixer only). The mixer is
-    always the attribute ``attn``."""
+    is a `SigmaReparamLinear`; ``causal=False``: attention sees every position (attention mixer only); ``dropout``:
+    the probability of zeroing each value of the mixer's and the MLP's outputs before their residual adds, in
+    training mode only (nanoGPT's residual dropout). The mixer is always the attribute ``attn``."""
 
     def __init__(self, width: int, head_dim: int, mlp_ratio: int, mixer: str = "attention",
                  num_tokens: int | None = None, aft_window: int = 8, exclusive: bool = False,
-                 sigma_reparam: bool = False, rotary: bool = False, causal: bool = True):
+                 sigma_reparam: bool = False, rotary: bool = False, causal: bool = True, dropout: float = 0.0):
         super().__init__()
         if mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+        self.dropout = dropout
         linear_type = SigmaReparamLinear if sigma_reparam else nn.Linear
         self.norm1 = nn.LayerNorm(width)
         if mixer == "attention":
@@ -60,6 +62,13 @@ class TransformerLayer(nn.Module):
         rows = h if shape is not None else h.reshape(-1, h.shape[-1])
         mixer_shape = shape if shape is not None else h.shape[:2]
         # .forward: no module dispatch for the mixer and the MLP (thousands of calls when sampling); hooks go on the layer
-        rows = rows + self.attn.forward(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape)
-        rows = rows + self.mlp.forward(layer_norm(self.norm2, rows))
+        rows = rows + self.dropped(self.attn.forward(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape))
+        rows = rows + self.dropped(self.mlp.forward(layer_norm(self.norm2, rows)))
         return rows if shape is not None else rows.view(h.shape)
+
+    def dropped(self, rows: Tensor) -> Tensor:
+        """Residual dropout: ``rows`` with each value zeroed with probability ``dropout`` (the rest scaled by
+        1 / (1 - dropout)) in training mode; unchanged in eval mode or without dropout."""
+        if not self.dropout or not self.training:
+            return rows
+        return nn.functional.dropout(rows, self.dropout, training=True)
