@@ -4,6 +4,7 @@ saved model, resuming, and clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +147,47 @@ def test_unknown_prompt_character_and_image_commands_are_clear_errors(text_file,
     assert "['Z', '€'] are not in the model's vocabulary" in err and "Traceback" not in err
     assert main(["sample", str(run), "--count", "2"]) == 2  # image commands refuse a text model
     assert "holds a text model: use `tarflow generate`" in capsys.readouterr().err
+
+
+def test_keep_best_saves_the_best_validation_weights_as_the_model(text_file, tmp_path, monkeypatch):
+    """With keep_best, RUN/model holds the weights of the lowest validation bits/char (here step 3 of 6, the
+    validation figures stubbed to dip there; the EMA copy evaluated then) and eval.json the test figure of those."""
+    import tarflow.train.text as text_training
+    from tarflow.flows.language import DiscreteAR
+
+    real, figures = text_training.evaluate_text, iter([5.0, 4.0, 3.5, 3.9, 4.2, 4.4])
+
+    def evaluate(model, data, *args, **kwargs):
+        result = real(model, data, *args, **kwargs)
+        return {**result, "bits_per_char": next(figures)} if data.split == "validation" else result
+
+    monkeypatch.setattr(text_training, "evaluate_text", evaluate)
+    saved = {}
+    real_save = DiscreteAR.save_pretrained
+
+    def save(model, path, metadata=None):  # the weights of each save, to compare with the final model
+        saved[Path(path).name, (metadata or {}).get("step")] = {k: v.clone() for k, v in model.state_dict().items()}
+        return real_save(model, path, metadata)
+
+    monkeypatch.setattr(DiscreteAR, "save_pretrained", save)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare-ar", "--out", str(run), "--data-dir", str(text_file), *TINY,
+                 "--steps", "6", "--eval-every", "1", "--keep-best", "true"]) == 0
+    assert sorted(step for name, step in saved if name == "best") == [1, 2, 3]  # each new best, then none
+    model = load_language_model(run / "model")
+    assert (model.metadata["best_step"], model.metadata["best_validation_bits_per_char"]) == (3, 3.5)
+    assert all(torch.equal(value, saved["best", 3][name]) for name, value in model.state_dict().items())
+    assert any(not torch.equal(value, saved["best", 1][name]) for name, value in model.state_dict().items())
+    result = json.loads((run / "eval.json").read_text())
+    assert result["best_step"] == 3 and result["weights"] == "best validation (step 3)"
+    test = load_text("text", "test", 8, data_dir=str(text_file), vocabulary=model.config.vocabulary)
+    with torch.no_grad():
+        expected = torch.cat([bits_per_char(log_likelihood(model, chunk).double(), 8)
+                              for chunk in test.windows(8).split(64)])
+    assert abs(result["bits_per_char"] - expected.mean().item()) <= 1e-9
+
+
+def test_keep_best_is_for_text_models(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--keep-best", "true", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    assert "keep_best chooses weights by their validation figure" in capsys.readouterr().err

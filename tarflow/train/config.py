@@ -74,6 +74,8 @@ class TrainConfig:
                                        "tarflow otherwise), tarflow or starflow",
                                        choices=("auto", "tarflow", "starflow"))
     eval_draws: int = option(1, "dequantization draws per test image in the final evaluation")
+    keep_best: bool = option(False, "text models: keep the weights of the best validation evaluation (RUN/best) and "
+                             "save those as RUN/model, with their test figure (early stopping that keeps training)")
     entropy_every: int = option(100, "steps between attention-entropy measurements per block, layer and head, on a "
                                 "fixed batch of 16 training images (0 = off); logged to metrics.jsonl and plotted "
                                 "to attention_entropy.png")
@@ -130,6 +132,9 @@ class RunConfig:
         if self.train.single_modality and self.model.architecture != "pretzel":
             raise ConfigError(f"single_modality={self.train.single_modality!r} makes a baseline of a pretzel model "
                               f"(interleaved words and images): set architecture=pretzel, or leave it empty")
+        if self.train.keep_best and self.model.modality != "text":
+            raise ConfigError("keep_best chooses weights by their validation figure, which text models have (their "
+                              "validation split); image runs evaluate on the test split only: leave it false")
         if self.model.architecture == "ntm" and self.train.noise != "uniform":
             raise ConfigError("a Normalizing Trajectory Model (architecture=ntm) noises uniformly dequantized images "
                               "along its own trajectory: set noise=uniform")

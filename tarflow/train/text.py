@@ -5,6 +5,9 @@ The same optimisation step as images (`step.train_step`: AdamW, warmup + cosine,
 skipping), with a batch of random windows of ``context`` ids and the loss -log p(ids) / context in nats per
 character: the negative ELBO for the flow, the exact negative log-likelihood for the baseline. Validation and
 test bits/char use every non-overlapping window of their split. A run directory resumes like an image run.
+
+With ``keep_best`` each validation that beats the best so far saves the weights (the EMA copy when kept) to
+RUN/best, with its step and figure; at the end those weights are RUN/model and the test figure is theirs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import torch
 
 from ..data.text import TextData, load_text
 from ..errors import ConfigError
-from ..flows.language import bits_per_char, bound_name, build_language_model, log_likelihood
+from ..flows.language import bits_per_char, bound_name, build_language_model, load_language_model, log_likelihood
+from ..flows.saving import read_config_json
 from ..io import atomic_write_text
 from ..sampling.text import generate
 from .config import RunConfig
@@ -29,6 +33,7 @@ from .loop import OneProcessJob, train_one_process
 from .run_dir import check_run_dir
 
 EVAL_BATCH = 64
+BEST = "best"  # RUN/best: the weights of the best validation so far, with keep_best
 
 
 def load_splits(config: RunConfig) -> tuple[RunConfig, dict[str, TextData]]:
@@ -114,8 +119,18 @@ class TextJob(OneProcessJob):
 
     def evaluate(self, model, step, say):
         evaluated = evaluate_text(model, self.splits["validation"], self.config.model.context, self.config.train.seed)
-        say(f"step {step}: validation bits/char {evaluated['bits_per_char']:.4f}")
-        return {"validation_bits_per_char": evaluated["bits_per_char"]}
+        figure = evaluated["bits_per_char"]
+        best = self.best()
+        kept = self.config.train.keep_best and (best is None or figure < best["validation_bits_per_char"])
+        if kept:
+            model.save_pretrained(self.run_dir / BEST, {"step": step, "validation_bits_per_char": figure})
+        say(f"step {step}: validation bits/char {figure:.4f}" + (" (best so far: kept in best/)" if kept else ""))
+        return {"validation_bits_per_char": figure}
+
+    def best(self) -> dict[str, Any] | None:
+        """The metadata (step, validation bits/char) of the weights kept in RUN/best, or None."""
+        folder = self.run_dir / BEST
+        return read_config_json(folder).get("metadata") if (folder / "config.json").is_file() else None
 
     def sample(self, model, step):
         self.sample_file(model, self.run_dir / "samples" / f"step_{step:06d}.txt")
@@ -123,11 +138,18 @@ class TextJob(OneProcessJob):
     def finish(self, model, step, started):
         train_config = self.config.train
         metadata = {"dataset": train_config.dataset, "data_dir": train_config.data_dir, "steps": step}
+        best = self.best() if train_config.keep_best else None
+        if best is not None:  # the best validation's weights stand for the run
+            model = load_language_model(self.run_dir / BEST, self.device)
+            metadata.update(best_step=best["step"], best_validation_bits_per_char=best["validation_bits_per_char"])
         model.save_pretrained(self.run_dir / "model", metadata)
         result = evaluate_text(model, self.splits["test"], self.config.model.context, train_config.seed,
                                train_config.eval_draws)
         result.update(dataset=train_config.dataset, split="test", steps=step, device=str(self.device),
                       train_time_s=round(time.perf_counter() - started, 1))
+        if best is not None:
+            result.update(weights=f"best validation (step {best['step']})", best_step=best["step"],
+                          best_validation_bits_per_char=best["validation_bits_per_char"])
         self.sample_file(model, self.run_dir / "samples.txt")
         return result
 
