@@ -56,8 +56,6 @@ def test_models_with_dropout_are_their_weights_in_eval_mode(options):
 def test_dropout_errors():
     with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\)"):
         FlowConfig(dropout=1.0)
-    with pytest.raises(ConfigError, match="not supported for architecture=pretzel"):
-        FlowConfig(architecture="pretzel", dropout=0.1)
 
 
 def test_cli_trains_with_dropout(tmp_path):
@@ -65,3 +63,22 @@ def test_cli_trains_with_dropout(tmp_path):
     assert main(["train", "--preset", "tiny", "--steps", "2", "--dropout", "0.2", "--eval-every", "0",
                  "--sample-every", "0", "--out", str(run), "--no-progress"]) == 0
     assert json.loads((run / "model" / "config.json").read_text())["model"]["dropout"] == 0.2
+
+
+def test_llama_layers_drop_in_training_only(tmp_path):
+    """The language-model stream of a pretzel model from a Llama directory takes the same residual dropout."""
+    from pathlib import Path
+
+    from conftest import write_llama_directory
+    from tarflow.nn.llama import LlamaLayer, LlamaSpec
+
+    directory = Path(write_llama_directory(tmp_path / "llama"))
+    spec = LlamaSpec.from_json((directory / "config.json").read_text(), 16)
+    torch.manual_seed(0)
+    layer, plain = LlamaLayer(spec, 16, dropout=0.5), LlamaLayer(spec, 16)
+    plain.load_state_dict(layer.state_dict())
+    h = torch.randn(2, 5, spec.hidden_size)
+    layer.train()
+    assert not torch.equal(layer(h), layer(h))
+    layer.eval()
+    assert torch.equal(layer(h), plain.eval()(h))

@@ -174,9 +174,6 @@ class FlowConfig:
                               f"{self.noise_level_min} and {self.noise_level_max}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.dropout and self.architecture == "pretzel":
-            raise ConfigError("dropout is not supported for architecture=pretzel yet (its language-model layers have "
-                              "none): leave it at 0")
         if self.aft_window < 1:
             raise ConfigError(f"aft_window must be at least 1, got {self.aft_window}")
         if self.exclusive_attention and self.mixer != "attention":

@@ -130,7 +130,8 @@ class Pretzel(nn.Module):
         config = self.config
         if not config.language_model:
             return nn.ModuleList(self.joint_layer() for _ in range(count))
-        return llama_layers(LlamaSpec.from_json(config.language_model_config, config.context), config.context)
+        spec = LlamaSpec.from_json(config.language_model_config, config.context)
+        return llama_layers(spec, config.context, config.dropout)
 
     def load_language_model(self, directory: str) -> int:
         """The LM stream's weights from the directory, and the word embedding and LM head started from its rows for
@@ -152,7 +153,7 @@ class Pretzel(nn.Module):
         config = self.config
         return TransformerLayer(config.width, config.head_dim, config.mlp_ratio, "attention", config.context,
                                 exclusive=config.exclusive_attention, sigma_reparam=config.sigma_reparam,
-                                rotary=config.positions == "rope")
+                                rotary=config.positions == "rope", dropout=config.dropout)
 
     @property
     def image_tokens(self) -> int:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .attention import LayerCache
 from .rotary import Rotary
+from .transformer import residual_dropout
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 LAYER_PREFIX = "model.layers."
@@ -145,8 +146,9 @@ class LlamaLayer(nn.Module):
     """One decoder layer, called as `tarflow.nn.TransformerLayer` is (rows and ``shape``, or (B, L, W)).
     ``attn`` is its attention (the KV cache reads its ``kv_heads`` and ``head_dim``)."""
 
-    def __init__(self, spec: LlamaSpec, context: int):
+    def __init__(self, spec: LlamaSpec, context: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout  # residual dropout in training, as `TransformerLayer`'s
         self.input_layernorm = nn.RMSNorm(spec.hidden_size, eps=spec.norm_eps)
         self.self_attn = LlamaAttention(spec, context)
         self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, eps=spec.norm_eps)
@@ -161,14 +163,15 @@ class LlamaLayer(nn.Module):
         if attn_temp is not None:
             raise ValueError("a language model layer has no attention temperature")
         rows = h if shape is not None else h.reshape(-1, h.shape[-1])
-        rows = rows + self.self_attn(self.input_layernorm(rows), cache, pos, shape or tuple(h.shape[:2]))
-        rows = rows + self.mlp(self.post_attention_layernorm(rows))
+        mixed = self.self_attn(self.input_layernorm(rows), cache, pos, shape or tuple(h.shape[:2]))
+        rows = rows + residual_dropout(mixed, self.dropout, self.training)
+        rows = rows + residual_dropout(self.mlp(self.post_attention_layernorm(rows)), self.dropout, self.training)
         return rows if shape is not None else rows.view(h.shape)
 
 
-def llama_layers(spec: LlamaSpec, context: int) -> nn.ModuleList:
+def llama_layers(spec: LlamaSpec, context: int, dropout: float = 0.0) -> nn.ModuleList:
     """The spec's decoder layers, freshly initialised (`load_llama_weights` fills them)."""
-    return nn.ModuleList(LlamaLayer(spec, context) for _ in range(spec.layers))
+    return nn.ModuleList(LlamaLayer(spec, context, dropout) for _ in range(spec.layers))
 
 
 def load_llama_weights(layers: nn.ModuleList, directory: str, tensors: dict[str, Tensor] | None = None) -> None:

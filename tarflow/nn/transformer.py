@@ -62,13 +62,15 @@ class TransformerLayer(nn.Module):
         rows = h if shape is not None else h.reshape(-1, h.shape[-1])
         mixer_shape = shape if shape is not None else h.shape[:2]
         # .forward: no module dispatch for the mixer and the MLP (thousands of calls when sampling); hooks go on the layer
-        rows = rows + self.dropped(self.attn.forward(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape))
-        rows = rows + self.dropped(self.mlp.forward(layer_norm(self.norm2, rows)))
+        mixed = self.attn.forward(layer_norm(self.norm1, rows), attn_temp, cache, pos, mixer_shape)
+        rows = rows + residual_dropout(mixed, self.dropout, self.training)
+        rows = rows + residual_dropout(self.mlp.forward(layer_norm(self.norm2, rows)), self.dropout, self.training)
         return rows if shape is not None else rows.view(h.shape)
 
-    def dropped(self, rows: Tensor) -> Tensor:
-        """Residual dropout: ``rows`` with each value zeroed with probability ``dropout`` (the rest scaled by
-        1 / (1 - dropout)) in training mode; unchanged in eval mode or without dropout."""
-        if not self.dropout or not self.training:
-            return rows
-        return nn.functional.dropout(rows, self.dropout, training=True)
+
+def residual_dropout(rows: Tensor, probability: float, training: bool) -> Tensor:
+    """``rows`` with each value zeroed with ``probability`` (the rest scaled by 1 / (1 - probability)) in training;
+    unchanged in eval mode or without dropout."""
+    if not probability or not training:
+        return rows
+    return nn.functional.dropout(rows, probability, training=True)
