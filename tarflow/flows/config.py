@@ -136,8 +136,9 @@ class FlowConfig:
                             "its input) or rope (rotary embedding of queries and keys; mixer=attention only)",
                             choices=("learned", "rope"))
     mlp_ratio: int = option(4, "MLP hidden width as a multiple of width")
-    dropout: float = option(0.0, "residual dropout of every Transformer layer in training, in [0, 1) (0: none; "
-                            "nanoGPT's character-level Shakespeare uses 0.2); sampling and evaluation never drop")
+    dropout: float = option(0.0, "residual dropout of the model's Transformer layers (not a caption encoder's) in "
+                            "training, in [0, 1) (0: none; nanoGPT's character-level Shakespeare uses 0.2); sampling "
+                            "and evaluation never drop")
     output_norm: str = option("layernorm", "normalisation before each block's output projection: layernorm, or "
                               "none (checkpoints imported from apple/ml-tarflow)", choices=("layernorm", "none"))
     sigma_reparam: bool = option(False, "sigma-Reparam: every linear layer of each block's Transformer (and its input "
