@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..configs import check_choices, option
 from ..errors import ConfigError
-from ..modalities import MODALITIES, build_modality
+from ..modalities import MODALITIES, build_modality, models_latents
 from ..nn.llama import LlamaSpec, read_config_text
 from .captions import CAPTION_SETS, caption_vocabulary, phrasings, words_of
 from .orders import ORDERS
@@ -347,7 +347,7 @@ class FlowConfig:
     def latent(self) -> bool:
         """Whether the flow models autoencoder latents (modality=latents, or video frames through an autoencoder):
         a continuous density, reported in latent nats/dim, and samples decoded to images."""
-        return self.modality == "latents" or (self.modality == "video" and bool(self.autoencoder))
+        return models_latents(self.modality, self.autoencoder)
 
     @property
     def vocab_size(self) -> int:

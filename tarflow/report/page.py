@@ -98,9 +98,11 @@ def image_figure(evaluation: dict) -> str:
 
 def figure_of(contents: RunContents) -> Figure:
     """Latent models report nats/dim, text models bits/char (validation during training), images bits/dim."""
+    from ..modalities import models_latents
+
     model = contents.config["model"]
     modality = model.get("modality")
-    latent = modality == "latents" or (modality == "video" and bool(model.get("autoencoder")))
+    latent = models_latents(modality, model.get("autoencoder", ""))
     if model.get("architecture") == "pretzel":  # words and images: the text figure first
         return Figure("text_bits_per_word", "text bits/word", "test_text_bits_per_word", "test", "sequences")
     if latent:
