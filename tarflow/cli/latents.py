@@ -27,10 +27,7 @@ def cmd_eval_latents(args: argparse.Namespace, model, model_dir, name: str, data
     if refused:
         raise ConfigError(f"{', '.join(refused)} do not apply to a latent model: its figure is -log p of its test "
                           f"latents with one draw of its training noise, as in the run's eval.json")
-    noise_std = float(model.metadata.get("noise_std", 0.0))
-    if not noise_std:
-        raise ConfigError(f"{model_dir} does not record its training noise std (metadata noise_std), which the "
-                          f"latent nats/dim are measured at")
+    noise_std = training_noise_std(model, model_dir)
     channels, side = image_geometry(model)
     data = load_dataset(name, args.split, data_dir=data_dir, image_size=side, channels=channels,
                         progress=not args.no_progress)
@@ -47,6 +44,15 @@ def cmd_eval_latents(args: argparse.Namespace, model, model_dir, name: str, data
                   likelihood_prior=config.likelihood_prior)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def training_noise_std(model, model_dir) -> float:
+    """The noise std a latent model was trained with (its metadata), at which its latent nats/dim are measured."""
+    noise_std = float(model.metadata.get("noise_std", 0.0))
+    if not noise_std:
+        raise ConfigError(f"{model_dir} does not record its training noise std (metadata noise_std), which the "
+                          f"latent nats/dim are measured at")
+    return noise_std
 
 
 @dataclass

@@ -45,21 +45,18 @@ def eval_latent_clips(args: argparse.Namespace, model, model_dir: Path, name: st
     given the earlier ones: the figure its trainer writes to eval.json, with the same noise."""
     from ..metrics.video import evaluate_frame_latent_nll
     from ..train.latents import encode_split, evaluate_latent_nll
-    from .latents import LATENT_UNIT
+    from .latents import LATENT_UNIT, training_noise_std
 
     if args.draws != 1:
         raise ConfigError("--draws does not apply to frames through an autoencoder: the figure is -log p of the "
                           "test latents with one draw of the training noise, as in the run's eval.json")
-    noise_std = float(model.metadata.get("noise_std", 0.0))
-    if not noise_std:
-        raise ConfigError(f"{model_dir} does not record its training noise std (metadata noise_std), which the "
-                          f"latent nats/dim are measured at")
+    noise_std = training_noise_std(model, model_dir)
     config = model.config
     latents = encode_split(model.modality.frames, data, progress=not args.no_progress)
     labels = latents.labels if config.num_classes else None
     result = evaluate_latent_nll(model, latents, labels, noise_std, seed=args.seed,
                                  progress=not args.no_progress)
-    per_frame = evaluate_frame_latent_nll(model, latents.latents, labels, noise_std, seed=args.seed)
+    per_frame = evaluate_frame_latent_nll(model, latents, labels, noise_std, seed=args.seed)
     result.update(latent_nats_per_dim_per_frame=[round(nats, 6) for nats in per_frame],
                   per_frame="latent nats/dim of frame f given frames < f", unit=LATENT_UNIT, noise_std=noise_std,
                   latent_dims=config.num_dims, clips=len(latents), dataset=name, split=args.split,

@@ -76,19 +76,19 @@ def evaluate_frame_bpd(model, clips: Tensor, labels: Tensor | None, levels: int,
 
 
 @torch.no_grad()
-def evaluate_frame_latent_nll(model, latents: Tensor, labels: Tensor | None, noise_std: float, batch_size: int = 256,
+def evaluate_frame_latent_nll(model, test, labels: Tensor | None, noise_std: float, batch_size: int = 256,
                               seed: int = 0) -> list[float]:
     """Latent nats/dim of each frame given the earlier ones, -log p(z_f + sigma eps_f | z_<f + sigma eps_<f) / D_f,
-    averaged over scaled latent clips (N, F, C, S, S) with the noise of `evaluate_latent_nll` (same ``seed`` and
-    batches): their mean is its figure."""
+    averaged over the scaled latent clips (N, F, C, S, S) of ``test`` (a `LatentData`) with the noise of
+    `evaluate_latent_nll` (same ``seed`` and batches): their mean is its figure."""
     model.eval()
-    dims = latents[0, 0].numel()
-    total = torch.zeros(latents.shape[1], dtype=torch.float64)
-    for start in range(0, latents.shape[0], batch_size):
-        clean = latents[start:start + batch_size]
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        noisy = clean + noise_std * torch.randn(clean.shape, generator=generator)
-        y = None if labels is None else labels[start:start + batch_size].to(model.device)
+    count, frames = test.latents.shape[:2]
+    dims = test.latents[0, 0].numel()
+    total = torch.zeros(frames, dtype=torch.float64)
+    for start in range(0, count, batch_size):
+        index = torch.arange(start, min(start + batch_size, count))
+        noisy = test.noisy(index, noise_std, torch.Generator().manual_seed(seed * 1_000_003 + start))
+        y = None if labels is None else labels[index].to(model.device)
         log_p = frame_log_prob(model, noisy.to(model.device, model.dtype), y).double().cpu()
         total += (-log_p / dims).sum(0)
-    return (total / latents.shape[0]).tolist()
+    return (total / count).tolist()
