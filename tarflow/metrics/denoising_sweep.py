@@ -29,10 +29,10 @@ from ..errors import ConfigError, TarflowError
 from ..io import atomic_write_text
 from ..progress import progress_bar
 from ..sampling import IterativeDenoiser
-from .fid import FeatureExtractor, dataset_statistics
-from .model_data import folder_size, model_levels
-from .sample_quality import fitted_classifier
-from .sweep import cache_key, measured_row, read_cached_row, write_cached_row
+from .fid import FeatureExtractor
+from .model_data import model_levels
+from .samples import sample_batches
+from .sweep import cache_key, read_cached_row, save_tensor, sweep_measures, write_cached_row
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def sweep_denoising(model, dataset: str, settings: list[Denoising], count: int =
     """Measure each setting on the same ``count`` samples at t1 (drawn by ``sampler``, default sequential; classes
     in turn): "consistency" (class-conditional models), "fid" (with ``extractor``, against ``ref_count`` images of
     ``split``) and "seconds_per_image" {"generation", "denoising", "total"}.
-    Returns {"rows": [{"setting", "steps", "dynamics", "clip", ..., "strip"}], "generation": {...}, ...}."""
+    Returns {"rows": [{"setting", "steps", "dynamics", "clip", "seconds_per_image", ..., "strip"}], ...}."""
     from ..sampling import SequentialSampler
 
     config = model.config
@@ -92,16 +92,8 @@ def sweep_denoising(model, dataset: str, settings: list[Denoising], count: int =
         raise ConfigError("sweep-denoising compares the iterative denoising of a noise-conditioned model (iTARFlow, "
                           "noise_conditioning=true), which samples at its highest level t1; this model was trained "
                           "at one noise level: use sweep-sampling, or tarflow fid --denoise tweedie|none")
-    if not config.num_classes and extractor is None:
-        raise ConfigError("this model is unconditional, so there is no class consistency to measure: give an "
-                          "Inception feature extractor (--weights FILE) to measure FID per setting")
+    measures = sweep_measures(model, dataset, extractor, split, ref_count, classifier_steps, data_dir, progress)
     levels = model_levels(model)
-    classifier, classifier_info = (fitted_classifier(model, dataset, classifier_steps, data_dir, progress)
-                                   if config.num_classes else (None, None))
-    reference = None
-    if extractor is not None:
-        reference, _ = dataset_statistics(extractor, dataset, split, ref_count, seed=0, data_dir=data_dir,
-                                          progress=progress, **folder_size(model, dataset))
     key = {**cache_key(model, dataset, split, ref_count, count, seed, batch_size, sampler_name, extractor),
            "guidance": None if guidance is None else [guidance.weight, guidance.rule], "temperature": temperature}
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -125,18 +117,16 @@ def sweep_denoising(model, dataset: str, settings: list[Denoising], count: int =
         generation = drawn["seconds"] / count
         seconds = {"generation": round(generation, 6), "denoising": round(denoising, 6),
                    "total": round(generation + denoising, 6)}
-        row = measured_row({"setting": setting.name, "steps": setting.steps, "dynamics": setting.dynamics,
-                            "clip": setting.clip, "seconds_per_image": seconds}, images, labels, classifier, extractor,
-                           reference, levels, config.num_classes, progress)
+        row = measures.row({"setting": setting.name, "steps": setting.steps, "dynamics": setting.dynamics,
+                            "clip": setting.clip, "seconds_per_image": seconds}, images, labels, levels,
+                           config.num_classes, progress)
         if cache:
             write_cached_row(cache, key, setting, row)
         rows.append(row)
     return {"dataset": dataset, "split": split, "samples": count, "seed": seed, "sampler": sampler_name,
             "guidance": guidance.weight if guidance else 0.0, "guidance_rule": guidance.rule if guidance else None,
             "temperature": temperature, "noise_levels": [config.noise_level_min, config.noise_level_max],
-            "rows": rows,
-            "classifier": None if classifier_info is None else {"test_accuracy": classifier_info["test_accuracy"],
-                                                                "file": classifier_info["path"]}}
+            "rows": rows, "classifier": measures.classifier_summary()}
 
 
 def samples_at_t1(sampler, count: int, labels: Tensor | None, temperature: float, guidance, seed: int,
@@ -152,20 +142,11 @@ def samples_at_t1(sampler, count: int, labels: Tensor | None, temperature: float
         except (OSError, ValueError, KeyError, RuntimeError):
             pass
     started = time.perf_counter()
-    chunks = []
-    for low in progress_bar(range(0, count, batch_size), desc="sampling at t1", enabled=progress, leave=False,
-                            unit="batch"):
-        high = min(low + batch_size, count)
-        y = None if labels is None else labels[low:high]
-        x = sampler.sample(high - low, y, temperature, guidance, None,
-                           generator=torch.Generator().manual_seed(seed * 1_000_003 + low))
-        chunks.append(x.float().cpu())
-    drawn = {"samples": torch.cat(chunks), "seconds": time.perf_counter() - started}
+    batches = sample_batches(sampler, count, labels, temperature, guidance, None, batch_size, seed, progress,
+                             desc="sampling at t1")
+    drawn = {"samples": torch.cat([x.float().cpu() for _, x in batches]), "seconds": time.perf_counter() - started}
     if files is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = files[0].with_name(files[0].name + ".partial")
-        torch.save(drawn["samples"], partial)
-        os.replace(partial, files[0])
+        save_tensor(drawn["samples"], files[0])
         atomic_write_text(files[1], json.dumps({"key": key, "seconds": drawn["seconds"]}) + "\n")
     return drawn
 

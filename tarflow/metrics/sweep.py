@@ -12,6 +12,7 @@ already measured with the same model file, data and options is read from the cac
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text
 from ..sampling import Guidance
 from .fid import FeatureExtractor, dataset_statistics, fid_from_stats
 from .model_data import denoise_std_of, folder_size, model_levels
@@ -78,18 +79,8 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
     Returns {"rows": [{"setting", "guidance", "rule", "temperature", "consistency", "fid", "strip"}], ...}.
     """
     config = model.config
-    if not config.num_classes and extractor is None:
-        raise ConfigError("this model is unconditional, so there is no class consistency to measure: give an "
-                          "Inception feature extractor (--weights FILE) to measure FID per setting")
+    measures = sweep_measures(model, dataset, extractor, split, ref_count, classifier_steps, data_dir, progress)
     levels, denoise_std = model_levels(model), denoise_std_of(model)
-    size = folder_size(model, dataset)
-    classifier, classifier_info = None, None
-    if config.num_classes:
-        classifier, classifier_info = fitted_classifier(model, dataset, classifier_steps, data_dir, progress)
-    reference = None
-    if extractor is not None:
-        reference, _ = dataset_statistics(extractor, dataset, split, ref_count, seed=0, data_dir=data_dir,
-                                          progress=progress, **size)
     key = cache_key(model, dataset, split, ref_count, count, seed, batch_size, sampler_name, extractor)
     if decoding is not None:  # absent for pixel models, whose cached rows keep their key
         key["decoding"] = decoding
@@ -107,29 +98,59 @@ def sweep_sampling(model, dataset: str, settings: list[Setting], count: int = 10
         guidance = setting.guidance_object
         images = generate_levels(sampler_for(guidance), count, labels, levels, setting.temperature, guidance,
                                  denoise_std, min(batch_size, count), seed, progress=progress)
-        row = measured_row({"setting": setting.name, **asdict(setting)}, images, labels, classifier, extractor,
-                           reference, levels, config.num_classes, progress)
+        row = measures.row({"setting": setting.name, **asdict(setting)}, images, labels, levels, config.num_classes,
+                           progress)
         if cache:
             write_cached_row(cache, key, setting, row)
         rows.append(row)
     return {"dataset": dataset, "split": split, "samples": count, "seed": seed, "sampler": sampler_name,
-            "denoise_std": denoise_std, **(decoding or {}), "rows": rows,
-            "classifier": None if classifier_info is None else {"test_accuracy": classifier_info["test_accuracy"],
-                                                                "file": classifier_info["path"]}}
+            "denoise_std": denoise_std, **(decoding or {}), "rows": rows, "classifier": measures.classifier_summary()}
 
 
-def measured_row(row: dict[str, Any], images, labels, classifier, extractor: FeatureExtractor | None, reference,
-                 levels: int, num_classes: int, progress: bool) -> dict[str, Any]:
-    """``row`` with the figures of uint8 ``images``: "consistency" against ``labels`` (with ``classifier``), "fid"
-    against ``reference`` (with ``extractor``), and "strip", the first images (one per class, at least 10), for the
-    picture."""
-    if classifier is not None:
-        row["consistency"] = round((classifier.predict(images) == labels).double().mean().item(), 6)
+@dataclass
+class Measures:
+    """What a sweep measures every setting with: the dataset's small classifier (class-conditional models) and the
+    FID extractor with the reference statistics of the split."""
+
+    classifier: Any = None
+    classifier_info: dict[str, Any] | None = None
+    extractor: FeatureExtractor | None = None
+    reference: Any = None
+
+    def row(self, row: dict[str, Any], images, labels, levels: int, num_classes: int, progress: bool
+            ) -> dict[str, Any]:
+        """``row`` with the figures of uint8 ``images``: "consistency" against ``labels``, "fid" against the
+        reference, and "strip", the first images (one per class, at least 10), for the picture."""
+        if self.classifier is not None:
+            row["consistency"] = round((self.classifier.predict(images) == labels).double().mean().item(), 6)
+        if self.extractor is not None:
+            stats = self.extractor.statistics(images, levels, progress=progress, desc="FID features samples")
+            row["fid"] = round(fid_from_stats(stats, self.reference), 4)
+        row["strip"] = images[:max(num_classes, 10)]
+        return row
+
+    def classifier_summary(self) -> dict[str, Any] | None:
+        """The classifier's test accuracy and file, for the sweep's result."""
+        info = self.classifier_info
+        return None if info is None else {"test_accuracy": info["test_accuracy"], "file": info["path"]}
+
+
+def sweep_measures(model, dataset: str, extractor: FeatureExtractor | None, split: str, ref_count: int | None,
+                   classifier_steps: int, data_dir, progress: bool) -> Measures:
+    """The `Measures` of a sweep of ``model`` on ``dataset``: its classifier (trained once and cached) when the
+    model is class-conditional, the reference statistics of ``split`` when an ``extractor`` is given; an
+    unconditional model without an extractor has nothing to measure and is refused."""
+    measures = Measures(extractor=extractor)
+    if model.config.num_classes:
+        measures.classifier, measures.classifier_info = fitted_classifier(model, dataset, classifier_steps, data_dir,
+                                                                          progress)
+    elif extractor is None:
+        raise ConfigError("this model is unconditional, so there is no class consistency to measure: give an "
+                          "Inception feature extractor (--weights FILE) to measure FID per setting")
     if extractor is not None:
-        stats = extractor.statistics(images, levels, progress=progress, desc="FID features samples")
-        row["fid"] = round(fid_from_stats(stats, reference), 4)
-    row["strip"] = images[:max(num_classes, 10)]
-    return row
+        measures.reference, _ = dataset_statistics(extractor, dataset, split, ref_count, seed=0, data_dir=data_dir,
+                                                   progress=progress, **folder_size(model, dataset))
+    return measures
 
 
 def cache_key(model, dataset, split, ref_count, count, seed, batch_size, sampler_name, extractor) -> dict[str, Any]:
@@ -168,12 +189,16 @@ def read_cached_row(cache: Path, key: dict[str, Any], setting) -> dict[str, Any]
 
 def write_cached_row(cache: Path, key: dict[str, Any], setting, row: dict[str, Any]) -> None:
     record_file, strip_file = row_files(cache, setting)
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = strip_file.with_name(strip_file.name + ".partial")
-    torch.save(row["strip"], partial)
-    os.replace(partial, strip_file)
+    save_tensor(row["strip"], strip_file)
     record = {"key": key, "row": {name: value for name, value in row.items() if name != "strip"}}
     atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
+
+
+def save_tensor(tensor: torch.Tensor, path: Path) -> None:
+    """``tensor`` as torch.save writes it, to ``path`` atomically (a crash leaves the previous file or none)."""
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_sweep(rows: list[dict[str, Any]], levels: int, path: str | os.PathLike) -> Path:
