@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tarflow import FlowConfig, SequentialSampler, TarFlow, tweedie_denoise
+from tarflow.data import dequantize
 from tarflow.sampling.flow_score import (CausalScoreDenoiser, ScoreDenoisedSampler, ScoreDenoiserConfig,
-                                         fit_score_denoiser, flow_correction)
+                                         denoising_errors, fit_score_denoiser, flow_correction)
 
 from conftest import randomise
 
@@ -66,3 +67,21 @@ def test_fitting_reduces_the_loss_and_the_sampler_applies_the_correction(tmp_pat
     loaded = CausalScoreDenoiser.from_pretrained(denoiser.save_pretrained(tmp_path / "denoiser"))
     assert loaded.config == denoiser.config and loaded.proj_in.weight.dtype == torch.float64
     assert (loaded(noisy) - denoiser(noisy)).abs().max() <= 1e-12
+
+
+def test_denoising_errors_are_the_squared_errors_of_each_estimate_to_the_clean_clips():
+    """One batch (seed 0) recomputed by hand; the noisy clips' error is sigma^2 up to sampling (768 dims)."""
+    model, denoiser = video_model(), random_denoiser()
+    clips = torch.randint(0, 256, (16, 3, 1, 4, 4), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    errors = denoising_errors(model, clips, 256, SIGMA, denoiser=denoiser, batch_size=16)
+    clean = dequantize(clips, 256, "gaussian", 0.0).double()
+    noisy = clean + SIGMA * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0)).double()
+    expected = {"noisy": noisy, "tweedie": noisy + flow_correction(model, noisy, SIGMA),
+                "score_denoiser": denoiser.denoise(noisy)}
+    assert errors.keys() == expected.keys()
+    for name, estimate in expected.items():
+        assert abs(errors[name] - float(((estimate - clean) ** 2).mean())) <= 1e-12
+    assert 0.8 * SIGMA ** 2 <= errors["noisy"] <= 1.2 * SIGMA ** 2
+    assert errors["tweedie"] != errors["noisy"] != errors["score_denoiser"]
+    batched = denoising_errors(model, clips, 256, SIGMA, batch_size=5)  # other noise, the same kinds
+    assert batched.keys() == {"noisy", "tweedie"} and 0.8 * SIGMA ** 2 <= batched["noisy"] <= 1.2 * SIGMA ** 2

@@ -107,6 +107,23 @@ def test_flow_score_denoiser_from_the_command_line(run_dir, mnist_dir, tmp_path,
     assert main(["sample", str(noisy_run), "--count", "2", "--sampler", "sequential", "--score-denoiser",
                  fitted["out"], "--out", str(out)]) == 0
     assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)
+    consistency = ["temporal-consistency", str(noisy_run), "--data-dir", str(mnist_dir), "--count", "2",
+                   "--classifier-steps", "2", "--sampler", "sequential", "--no-progress"]
+    capsys.readouterr()
+    assert main(consistency) == 0
+    tweedie = json.loads(capsys.readouterr().out)
+    assert tweedie["denoising"] == "on (sigma=0.1)"
+    assert tweedie["denoising_error"].keys() == {"noisy", "tweedie", "clips", "sigma", "unit"}
+    assert main(consistency + ["--score-denoiser", fitted["out"]]) == 0
+    fsm = json.loads(capsys.readouterr().out)
+    assert fsm["denoising"] == f"score denoiser {fitted['out']}"
+    assert fsm["denoising_error"]["noisy"] == tweedie["denoising_error"]["noisy"]  # the same noisy test clips
+    assert fsm["denoising_error"]["tweedie"] == tweedie["denoising_error"]["tweedie"]
+    assert fsm["denoising_error"]["score_denoiser"] >= 0
+    assert main(consistency + ["--continue-from", "2"]) != 0
+    assert "pass --denoise none" in capsys.readouterr().err
+    assert main(consistency + ["--denoise", "none", "--score-denoiser", fitted["out"]]) != 0
+    assert "this one was not (or --denoise none was given)" in capsys.readouterr().err
     assert main(["fit-score-denoiser", str(run_dir), "--steps", "1", "--no-progress"]) != 0
     assert "needs a model trained with gaussian noise" in capsys.readouterr().err
     assert main(["sample", str(run_dir), "--score-denoiser", fitted["out"], "--out", str(out)]) != 0

@@ -133,15 +133,9 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
                           "noise-conditioned model (generated at a noise level, then denoised) does not support")
     started = time.perf_counter()
     if args.score_denoiser is not None:
-        from ..sampling.flow_score import CausalScoreDenoiser, ScoreDenoisedSampler
+        from ..sampling.flow_score import ScoreDenoisedSampler
 
-        if sigma is None:
-            raise ConfigError("--score-denoiser removes the training noise of a model trained with gaussian noise: "
-                              "this one was not (or --denoise none was given)")
-        denoiser = CausalScoreDenoiser.from_pretrained(args.score_denoiser).to(model.device, model.dtype)
-        if denoiser.config.frame_count != window or abs(denoiser.config.sigma - sigma) > 1e-12:
-            raise ConfigError(f"--score-denoiser {args.score_denoiser} was fitted for {denoiser.config.frame_count} "
-                              f"frames at sigma {denoiser.config.sigma:g}, not this model's {window} at {sigma:g}")
+        denoiser = load_score_denoiser(args.score_denoiser, model, sigma)
         if frames > window:
             raise ConfigError(f"--score-denoiser denoises whole clips of the model's {window} frames: --frames "
                               f"beyond it is not supported with it")
@@ -170,6 +164,22 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
     return seconds, f"{frames}-frame clips {what}{windows}"
 
 
+def load_score_denoiser(path: str, model, sigma: float | None):
+    """The `CausalScoreDenoiser` in ``path``, on the model's device; a `ConfigError` unless it was fitted for this
+    model's clips at its noise ``sigma`` (None: the model's samples are not denoised)."""
+    from ..sampling.flow_score import CausalScoreDenoiser
+
+    if sigma is None:
+        raise ConfigError("--score-denoiser removes the training noise of a model trained with gaussian noise: "
+                          "this one was not (or --denoise none was given)")
+    denoiser = CausalScoreDenoiser.from_pretrained(path).to(model.device, model.dtype)
+    window = model.modality.frame_count
+    if denoiser.config.frame_count != window or abs(denoiser.config.sigma - sigma) > 1e-12:
+        raise ConfigError(f"--score-denoiser {path} was fitted for {denoiser.config.frame_count} frames at sigma "
+                          f"{denoiser.config.sigma:g}, not this model's {window} at {sigma:g}")
+    return denoiser
+
+
 def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
     from .options import number
 
@@ -192,9 +202,10 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     from ..data.moving_mnist import digit_sets
     from ..metrics.temporal import consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier
     from ..runs import load_model
+    from ..sampling.flow_score import ScoreDenoisedSampler, denoising_errors
     from ..train.video import load_clips
     from ..viz import to_uint8
-    from .sample import choose_sampler
+    from .sample import choose_denoiser, choose_sampler
 
     model, model_dir = load_model(args.path, args.device)
     metadata = model.metadata
@@ -211,10 +222,21 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
                                         seed=args.seed).to(model.device)
     trained_in = time.perf_counter() - started
     sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
+    iterative, sigma, denoised = choose_denoiser(model, args)
+    if iterative is not None:
+        raise ConfigError("temporal-consistency samples whole clips exactly; --denoise iterative (noise-conditioned "
+                          "models) does not apply to video")
+    if args.continue_from and sigma:
+        raise ConfigError("--continue-from continues clips exactly, which does not combine with denoising: pass "
+                          "--denoise none (and no --score-denoiser) for a model trained with gaussian noise")
+    denoiser = load_score_denoiser(args.score_denoiser, model, sigma) if args.score_denoiser else None
+    if denoiser is not None:
+        sampler, denoised = ScoreDenoisedSampler(sampler, denoiser), f"score denoiser {args.score_denoiser}"
     temperature = float(metadata.get("sampling", {}).get("temperature", 1.0))
     classes = model.config.num_classes
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
-    samples = sampler.sample(args.count, y, temperature, generator=torch.Generator().manual_seed(args.seed))
+    samples = sampler.sample(args.count, y, temperature, None, None if denoiser else sigma,
+                             generator=torch.Generator().manual_seed(args.seed))
     clips = to_uint8(model.modality.to_frames(samples), train.levels).cpu()
     matching = {}
     if classes:
@@ -227,7 +249,14 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
               "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
               "classifier_train_s": round(trained_in, 1), "temperature": temperature, "sampler": how,
-              "model": str(model_dir)}
+              "denoising": denoised, "model": str(model_dir)}
+    if sigma:  # trained with gaussian noise: how near each denoiser takes noisy test clips to the clean ones
+        count = min(args.count, len(test))
+        labels = test.labels[:count] if classes else None
+        result["denoising_error"] = {
+            **denoising_errors(model, test.clips[:count], test.levels, sigma, labels, denoiser, seed=args.seed),
+            "clips": count, "sigma": sigma,
+            "unit": "mean squared error to the clean test clips per dimension, in the flow's units"}
     if args.continue_from:
         result["continuation"] = continuation_figures(args, model, sampler, classifier, data_dir, options,
                                                       temperature, train.levels)
@@ -269,7 +298,7 @@ def continuation_figures(args: argparse.Namespace, model, sampler, classifier, d
 
 
 def add_temporal_consistency_parser(sub) -> None:
-    from .options import DEVICE_HELP, add_sampler_options, number
+    from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, number
 
     parser = sub.add_parser("temporal-consistency", help="video models on moving-mnist: the fraction of sampled clips "
                             "whose digits stay the same first to last frame, by a per-frame digit classifier, as JSON")
@@ -284,6 +313,12 @@ def add_temporal_consistency_parser(sub) -> None:
                         "the per-pixel error of the continued frames and their digits' consistency")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_sampler_options(parser)
+    add_denoise_options(parser, "models trained with gaussian noise: tweedie (default; also --denoise alone), one "
+                        "Tweedie step with the flow's score; none")
+    parser.add_argument("--score-denoiser", default=None, metavar="DIR",
+                        help="models trained with gaussian noise: denoise the samples with this fitted causal score "
+                        "denoiser (`tarflow fit-score-denoiser`) instead of the Tweedie step; the denoising errors "
+                        "on noisy test clips then give both")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=cmd_temporal_consistency)
 

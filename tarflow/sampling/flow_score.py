@@ -76,8 +76,6 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
     """A `CausalScoreDenoiser` fitted to the flow's corrections on uint8 training ``clips`` (N, F, C, H, W) with
     noise ``sigma`` (the flow's training noise std; on the scaled latents of latent frames, which the denoiser then
     works on); returns it and the loss of every step."""
-    from ..data import dequantize
-
     if model.config.modality != "video":
         raise ConfigError("flow-score matching needs a video model (modality=video)")
     c = model.config
@@ -88,15 +86,43 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
 
     def draw_batch():
         rows = torch.randint(0, clips.shape[0], (batch_size,), generator=generator)
-        if model.modality.latent:  # the noise is added to the scaled latents of the frames, as in training
-            centres = dequantize(clips[rows], levels, "gaussian", 0.0).to(model.device, model.dtype)
-            clean = model.modality.encode(centres)
-            noisy = clean + sigma * torch.randn(clean.shape, generator=generator).to(clean)
-        else:
-            noisy = dequantize(clips[rows], levels, "gaussian", sigma, generator=generator).to(model.device, model.dtype)
+        _, noisy = noisy_clips(model, clips[rows], levels, sigma, generator)
         return (noisy,), flow_correction(model, noisy, sigma)
 
     return denoiser, denoiser.fit(draw_batch, steps, lr)
+
+
+def noisy_clips(model, clips: Tensor, levels: int, sigma: float, generator: torch.Generator
+                ) -> tuple[Tensor, Tensor]:
+    """(clean, clean + sigma eps) of uint8 ``clips`` in the flow's space, as in training: the bin centres of pixel
+    frames, or the scaled latents of latent frames."""
+    from ..data import dequantize
+
+    clean = dequantize(clips, levels, "gaussian", 0.0).to(model.device, model.dtype)
+    if model.modality.latent:
+        clean = model.modality.encode(clean)
+    return clean, clean + sigma * torch.randn(clean.shape, generator=generator).to(clean)
+
+
+def denoising_errors(model, clips: Tensor, levels: int, sigma: float, y: Tensor | None = None,
+                     denoiser: CausalScoreDenoiser | None = None, batch_size: int = 8, seed: int = 0
+                     ) -> dict[str, float]:
+    """Mean squared error to the clean clips (the flow's units, per dimension) of ``clips`` with the flow's training
+    noise: "noisy" as they are, "tweedie" after the flow's one step y + sigma^2 grad log p(y), "score_denoiser"
+    after ``denoiser`` (when given). The noise of the batch at clip i is seeded by seed * 1_000_003 + i."""
+    totals = {"noisy": 0.0, "tweedie": 0.0, **({"score_denoiser": 0.0} if denoiser is not None else {})}
+    model.eval()
+    for low in range(0, len(clips), batch_size):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + low)
+        clean, noisy = noisy_clips(model, clips[low:low + batch_size], levels, sigma, generator)
+        labels = None if y is None else y[low:low + batch_size].to(model.device)
+        estimates = {"noisy": noisy, "tweedie": noisy + flow_correction(model, noisy, sigma, labels)}
+        if denoiser is not None:
+            estimates["score_denoiser"] = denoiser.denoise(noisy)
+        for name, estimate in estimates.items():
+            totals[name] += float(((estimate - clean) ** 2).sum())
+    count = len(clips) * clean[0].numel()
+    return {name: total / count for name, total in totals.items()}
 
 
 class ScoreDenoisedSampler:
