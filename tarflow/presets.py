@@ -146,6 +146,18 @@ PRESETS: dict[str, dict] = {
         "train": dict(dataset="mnist", steps=2000, batch_size=64, lr=1e-3, warmup_steps=200, eval_every=500,
                       sample_every=500, checkpoint_every=250, sample_guidance=1.0, entropy_every=0),
     },
+    # CIFAR-10 32x32 (patch 4) as an NTM: mnist-ntm's shape (2 x 2 transporter layers, 6 predictor layers, width
+    # 128) on batches of 32. One step costs 0.86x the cifar10 preset's (`python benchmarks/preset_step_cost.py
+    # cifar10-ntm --batch 32 64`, 2026-12-02, beside two runs), so 3,200 steps are meant as about an hour on 2 CPU
+    # cores; batch 64 cost 2.9x (3.4x batch 32's), so it is not used. Not yet measured by a full run.
+    "cifar10-ntm": {
+        "model": dict(architecture="ntm", image_size=32, channels=3, patch_size=4, width=128, num_blocks=2,
+                      layers_per_block=2, head_dim=64, start_token="learned", predictor_layers=6, trajectory_steps=4,
+                      num_classes=10),
+        "train": dict(dataset="cifar10", steps=3200, batch_size=32, lr=1e-3, warmup_steps=200, flip=True,
+                      eval_every=800, sample_every=400, checkpoint_every=400, sample_guidance=1.0, entropy_every=0,
+                      eval_draws=1),
+    },
     # Text-to-image (docs/text_to_image.md): the mnist-samples preset's model, noise and guidance, conditioned on
     # captions made from the labels ("a handwritten seven", "the digit 7", ...) through a text encoder trained with the
     # flow from scratch, as a causal prefix of the last block. Not yet measured.
