@@ -101,6 +101,46 @@ def test_a_rerun_reads_its_rows_and_a_new_setting_reuses_the_samples(run_dir, po
     assert [row["fid"] for row in cached["rows"]] == [row["fid"] for row in again["rows"]]
 
 
+def test_an_interrupted_setting_resumes_from_its_saved_images(run_dir, pool_weights, tmp_path, monkeypatch):
+    """Denoising stopped after two of four batches: the rerun denoises the other two only and gives the row of an
+    uninterrupted sweep; the FID pass keeps its sums beside them; the partial files go once the row is written."""
+    model, _ = load_model(run_dir / "model", "cpu")
+    extractor = FeatureExtractor(pool_weights)
+    settings = denoising_grid([3], ["sde"])
+    options = dict(count=COUNT, extractor=extractor, classifier_steps=5, batch_size=5, progress=False)
+    whole = sweep_denoising(model, "digits", settings, cache_dir=tmp_path / "whole", **options)["rows"][0]
+
+    calls = []
+    denoise = IterativeDenoiser.denoise
+
+    def stopping(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return denoise(self, *args, **kwargs)
+
+    monkeypatch.setattr(denoising_sweep, "SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(IterativeDenoiser, "denoise", stopping)
+    cache = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        sweep_denoising(model, "digits", settings, cache_dir=cache, **options)
+    saved = sorted(path.name for path in cache.glob("*partial-*"))
+    assert len(saved) == 2 and torch.load(cache / saved[1], weights_only=True).shape[0] == 10
+    assert json.loads((cache / saved[0]).read_text())["images"] == 10
+
+    passes = []
+    statistics = FeatureExtractor.statistics
+    monkeypatch.setattr(FeatureExtractor, "statistics",
+                        lambda self, *args, **kwargs: passes.append(kwargs["resume_file"]) or statistics(
+                            self, *args, **kwargs))
+    calls.clear()
+    resumed = sweep_denoising(model, "digits", settings, cache_dir=cache, **options)["rows"][0]
+    assert len(calls) == 2  # batches 3 and 4 only
+    assert resumed["fid"] == whole["fid"] and torch.equal(resumed["strip"], whole["strip"])
+    assert passes[-1].parent == cache and "partial-" in passes[-1].name
+    assert not list(cache.glob("*partial-*"))
+
+
 def test_cli_writes_the_table_json_and_picture(run_dir, pool_weights, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep-denoising", str(run_dir), "--steps", "0,1,2", "--dynamics", "ode", "--count", "12",

@@ -9,7 +9,8 @@ class consistency of each, its time per image, and a row of pictures per setting
 Generation at t1 (the autoregressive part) is shared by every setting, so rows differ by the denoising only; a
 setting's time per image is the generation's plus its own N forward + backward passes. The samples at t1 and every
 measured row are kept in ``cache_dir``, keyed by the model's weights, the data and the options: a rerun (after an
-interruption, or with more settings) measures only what it lacks.
+interruption, or with more settings) measures only what it lacks. Within a setting, the denoised images and the
+FID pass's running sums are saved about every minute, so an interruption of a setting's hours loses at most that.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from ..sampling import IterativeDenoiser
 from .fid import FeatureExtractor
 from .model_data import model_levels
 from .samples import sample_batches
-from .sweep import cache_key, read_cached_row, save_tensor, sweep_measures, write_cached_row
+from .sweep import cache_key, partial_files, read_cached_row, save_tensor, sweep_measures, write_cached_row
+
+SAVE_EVERY_S = 60.0  # how often an unfinished setting's denoised images are saved
 
 
 @dataclass(frozen=True)
@@ -111,15 +114,15 @@ def sweep_denoising(model, dataset: str, settings: list[Denoising], count: int =
                                        progress))
         if progress:
             print(f"sweep-denoising {index + 1}/{len(settings)}: {setting.name}", flush=True)
-        started = time.perf_counter()
-        images = denoised_levels(model, drawn["samples"], labels, setting, levels, batch_size, seed, progress)
-        denoising = (time.perf_counter() - started) / count
+        partial = partial_files(cache, key, setting) if cache else None
+        images, denoising = denoised_levels(model, drawn["samples"], labels, setting, levels, batch_size, seed,
+                                            progress, partial)
         generation = drawn["seconds"] / count
-        seconds = {"generation": round(generation, 6), "denoising": round(denoising, 6),
-                   "total": round(generation + denoising, 6)}
+        seconds = {"generation": round(generation, 6), "denoising": round(denoising / count, 6),
+                   "total": round(generation + denoising / count, 6)}
         row = measures.row({"setting": setting.name, "steps": setting.steps, "dynamics": setting.dynamics,
                             "clip": setting.clip, "seconds_per_image": seconds}, images, labels, levels,
-                           config.num_classes, progress)
+                           config.num_classes, progress, partial["features"] if partial else None)
         if cache:
             write_cached_row(cache, key, setting, row)
         rows.append(row)
@@ -152,13 +155,18 @@ def samples_at_t1(sampler, count: int, labels: Tensor | None, temperature: float
 
 
 def denoised_levels(model, samples: Tensor, labels: Tensor | None, setting: Denoising, levels: int, batch_size: int,
-                    seed: int, progress: bool) -> Tensor:
-    """The samples at t1 denoised by ``setting``, as integer levels; the SDE noise of the batch at image i is seeded
-    by seed * 1_000_003 + i + 1 (not the generation's seed)."""
+                    seed: int, progress: bool, partial: dict[str, Path] | None = None) -> tuple[Tensor, float]:
+    """(the samples at t1 denoised by ``setting``, as integer levels; the seconds the denoising took). The SDE noise
+    of the batch at image i is seeded by seed * 1_000_003 + i + 1 (not the generation's seed), so a batch is the
+    same whenever it is denoised. ``partial`` (`partial_files`): the images so far and their seconds are saved
+    there every `SAVE_EVERY_S` seconds and at the end, and a later call continues from them."""
+    done, seconds = read_partial_images(partial) if partial else ([], 0.0)
     denoiser = setting.denoiser()
-    out = []
-    for low in progress_bar(range(0, len(samples), batch_size), desc=setting.name, enabled=progress, leave=False,
-                            unit="batch"):
+    start = sum(len(images) for images in done)
+    started = saved_at = time.perf_counter()
+    batches = range(start, len(samples), batch_size)
+    for low in progress_bar(batches, desc=setting.name, enabled=progress, leave=False, unit="batch",
+                            initial=-(-start // batch_size), total=-(-len(samples) // batch_size)):
         x = samples[low:low + batch_size].to(model.device, model.dtype)
         if denoiser is not None:
             y = None if labels is None else labels[low:low + batch_size]
@@ -167,5 +175,24 @@ def denoised_levels(model, samples: Tensor, labels: Tensor | None, setting: Deno
         if not torch.isfinite(x).all():
             raise TarflowError(f"denoising with {setting.name} produced NaN or inf values (batch at image {low}): "
                                f"try fewer steps, --clip, or the ode dynamics")
-        out.append(quantize(x.float().cpu(), levels))
-    return torch.cat(out)
+        done.append(quantize(x.float().cpu(), levels))
+        if partial and (time.perf_counter() - saved_at > SAVE_EVERY_S or low + batch_size >= len(samples)):
+            write_partial_images(partial, done, seconds + time.perf_counter() - started)
+            saved_at = time.perf_counter()
+    return torch.cat(done), seconds + time.perf_counter() - started
+
+
+def read_partial_images(partial: dict[str, Path]) -> tuple[list[Tensor], float]:
+    """([the images denoised so far], the seconds they took), or ([], 0) when there are none."""
+    try:
+        seconds = float(json.loads(partial["record"].read_text())["seconds"])
+        images = torch.load(partial["images"], weights_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+        return [], 0.0
+    return [images], seconds
+
+
+def write_partial_images(partial: dict[str, Path], done: list[Tensor], seconds: float) -> None:
+    save_tensor(torch.cat(done), partial["images"])
+    atomic_write_text(partial["record"], json.dumps({"images": sum(len(images) for images in done),
+                                                     "seconds": seconds}) + "\n")

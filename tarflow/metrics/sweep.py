@@ -117,14 +117,16 @@ class Measures:
     extractor: FeatureExtractor | None = None
     reference: Any = None
 
-    def row(self, row: dict[str, Any], images, labels, levels: int, num_classes: int, progress: bool
-            ) -> dict[str, Any]:
+    def row(self, row: dict[str, Any], images, labels, levels: int, num_classes: int, progress: bool,
+            resume_file: Path | None = None) -> dict[str, Any]:
         """``row`` with the figures of uint8 ``images``: "consistency" against ``labels``, "fid" against the
-        reference, and "strip", the first images (one per class, at least 10), for the picture."""
+        reference, and "strip", the first images (one per class, at least 10), for the picture. ``resume_file``:
+        where the FID pass keeps its running sums, to resume from (the caller ties it to these images)."""
         if self.classifier is not None:
             row["consistency"] = round((self.classifier.predict(images) == labels).double().mean().item(), 6)
         if self.extractor is not None:
-            stats = self.extractor.statistics(images, levels, progress=progress, desc="FID features samples")
+            stats = self.extractor.statistics(images, levels, progress=progress, desc="FID features samples",
+                                              resume_file=resume_file)
             row["fid"] = round(fid_from_stats(stats, self.reference), 4)
         row["strip"] = images[:max(num_classes, 10)]
         return row
@@ -188,10 +190,23 @@ def read_cached_row(cache: Path, key: dict[str, Any], setting) -> dict[str, Any]
 
 
 def write_cached_row(cache: Path, key: dict[str, Any], setting, row: dict[str, Any]) -> None:
+    """The setting's row in the cache; its partial files (`partial_files`) are then removed."""
     record_file, strip_file = row_files(cache, setting)
     save_tensor(row["strip"], strip_file)
     record = {"key": key, "row": {name: value for name, value in row.items() if name != "strip"}}
     atomic_write_text(record_file, json.dumps(record, indent=2) + "\n")
+    for path in partial_files(cache, key, setting).values():
+        path.unlink(missing_ok=True)
+
+
+def partial_files(cache: Path, key: dict[str, Any], setting) -> dict[str, Path]:
+    """The files of a setting's unfinished work: "images" so far (a tensor), their "record" (JSON) and the FID
+    pass's running sums ("features"). Their names hold a digest of ``key``, so work for other weights, data or
+    options is never resumed."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = f"{setting.stem}.partial-{digest}"
+    return {"images": cache / f"{stem}.pt", "record": cache / f"{stem}.json",
+            "features": cache / f"{stem}.features.npz"}
 
 
 def save_tensor(tensor: torch.Tensor, path: Path) -> None:
