@@ -76,6 +76,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def torchscript_fid_features(monkeypatch):
+    """FID features from TorchScript in every test: `Pool` does not export to ONNX. The ONNX Runtime path has its
+    own tests (test_fid_runtime.py, test_inception.py), which ask for it by name or clear this."""
+    monkeypatch.setenv("TARFLOW_FID_RUNTIME", "torch")
+
+
 class Pool(torch.nn.Module):
     """A cheap stand-in for Inception: 4x4 average pool of every channel -> 48 features, shaped (N, 48, 1, 1)."""
 

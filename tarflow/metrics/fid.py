@@ -214,13 +214,39 @@ class FeatureExtractor:
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu", image_size: int = 299,
-                 input_range: tuple[float, float] = TF_INPUT_RANGE, batch_size: int = 32):
+                 input_range: tuple[float, float] = TF_INPUT_RANGE, batch_size: int = 32, runtime: str | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        from .onnx_runtime import choose_runtime
+
         self.path = Path(weights)
         self.device = torch.device(device)
         self.image_size, self.input_range, self.batch_size = image_size, tuple(input_range), batch_size
         self.module = load_torchscript(self.path, self.device)
         self.sha256 = file_sha256(self.path)
         self.dim: int | None = None
+        self.runtime = choose_runtime(runtime, self.device)  # runtime: auto (default), torch or onnxruntime
+        self.network = self.module
+        if self.runtime == "onnxruntime":
+            self.network = self.onnx_network(runtime == "onnxruntime", cache_dir)
+
+    def onnx_network(self, asked: bool, cache_dir: str | os.PathLike | None):
+        """The network through ONNX Runtime (`onnx_runtime.OnnxFeatures`); when it cannot be exported, an error if
+        it was ``asked`` for, else TorchScript's module with a warning."""
+        from ..data import default_cache_dir
+        from .onnx_runtime import OnnxFeatures
+
+        try:
+            cache = Path(cache_dir or default_cache_dir()) / "fid"
+            return OnnxFeatures(self.module, self.sha256, self.image_size, cache)
+        except Exception as e:  # the exporter's and ONNX Runtime's errors have no common type
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            if asked:
+                raise FeatureExtractorError(f"the feature extractor {self.path} could not run through ONNX Runtime "
+                                            f"({reason}): use runtime torch") from None
+            warnings.warn(f"the FID features come from TorchScript: {self.path} could not run through ONNX Runtime "
+                          f"({reason})", stacklevel=3)
+            self.runtime = "torch"
+            return self.module
 
     @property
     def key(self) -> str:
@@ -235,9 +261,10 @@ class FeatureExtractor:
         x = images.to(self.device, torch.float32)
         x = resize_tf_bilinear(x, self.image_size)
         x = x * ((hi - lo) / 255) + lo
-        x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (oneDNN)
+        if self.runtime == "torch":
+            x = x.contiguous(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU (oneDNN)
         try:
-            f = self.module(x)
+            f = self.network(x)
         except Exception as e:  # a module that expects another input: say what was given
             raise FeatureExtractorError(
                 f"the feature extractor {self.path} failed on float32 images {tuple(x.shape)} in [{lo:g}, {hi:g}]: "
