@@ -69,6 +69,24 @@ def test_sample_continues_the_first_frames_of_a_clip(run_dir, tmp_path):
     assert clip.shape == (7, 1, 32, 32) and torch.equal(clip[:2], generated)
 
 
+def test_every_clip_as_a_gif_and_an_mp4(run_dir, tmp_path, capsys):
+    out, folder = tmp_path / "strip.png", tmp_path / "clips"
+    assert main(["sample", str(run_dir), "--count", "2", "--sampler", "sequential", "--out", str(out),
+                 "--clips-dir", str(folder)]) == 0
+    assert "each clip also as GIF and MP4" in capsys.readouterr().out
+    assert sorted(path.name for path in folder.iterdir()) == ["clip_000.gif", "clip_000.mp4", "clip_001.gif",
+                                                               "clip_001.mp4"]
+    assert torch.equal(read_clip(folder / "clip_000.gif", channels=1), read_clip(out.with_suffix(".gif"), channels=1))
+    assert read_clip(folder / "clip_001.mp4", channels=1).shape == (4, 1, 32, 32)
+    assert main(["sample", str(run_dir), "--count", "1", "--sampler", "sequential", "--out", str(out),
+                 "--clips-dir", str(tmp_path / "gifs"), "--clip-format", "gif"]) == 0
+    assert [path.name for path in (tmp_path / "gifs").iterdir()] == ["clip_000.gif"]
+    assert main(["sample", str(run_dir), "--out", str(out), "--clips-dir", str(folder), "--clip-format", "avi"]) != 0
+    assert "--clip-format takes gif, mp4 or gif,mp4" in capsys.readouterr().err
+    assert main(["sample", str(run_dir), "--out", str(out), "--clips-dir", str(out)]) != 0
+    assert "is a file: give a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("frames, size, colour, message", [
     (4, 32, False, "it has 4 frames but the model makes clips of 4"),
     (2, 16, False, "its frames are 16x16 pixels but the model's are 32x32"),

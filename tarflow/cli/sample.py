@@ -47,8 +47,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         print(f"{args.count} {what} in {seconds:.2f} s with the {why}, temperature {settings['temperature']:g}, "
               f"denoise {denoised}{stored} -> {out} and {out.with_suffix('.gif')}")
         return 0
-    if args.first_frames is not None or args.frames is not None or args.score_denoiser is not None:
-        raise ConfigError("--first-frames, --frames and --score-denoiser apply to video models (modality=video)")
+    if args.first_frames is not None or args.frames is not None or args.score_denoiser is not None or args.clips_dir:
+        raise ConfigError("--first-frames, --frames, --score-denoiser and --clips-dir apply to video models "
+                          "(modality=video)")
     started = time.perf_counter()
     x = sampler.sample(count, y, settings["temperature"], guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))

@@ -128,6 +128,9 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
     frames = args.frames or window
     context = max(1, window // 2)
     generator = torch.Generator().manual_seed(args.seed)
+    formats = clip_formats(args.clip_format) if args.clips_dir else []
+    if formats and Path(args.clips_dir).exists() and not Path(args.clips_dir).is_dir():
+        raise ConfigError(f"--clips-dir {args.clips_dir} is a file: give a folder for the clips")
     if model.config.noise_conditioning and (args.first_frames is not None or frames > window):
         raise ConfigError("--first-frames and --frames beyond the model's length continue clips exactly, which a "
                           "noise-conditioned model (generated at a noise level, then denoised) does not support")
@@ -159,9 +162,37 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         what = "drawn whole" + (", denoised by the score denoiser" if args.score_denoiser else "")
     x = x[:, :frames]
     seconds = time.perf_counter() - started
-    save_clips(to_uint8(x, levels), out)
+    clips = to_uint8(x, levels)
+    save_clips(clips, out)
     windows = f", windows of {window} frames continuing the last {context}" if frames > window else ""
-    return seconds, f"{frames}-frame clips {what}{windows}"
+    written = ""
+    if formats:
+        save_each_clip(clips, Path(args.clips_dir), formats)
+        written = f" (each clip also as {' and '.join(name.upper() for name in formats)} in {args.clips_dir})"
+    return seconds, f"{frames}-frame clips {what}{windows}{written}"
+
+
+def clip_formats(text: str) -> list[str]:
+    """The formats of --clip-format ("gif", "mp4" or both), checking up front that MP4 can be written."""
+    from ..video_io import imageio_v3
+
+    formats = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if not formats or any(name not in ("gif", "mp4") for name in formats):
+        raise ConfigError(f"--clip-format takes gif, mp4 or gif,mp4, got {text!r}")
+    if "mp4" in formats:
+        imageio_v3("--clip-format mp4 (or pass --clip-format gif)")
+    return list(dict.fromkeys(formats))
+
+
+def save_each_clip(clips, folder: Path, formats: list[str]) -> None:
+    """uint8 clips (N, F, C, H, W) as folder/clip_000.gif (and .mp4), ..."""
+    from ..video_io import save_gif, save_mp4
+
+    folder.mkdir(parents=True, exist_ok=True)
+    savers = {"gif": save_gif, "mp4": save_mp4}
+    for index, clip in enumerate(clips):
+        for name in formats:
+            savers[name](clip, folder / f"clip_{index:03d}.{name}")
 
 
 def load_score_denoiser(path: str, model, sigma: float | None):
@@ -193,6 +224,10 @@ def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=number(int, minimum=1), default=None,
                         help="video models: frames per clip (default: the model's); more continue in windows of "
                         "the model's length, each from the last half of the frames so far")
+    parser.add_argument("--clips-dir", default=None, metavar="DIR",
+                        help="video models: also write every clip as DIR/clip_000.gif, ... in each --clip-format")
+    parser.add_argument("--clip-format", default="gif,mp4", metavar="FORMATS",
+                        help="--clips-dir: gif, mp4 or gif,mp4 (default; MP4 needs pip install 'tarflow[video]')")
 
 
 def cmd_temporal_consistency(args: argparse.Namespace) -> int:
