@@ -319,7 +319,7 @@ def test_input_errors(model, trajectory):
         model.bound(broken, y)
 
 
-@pytest.mark.parametrize("name", ["digits-ntm", "mnist-ntm"])
+@pytest.mark.parametrize("name", ["digits-ntm", "mnist-ntm", "cifar10-ntm"])
 def test_presets_build(name):
     config = get_preset(name)
     assert config.model.architecture == "ntm" and config.model.trajectory_steps == 4

@@ -104,9 +104,11 @@ def test_first_frames_that_do_not_fit_are_refused(run_dir, tmp_path, capsys, fra
 def test_temporal_consistency_reports_samples_and_real_clips(run_dir, mnist_dir, capsys):
     capsys.readouterr()
     assert main(["temporal-consistency", str(run_dir), "--data-dir", str(mnist_dir), "--count", "2",
-                 "--classifier-steps", "2", "--sampler", "video-jacobi", "--no-progress"]) == 0
+                 "--classifier-steps", "2", "--sampler", "video-jacobi", "--temperature", "0.7",
+                 "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 2 and result["test_clips"] == 6 and result["digits_per_clip"] == 2
+    assert result["temperature"] == 0.7 and result["denoising"] == "off"
     for key in ("consistent_samples", "consistent_real_test", "classifier_frame_accuracy"):
         assert 0 <= result[key] <= 1
 

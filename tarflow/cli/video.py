@@ -267,7 +267,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     denoiser = load_score_denoiser(args.score_denoiser, model, sigma) if args.score_denoiser else None
     if denoiser is not None:
         sampler, denoised = ScoreDenoisedSampler(sampler, denoiser), f"score denoiser {args.score_denoiser}"
-    temperature = float(metadata.get("sampling", {}).get("temperature", 1.0))
+    temperature = args.temperature or float(metadata.get("sampling", {}).get("temperature", 1.0))
     classes = model.config.num_classes
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
     samples = sampler.sample(args.count, y, temperature, None, None if denoiser else sigma,
@@ -343,6 +343,8 @@ def add_temporal_consistency_parser(sub) -> None:
                         help="training steps of the digit classifier on frames of the training clips (default 1000)")
     parser.add_argument("--data-dir", default=None, help="the MNIST files (default: the model's record)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
+    parser.add_argument("--temperature", type=number(float, above=0), default=None,
+                        help="prior temperature (default: the one stored with the model, else 1)")
     parser.add_argument("--continue-from", type=number(int, minimum=1), default=None, metavar="K",
                         help="also continue --count real test clips from their first K frames to 2K (video-to-video): "
                         "the per-pixel error of the continued frames and their digits' consistency")
