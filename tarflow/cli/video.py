@@ -234,6 +234,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     """The fraction of generated clips whose digits stay the same first to last frame, beside real test clips'."""
     import torch
 
+    from ..data import load_dataset
     from ..data.moving_mnist import digit_sets
     from ..metrics.temporal import consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier
     from ..runs import load_model
@@ -253,8 +254,9 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     test = load_clips("moving-mnist", "test", data_dir, model.config, not args.no_progress, options)
     digits = train.object_labels.shape[1]
     started = time.perf_counter()
-    classifier = train_digit_classifier(train.clips, train.object_labels, train.levels, args.classifier_steps,
-                                        seed=args.seed).to(model.device)
+    mnist = load_dataset("mnist", "train", data_dir=data_dir, progress=not args.no_progress)
+    classifier = train_digit_classifier(mnist.images[:, 0], mnist.labels, train.clips.shape[-1], digits, train.levels,
+                                        args.classifier_steps, seed=args.seed).to(model.device)
     trained_in = time.perf_counter() - started
     sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
     iterative, sigma, denoised = choose_denoiser(model, args)
@@ -339,8 +341,9 @@ def add_temporal_consistency_parser(sub) -> None:
                             "whose digits stay the same first to last frame, by a per-frame digit classifier, as JSON")
     parser.add_argument("path", metavar="RUN_OR_MODEL_DIR")
     parser.add_argument("--count", type=number(int, minimum=1), default=64, help="clips to sample (default 64)")
-    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=1000,
-                        help="training steps of the digit classifier on frames of the training clips (default 1000)")
+    parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=3000,
+                        help="training steps of the digit classifier on frames drawn from the MNIST training digits "
+                        "(default 3000)")
     parser.add_argument("--data-dir", default=None, help="the MNIST files (default: the model's record)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,

@@ -1,7 +1,7 @@
 """Temporal consistency of Moving MNIST clips: do the digits stay the same from the first frame to the last?
 
 A multi-label digit classifier (`SmallCNN` with one logit per digit class: which classes a frame shows) is
-trained on frames of real training clips against their ``object_labels``; a frame's digits are its K highest
+trained on frames drawn afresh from the MNIST training digits, as Moving MNIST draws its frames; a frame's digits are its K highest
 logits (K = digits per clip). A clip is consistent when its first and last frames show the same set of digit
 classes. The fraction of consistent clips is reported for generated clips and, as the ceiling the classifier
 allows, for real test clips, beside the classifier's accuracy on single test frames (the whole set right). For
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,21 +34,29 @@ def digit_targets(object_labels: Tensor) -> Tensor:
     return targets.scatter_(1, object_labels.long(), 1.0)
 
 
-def train_digit_classifier(clips: Tensor, object_labels: Tensor, levels: int = 256, steps: int = 1000,
-                           batch_size: int = 64, lr: float = 2e-3, seed: int = 0) -> SmallCNN:
-    """A `SmallCNN` trained with a binary cross-entropy per class on random frames of uint8 ``clips``
-    (N, F, 1, S, S) against the classes in ``object_labels`` (N, K)."""
-    generator = torch.Generator().manual_seed(seed)
+def train_digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int, digit_count: int = 2,
+                           levels: int = 256, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3,
+                           seed: int = 0) -> SmallCNN:
+    """A `SmallCNN` trained with a binary cross-entropy per class on frames drawn afresh at every step, as Moving
+    MNIST draws them: ``digit_count`` random digits of ``digits`` (M, 28, 28) uint8 (classes ``digit_labels``,
+    (M,)) pasted at random places of an ``image_size`` canvas (`moving_mnist.render`). Unlimited frames: trained
+    on the 2,000 training clips' frames instead, it got 0.29 of single test frames right after 1,000 steps;
+    on fresh frames 0.65 after 3,000 (one run each, the moving-mnist preset's clips)."""
+    from ..data.moving_mnist import DIGIT_SIZE, render
+
+    generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    classifier = SmallCNN(ClassifierConfig(clips.shape[2], clips.shape[-1], DIGIT_CLASSES, levels))
+    classifier = SmallCNN(ClassifierConfig(1, image_size, DIGIT_CLASSES, levels))
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr)
-    targets = digit_targets(object_labels)
+    digits = np.asarray(digits, dtype=np.uint8)
+    digit_labels = torch.as_tensor(digit_labels)
     classifier.train()
     for _ in range(steps):
-        rows = torch.randint(0, clips.shape[0], (batch_size,), generator=generator)
-        frames = torch.randint(0, clips.shape[1], (batch_size,), generator=generator)
-        logits = classifier(classifier.to_input(clips[rows, frames]))
-        loss = F.binary_cross_entropy_with_logits(logits, targets[rows].to(logits.device))
+        chosen = generator.integers(0, len(digits), (batch_size, digit_count))
+        corners = generator.integers(0, image_size - DIGIT_SIZE + 1, (batch_size, 1, digit_count, 2))
+        frames = torch.from_numpy(render(digits[chosen], corners, image_size)[:, 0])
+        logits = classifier(classifier.to_input(frames))
+        loss = F.binary_cross_entropy_with_logits(logits, digit_targets(digit_labels[chosen]).to(logits.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
