@@ -267,6 +267,19 @@ def test_model_score_drives_the_closed_form_on_an_identity_flow():
     assert (score + x).abs().max() <= 1e-12
 
 
+def test_model_score_in_chunks_is_the_whole_batchs_score():
+    """Rows in chunks of 2 (and a last chunk of 1), each with its own label and level: the scores of one pass."""
+    model = noisy_model(num_classes=NUM_CLASSES)
+    x = torch.randn(5, 2, 4, 4, generator=gen(4), dtype=torch.float64) * 0.5
+    y = torch.arange(5) % NUM_CLASSES
+    levels = torch.linspace(T0, T1, 5, dtype=torch.float64)
+    with torch.enable_grad():
+        inputs = x.clone().requires_grad_(True)
+        (whole,) = torch.autograd.grad(model.log_prob(inputs, y, noise_level=levels).sum(), inputs)
+    chunked = model_score(model, y, chunk=2)(x, levels)
+    assert (chunked - whole).abs().max() <= 1e-12 * whole.abs().max() and whole.abs().max() > 1e-3
+
+
 # ----- training across noise levels ---------------------------------------------------------------
 
 def empirical_cdf_gap(samples: torch.Tensor, cdf) -> float:

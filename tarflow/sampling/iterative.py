@@ -27,13 +27,24 @@ DYNAMICS = ("ode", "sde")
 Score = Callable[[Tensor, Tensor], Tensor]  # (x (B, ...), levels t (B,)) -> grad_x log p_t(x)
 
 
-def model_score(model, y: Tensor | None = None) -> Score:
-    """The exact score of a noise-conditioned flow: grad_x log p_t(x | y), by autograd through ``log_prob``."""
+SCORE_CHUNK = 64  # rows per backward pass: a batch of 256 took 1.7x the time per image of 64 on 2 CPU cores
+
+
+def model_score(model, y: Tensor | None = None, chunk: int = SCORE_CHUNK) -> Score:
+    """The exact score of a noise-conditioned flow: grad_x log p_t(x | y), by autograd through ``log_prob``, over
+    ``chunk`` rows at a time (each row's score depends on that row only, so the result is the whole batch's)."""
     def score(x: Tensor, levels: Tensor) -> Tensor:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(model.log_prob(x, y, noise_level=levels).sum(), x)
-        return gradient.detach()
+        rows = chunk if y is None or isinstance(y, Tensor) else x.shape[0]
+        parts = []
+        for low in range(0, x.shape[0], rows):
+            part = slice(low, low + rows)
+            labels = y[part] if isinstance(y, Tensor) else y
+            with torch.enable_grad():
+                inputs = x[part].detach().requires_grad_(True)
+                log_prob = model.log_prob(inputs, labels, noise_level=levels[part]).sum()
+                (gradient,) = torch.autograd.grad(log_prob, inputs)
+            parts.append(gradient.detach())
+        return torch.cat(parts)
 
     return score
 
