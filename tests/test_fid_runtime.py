@@ -73,7 +73,7 @@ def test_the_runtime_comes_from_the_argument_then_the_environment(weights, monke
 
 @needs_onnx
 def test_a_network_that_does_not_export_is_an_error_when_asked_for_and_torch_otherwise(tmp_path, monkeypatch,
-                                                                                      images):
+                                                                                      images, capfd):
     pool = scripted(Pool(), tmp_path / "pool.pt")  # adaptive pooling to 4x4 of 299 pixels: no ONNX export
     with pytest.raises(FeatureExtractorError, match="could not run through ONNX Runtime .*use runtime torch"):
         FeatureExtractor(pool, runtime="onnxruntime", cache_dir=tmp_path)
@@ -82,3 +82,4 @@ def test_a_network_that_does_not_export_is_an_error_when_asked_for_and_torch_oth
         fallback = FeatureExtractor(pool, cache_dir=tmp_path)
     assert fallback.runtime == "torch" and fallback(images).shape == (5, 48)
     assert not list((tmp_path / "fid").glob("*.onnx*"))  # nothing half-written is left
+    assert capfd.readouterr().out == ""  # the exporter's graph dump (from C++) does not reach standard output

@@ -11,8 +11,10 @@ runtimes (the extractor's key names the weights and the preprocessing, not the r
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -69,10 +71,30 @@ def export(module, image_size: int, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     example = torch.zeros(2, 3, image_size, image_size)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), standard_output_silenced():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and signature notes
             torch.onnx.export(module, (example,), str(temporary), dynamo=False, input_names=["images"],
                               dynamic_axes={"images": {0: "batch"}}, opset_version=17)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def standard_output_silenced():
+    """File descriptor 1 to /dev/null: on a failure the exporter prints its graph there from C++, which would
+    spoil the JSON that commands print."""
+    for stream in (sys.stdout, sys.__stdout__):
+        if stream is not None:
+            stream.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        for stream in (sys.stdout, sys.__stdout__):
+            if stream is not None:
+                stream.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
