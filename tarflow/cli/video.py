@@ -250,12 +250,11 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
                           "train the per-frame classifier)")
     options = metadata.get("dataset_options", {})
     data_dir = args.data_dir or metadata.get("data_dir")
-    train = load_clips("moving-mnist", "train", data_dir, model.config, not args.no_progress, options)
     test = load_clips("moving-mnist", "test", data_dir, model.config, not args.no_progress, options)
-    digits = train.object_labels.shape[1]
+    digits = test.object_labels.shape[1]
+    mnist = load_dataset("mnist", "train", data_dir=data_dir, progress=not args.no_progress)  # the classifier's digits
     started = time.perf_counter()
-    mnist = load_dataset("mnist", "train", data_dir=data_dir, progress=not args.no_progress)
-    classifier = train_digit_classifier(mnist.images[:, 0], mnist.labels, train.clips.shape[-1], digits, train.levels,
+    classifier = train_digit_classifier(mnist.images[:, 0], mnist.labels, test.clips.shape[-1], digits, test.levels,
                                         args.classifier_steps, seed=args.seed).to(model.device)
     trained_in = time.perf_counter() - started
     sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
@@ -274,7 +273,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
     samples = sampler.sample(args.count, y, temperature, None, None if denoiser else sigma,
                              generator=torch.Generator().manual_seed(args.seed))
-    clips = to_uint8(model.modality.to_frames(samples), train.levels).cpu()
+    clips = to_uint8(model.modality.to_frames(samples), test.levels).cpu()
     matching = {}
     if classes:
         wanted = torch.tensor(digit_sets(digits))[y]
@@ -296,7 +295,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
             "unit": "mean squared error to the clean test clips per dimension, in the flow's units"}
     if args.continue_from:
         result["continuation"] = continuation_figures(args, model, sampler, classifier, data_dir, options,
-                                                      temperature, train.levels)
+                                                      temperature, test.levels)
     print(json.dumps(result, indent=2))
     return 0
 

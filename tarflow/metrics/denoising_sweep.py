@@ -193,6 +193,6 @@ def read_partial_images(partial: dict[str, Path]) -> tuple[list[Tensor], float]:
 
 
 def write_partial_images(partial: dict[str, Path], done: list[Tensor], seconds: float) -> None:
-    save_tensor(torch.cat(done), partial["images"])
-    atomic_write_text(partial["record"], json.dumps({"images": sum(len(images) for images in done),
-                                                     "seconds": seconds}) + "\n")
+    images = torch.cat(done)
+    save_tensor(images, partial["images"])
+    atomic_write_text(partial["record"], json.dumps({"images": len(images), "seconds": seconds}) + "\n")

@@ -2,10 +2,10 @@
 ``<cache>/fid/``, named by the weights' SHA-256), run by ONNX Runtime's CPU kernels.
 
 On these CPU cores the Inception network ran 2.1x to 2.7x faster this way than through TorchScript (`python
-benchmarks/fid_runtime.py --weights default_1.pt`: one thread, 128 images, three runs; features within 1.5e-5 of values up to
-6.3, FID of the two halves 47.349152 against 47.349159), so FID passes of 10,000 images take well under half the
-time. Optional: `pip install tarflow[onnx]` (onnxruntime to run, onnx to export); without it,
-or with ``TARFLOW_FID_RUNTIME=torch``, the features come from TorchScript. Cached reference statistics serve both
+benchmarks/fid_runtime.py --weights default_1.pt`: one thread, 128 images, three runs; features within 1.5e-5 of
+values up to 6.3, FID of the two halves 47.349152 against 47.349159), so FID passes of 10,000 images take under
+half the time. Optional: `pip install tarflow[onnx]` (onnxruntime to run, onnx to export); without it, or with
+``TARFLOW_FID_RUNTIME=torch``, the features come from TorchScript. Cached reference statistics serve both
 runtimes (the extractor's key names the weights and the preprocessing, not the runtime).
 """
 

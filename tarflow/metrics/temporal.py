@@ -1,8 +1,8 @@
 """Temporal consistency of Moving MNIST clips: do the digits stay the same from the first frame to the last?
 
 A multi-label digit classifier (`SmallCNN` with one logit per digit class: which classes a frame shows) is
-trained on frames drawn afresh from the MNIST training digits, as Moving MNIST draws its frames; a frame's digits are its K highest
-logits (K = digits per clip). A clip is consistent when its first and last frames show the same set of digit
+trained on frames drawn afresh from the MNIST training digits, as Moving MNIST draws its frames; a frame's digits
+are its K highest logits (K = digits per clip). A clip is consistent when its first and last frames show the same set of digit
 classes. The fraction of consistent clips is reported for generated clips and, as the ceiling the classifier
 allows, for real test clips, beside the classifier's accuracy on single test frames (the whole set right). For
 a class- or caption-conditioned model (a clip's class is its digit pair, `tarflow.data.moving_mnist.digit_sets`),
