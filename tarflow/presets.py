@@ -149,7 +149,8 @@ PRESETS: dict[str, dict] = {
     # CIFAR-10 32x32 (patch 4) as an NTM: mnist-ntm's shape (2 x 2 transporter layers, 6 predictor layers, width
     # 128) on batches of 32. One step costs 0.86x the cifar10 preset's (`python benchmarks/preset_step_cost.py
     # cifar10-ntm --batch 32 64`, 2026-12-02, beside two runs), so 3,200 steps are meant as about an hour on 2 CPU
-    # cores; batch 64 cost 2.9x (3.4x batch 32's), so it is not used. Not yet measured by a full run.
+    # cores; batch 64 cost 2.9x (3.4x batch 32's), so it is not used. The full run took a median 1.64 s per step alone
+    # (about 1 h 28 min; docs/ntm.md), so the estimate was optimistic.
     "cifar10-ntm": {
         "model": dict(architecture="ntm", image_size=32, channels=3, patch_size=4, width=128, num_blocks=2,
                       layers_per_block=2, head_dim=64, start_token="learned", predictor_layers=6, trajectory_steps=4,
