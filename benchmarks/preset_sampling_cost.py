@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,17 +25,16 @@ sys.path.insert(0, str(ROOT))
 
 from tarflow import TarFlow  # noqa: E402
 from tarflow.flows.trajectory import NormalizingTrajectoryModel  # noqa: E402
-from tarflow.presets import get_preset  # noqa: E402
 from tarflow.sampling import SequentialSampler, TrajectorySampler  # noqa: E402
 from tarflow.sampling.trajectory_denoiser import DenoiserConfig, TrajectoryDenoiser, dequantization_std  # noqa: E402
+
+from preset_timing import best_times, image_preset  # noqa: E402
 
 
 def samplers(name: str) -> list[tuple[str, object, int | None]]:
     """[(label, sampler, number of classes)] of preset ``name``: an NTM gives two, without and with a denoiser
     of the distill-denoiser command's default size."""
-    config = get_preset(name).model
-    if config.modality != "pixels":
-        raise SystemExit(f"{name}: only image presets (modality pixels) are timed here, not {config.modality}")
+    config = image_preset(name).model
     classes = config.num_classes or None
     if config.architecture != "ntm":
         return [(f"{name} (sequential)", SequentialSampler(TarFlow(config).eval()), classes)]
@@ -46,6 +44,17 @@ def samplers(name: str) -> list[tuple[str, object, int | None]]:
     steps = config.trajectory_steps
     return [(f"{name} ({steps} steps)", TrajectorySampler(model), classes),
             (f"{name} ({steps} steps + denoiser)", TrajectorySampler(model, denoiser.eval()), classes)]
+
+
+def sample_call(sampler, batch: int, classes: int | None):
+    """A function drawing ``batch`` samples (classes in turn) with the round's index as the seed."""
+    y = torch.arange(batch) % classes if classes else None
+
+    def call(round_index: int) -> None:
+        with torch.no_grad():
+            sampler.sample(batch, y, generator=torch.Generator().manual_seed(round_index))
+
+    return call
 
 
 def main() -> None:
@@ -64,17 +73,11 @@ def main() -> None:
         entries += samplers(name)
     print(f"{args.threads} thread(s), best of {args.rounds} rounds after a warm-up round")
     for batch in args.batch:
-        best = {label: float("inf") for label, _, _ in entries}
-        for round_index in range(args.rounds + 1):
-            for label, sampler, classes in entries:
-                y = torch.arange(batch) % classes if classes else None
-                started = time.perf_counter()
-                with torch.no_grad():
-                    sampler.sample(batch, y, generator=torch.Generator().manual_seed(round_index))
-                if round_index:  # the first round warms up
-                    best[label] = min(best[label], (time.perf_counter() - started) / batch)
-        unit = best[entries[0][0]]
-        for label, seconds in best.items():
+        calls = {label: sample_call(sampler, batch, classes) for label, sampler, classes in entries}
+        best = best_times(calls, args.rounds)
+        unit = best[entries[0][0]] / batch
+        for label, call_seconds in best.items():
+            seconds = call_seconds / batch
             print(f"batch {batch}: {label}: {seconds * 1000:.2f} ms/image, {seconds / unit:.3f}x "
                   f"{args.reference}'s, {1 / seconds:.1f} images/s")
 

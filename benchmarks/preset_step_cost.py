@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,13 +25,13 @@ from tarflow import TarFlow  # noqa: E402
 from tarflow.flows.trajectory import NormalizingTrajectoryModel  # noqa: E402
 from tarflow.presets import get_preset  # noqa: E402
 
+from preset_timing import best_times, image_preset  # noqa: E402
+
 
 def step_function(name: str, batch: int | None):
     """(label, a function doing one training step) of preset ``name`` at ``batch`` (None: the preset's)."""
-    preset = get_preset(name)
+    preset = image_preset(name)
     config = preset.model
-    if config.modality != "pixels":
-        raise SystemExit(f"{name}: only image presets (modality pixels) are timed here, not {config.modality}")
     batch = batch or preset.train.batch_size
     trajectory = config.architecture == "ntm"
     model = NormalizingTrajectoryModel(config) if trajectory else TarFlow(config)
@@ -42,7 +41,7 @@ def step_function(name: str, batch: int | None):
     y = torch.arange(batch) % config.num_classes if config.num_classes else None
     path = model.noising.sample(x, generator) if trajectory else None
 
-    def step() -> None:
+    def step(round_index: int) -> None:
         log_prob = model.bound(path, y, validate=False) if trajectory else model.log_prob(x, y, validate=False)
         optimizer.zero_grad()
         (-log_prob.mean()).backward()
@@ -68,13 +67,7 @@ def main() -> None:
         for batch in args.batch:
             label, step = step_function(name, batch)
             steps[label] = step
-    best = {label: float("inf") for label in steps}
-    for round_index in range(args.rounds + 1):
-        for label, step in steps.items():
-            started = time.perf_counter()
-            step()
-            if round_index:  # the first round warms up
-                best[label] = min(best[label], time.perf_counter() - started)
+    best = best_times(steps, args.rounds)
     unit = best[next(iter(steps))]
     print(f"{args.threads} thread(s), best of {args.rounds} rounds; budget: {reference.train.steps} steps of "
           f"{args.reference}")
