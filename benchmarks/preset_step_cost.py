@@ -62,13 +62,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     reference = get_preset(args.reference)
-    steps = {label: step for label, step in [step_function(args.reference, None)]}
+    reference_label, reference_step = step_function(args.reference, None)
+    steps = {reference_label: reference_step}
     for name in args.presets:
         for batch in args.batch:
             label, step = step_function(name, batch)
             steps[label] = step
     best = best_times(steps, args.rounds)
-    unit = best[next(iter(steps))]
+    unit = best[reference_label]
     print(f"{args.threads} thread(s), best of {args.rounds} rounds; budget: {reference.train.steps} steps of "
           f"{args.reference}")
     for label, seconds in best.items():

@@ -140,7 +140,8 @@ PRESETS: dict[str, dict] = {
     # MNIST 28x28 (patch 4) as an NTM (2 x 2 transporter layers and 6 predictor layers on K B = 4 x 64 rows). One
     # step costs 1.67x the cifar10 preset's (`python benchmarks/preset_step_cost.py mnist-ntm mnist --threads 2`,
     # cores otherwise idle, 2026-12-02; cifar10-ntm 0.94x in the same way, about what its run took), so 1,600 steps
-    # fit cifar10's hour of 2,800 (1,675 would). Not yet trained.
+    # fit cifar10's hour of 2,800 (1,675 would). Its run (2026-12-02, another machine): 46 min 47 s of steps,
+    # test bits/dim bound 2.934, FID 175.6 (docs/ntm.md).
     "mnist-ntm": {
         "model": dict(architecture="ntm", image_size=28, channels=1, patch_size=4, width=128, num_blocks=2,
                       layers_per_block=2, head_dim=64, start_token="learned", predictor_layers=6, trajectory_steps=4,
@@ -152,7 +153,9 @@ PRESETS: dict[str, dict] = {
     # 128) on batches of 32. One step costs 0.86x the cifar10 preset's (`python benchmarks/preset_step_cost.py
     # cifar10-ntm --batch 32 64`, 2026-12-02, beside two runs), so 3,200 steps are meant as about an hour on 2 CPU
     # cores; batch 64 cost 2.9x (3.4x batch 32's), so it is not used. The full run took a median 1.64 s per step alone
-    # (about 1 h 28 min; docs/ntm.md), so the estimate was optimistic.
+    # (about 1 h 28 min; docs/ntm.md) on a machine where the cifar10 step itself took 1.46-1.78 s, not the 1.19 s of
+    # its hour: measured alone, cifar10-ntm is 0.94x the cifar10 step, so on cifar10's machine the
+    # 3,200 steps come to about 0.94 x 1.19 s x 3,200 = 60 min (an estimate, not run there).
     "cifar10-ntm": {
         "model": dict(architecture="ntm", image_size=32, channels=3, patch_size=4, width=128, num_blocks=2,
                       layers_per_block=2, head_dim=64, start_token="learned", predictor_layers=6, trajectory_steps=4,
