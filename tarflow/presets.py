@@ -140,8 +140,8 @@ PRESETS: dict[str, dict] = {
     # MNIST 28x28 (patch 4) as an NTM (2 x 2 transporter layers and 6 predictor layers on K B = 4 x 64 rows). One
     # step costs 1.67x the cifar10 preset's (`python benchmarks/preset_step_cost.py mnist-ntm mnist --threads 2`,
     # cores otherwise idle, 2026-12-02; cifar10-ntm 0.94x in the same way, about what its run took), so 1,600 steps
-    # fit cifar10's hour of 2,800 (1,675 would). Its run (2026-12-02, another machine): 46 min 47 s of steps,
-    # test bits/dim bound 2.934, FID 175.6 (docs/ntm.md).
+    # fit cifar10's hour of 2,800 (1,675 would). Its run (2026-12-02, on a faster machine than that estimate's): 46 min
+    # 47 s of steps, test bits/dim bound 2.934, FID 175.6 (docs/ntm.md).
     "mnist-ntm": {
         "model": dict(architecture="ntm", image_size=28, channels=1, patch_size=4, width=128, num_blocks=2,
                       layers_per_block=2, head_dim=64, start_token="learned", predictor_layers=6, trajectory_steps=4,
