@@ -120,6 +120,16 @@ def save_tiny_autoencoder(path, channels: int = 1, latent_channels: int = 4, see
     return KLAutoencoder(config).save_pretrained(path, metadata)
 
 
+def tiny_diffusers_vae(channels: int = 3, **layout):
+    """A random diffusers AutoencoderKL (downsample x2), or a skip when the diffusers extra is not installed."""
+    diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(in_channels=channels, out_channels=channels, block_out_channels=(8, 8),
+                                   down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
+                                   sample_size=8, **layout).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_autoencoder_dir(tmp_path_factory):
     return save_tiny_autoencoder(tmp_path_factory.mktemp("autoencoder") / "model")

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import Pool, save_tiny_autoencoder
+from conftest import Pool, save_tiny_autoencoder, tiny_diffusers_vae
 from tarflow.autoencoders import (AutoencoderConfig, AutoencoderTrainConfig, KLAutoencoder, autoencoder_geometry,
                                   load_autoencoder)
 from tarflow.autoencoders.train import evaluate_psnr, to_model_space, train_autoencoder
@@ -203,15 +203,6 @@ LAYOUTS = {  # the factors and channel counts of each family, on a tiny random n
 }
 
 
-def tiny_diffusers_vae(**layout):
-    diffusers = pytest.importorskip("diffusers", reason="the diffusers extra is not installed")
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8),
-                                   down_block_types=("DownEncoderBlock2D",) * 2,
-                                   up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
-                                   sample_size=8, **layout).eval()
-
-
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_diffusers_autoencoder_from_a_local_directory(name, tmp_path):
     layout = LAYOUTS[name]
@@ -227,6 +218,31 @@ def test_diffusers_autoencoder_from_a_local_directory(name, tmp_path):
         assert torch.allclose(loaded.encode(x), expected, rtol=1e-5, atol=1e-6)
         assert torch.allclose(loaded.decode(expected), vae.decode(expected / scale + shift).sample, rtol=1e-5,
                               atol=1e-6)
+
+
+def test_diffusers_save_round_trip_keeps_metadata_and_user_files(tmp_path):
+    """A diffusers autoencoder saves in its own layout plus tarflow.json; a second save replaces only those files,
+    and a folder whose config.json is not an AutoencoderKL's is refused untouched."""
+    loaded = load_autoencoder(save_diffusers(tmp_path / "vae"))
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "notes.txt").write_text("mine")
+    for metadata in ({"noise_std": 0.3}, {"noise_std": 0.5}):
+        loaded.save_pretrained(tmp_path / "copy", metadata)
+        again = load_autoencoder(tmp_path / "copy")
+        assert again.metadata == metadata
+    latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again.decode(latents), loaded.decode(latents))
+    assert (tmp_path / "copy" / "notes.txt").read_text() == "mine"
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text("{}")
+    with pytest.raises(OutputError, match="not a tarflow model directory"):
+        loaded.save_pretrained(tmp_path / "foreign")
+    assert (tmp_path / "foreign" / "config.json").read_text() == "{}"
+
+
+def save_diffusers(path):
+    tiny_diffusers_vae(**LAYOUTS["sd-vae"]).save_pretrained(path)
+    return path
 
 
 def test_diffusers_pipeline_folder_uses_its_vae(tmp_path):

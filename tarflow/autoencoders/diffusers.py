@@ -2,7 +2,9 @@
 
 Optional extra: ``pip install tarflow[diffusers]``. Nothing is downloaded (``local_files_only``). Latents are
 normalised by the VAE's own config: z = (mean - shift_factor) * scaling_factor (SD 0.18215 and no shift,
-SDXL 0.13025, FLUX 0.3611 with shift 0.1159), and decoded by the inverse map.
+SDXL 0.13025, FLUX 0.3611 with shift 0.1159), and decoded by the inverse map. `save_pretrained` writes the
+diffusers layout again (config.json + diffusion_pytorch_model.safetensors) and the library's metadata beside it
+in tarflow.json (a decoder fine-tuned on noisy latents records its noise_std there).
 """
 
 from __future__ import annotations
@@ -10,13 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import json
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..io import atomic_files, write_bytes
 from .base import Autoencoder
+from .saving import find_autoencoder, read_json
 
 INSTALL = "pip install 'tarflow[diffusers]'"
+METADATA_NAME = "tarflow.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+OWNED_FILES = (METADATA_NAME, WEIGHTS_NAME, "config.json")  # commit order: config.json, which marks the folder, last
 
 
 def diffusers_geometry(config: dict[str, Any]) -> tuple[int, int, int]:
@@ -28,8 +37,9 @@ def diffusers_geometry(config: dict[str, Any]) -> tuple[int, int, int]:
 class DiffusersAutoencoder(Autoencoder):
     """Wraps a frozen ``diffusers.AutoencoderKL``; ``encode`` takes its posterior mean."""
 
-    def __init__(self, vae, source: str = ""):
+    def __init__(self, vae, source: str = "", metadata: dict[str, Any] | None = None):
         self.vae = vae.eval().requires_grad_(False)
+        self.metadata = metadata or {}
         config = vae.config
         self.channels, self.latent_channels, self.downsample = diffusers_geometry(dict(config))
         self.scaling_factor = float(config.get("scaling_factor", None) or 1.0)
@@ -38,8 +48,6 @@ class DiffusersAutoencoder(Autoencoder):
 
     @classmethod
     def from_directory(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "DiffusersAutoencoder":
-        from .saving import find_autoencoder
-
         _, folder = find_autoencoder(path)
         try:
             from diffusers import AutoencoderKL
@@ -51,7 +59,7 @@ class DiffusersAutoencoder(Autoencoder):
         except (OSError, ValueError, EnvironmentError) as e:
             raise CheckpointError(f"{folder} cannot be loaded as a diffusers AutoencoderKL ({e}); expected its "
                                   f"config.json and diffusion_pytorch_model.safetensors") from None
-        return cls(vae.to(map_location), str(path))
+        return cls(vae.to(map_location), str(path), read_json(folder / METADATA_NAME))
 
     @property
     def device(self) -> torch.device:
@@ -67,8 +75,22 @@ class DiffusersAutoencoder(Autoencoder):
         mean = self.vae.encode(images.to(self.device, dtype)).latent_dist.mean
         return ((mean - self.shift_factor) * self.scaling_factor).to(images.dtype)
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         dtype = next(self.vae.parameters()).dtype
         raw = latents.to(self.device, dtype) / self.scaling_factor + self.shift_factor
         return self.vae.decode(raw).sample.to(latents.dtype)
+
+    def decoder_modules(self) -> list[nn.Module]:
+        """The decoder and, where the VAE has one, the 1x1 convolution before it (``post_quant_conv``)."""
+        post_quant = getattr(self.vae, "post_quant_conv", None)
+        return [self.vae.decoder] + ([post_quant] if isinstance(post_quant, nn.Module) else [])
+
+    def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """The VAE's own ``save_pretrained`` layout plus tarflow.json, replacing only those files in ``path``."""
+        def is_diffusers_vae(folder: Path) -> bool:
+            return (read_json(folder / "config.json") or {}).get("_class_name") == "AutoencoderKL"
+
+        with atomic_files(path, OWNED_FILES, is_diffusers_vae) as tmp:
+            self.vae.save_pretrained(str(tmp), safe_serialization=True)
+            write_bytes(tmp / METADATA_NAME, (json.dumps(metadata or {}, indent=2) + "\n").encode())
+        return Path(path)

@@ -1,11 +1,12 @@
 """A decoder fine-tuned on noisy latents (STARFlow's learned denoising): decode(z + sigma eps) ~ the clean image.
 
 A latent flow trained on z + sigma eps samples noisy latents. Instead of one Tweedie step in latent space, a
-copy of its autoencoder whose decoder is trained on noisy latents of the training images,
+copy of its autoencoder (the library's own or a diffusers AutoencoderKL) whose decoder is trained on noisy
+latents of the training images,
 loss = E || decode((z + sigma eps) / scale + shift) - x ||^2 per pixel value (encoder frozen), with sigma the
 flow's noise level, maps them to clean images. It is saved in the flow model's directory as
-``denoising_decoder/`` (a whole autoencoder directory, its sigma in the metadata); `tarflow sample` uses it when
-present and its sigma is the flow's, and Tweedie denoising otherwise.
+``denoising_decoder/`` (a whole autoencoder directory in the autoencoder's own format, its sigma in the
+metadata); `tarflow sample` uses it when present and its sigma is the flow's, and Tweedie denoising otherwise.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from ..data import dequantize, load_dataset
 from ..errors import ConfigError, TarflowError
 from ..progress import progress_bar
 from ..train.device import pick_device
-from .model import KLAutoencoder
-from .saving import find_autoencoder, load_library_autoencoder
+from .saving import load_autoencoder
 
 DENOISING_DECODER = "denoising_decoder"
 
@@ -59,11 +59,9 @@ def finetune_decoder(flow, model_dir: str | Path, steps: int = 1000, batch_size:
         raise ConfigError("finetune-decoder needs the flow's training noise (metadata noise=gaussian and noise_std); "
                           "this model's metadata lacks it")
     modality, sigma = flow.modality, float(metadata["noise_std"])
-    if find_autoencoder(modality.located())[0] != "library":
-        raise ConfigError("finetune-decoder fine-tunes autoencoders trained by `tarflow autoencoder train`; a "
-                          "diffusers AutoencoderKL is not supported yet")
     run_device = pick_device(device)
-    autoencoder: KLAutoencoder = load_library_autoencoder(modality.located(), run_device)
+    autoencoder = load_autoencoder(modality.located(), run_device)
+    decoder_parameters = [parameter for module in autoencoder.decoder_modules() for parameter in module.parameters()]
     size = modality.image_size * autoencoder.downsample
     load = dict(data_dir=data_dir, image_size=size if metadata.get("dataset") == "folder" else None,
                 progress=progress)
@@ -77,8 +75,9 @@ def finetune_decoder(flow, model_dir: str | Path, steps: int = 1000, batch_size:
 
     before = noisy_decode_psnr(decoder_of, test_latents, test.images, test.levels, sigma)
     torch.manual_seed(seed)
-    autoencoder.decoder.requires_grad_(True).train()
-    optimizer = torch.optim.AdamW(autoencoder.decoder.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    for module in autoencoder.decoder_modules():
+        module.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(decoder_parameters, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     for step in progress_bar(range(steps), desc="finetune decoder", enabled=progress, unit="step"):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -90,9 +89,10 @@ def finetune_decoder(flow, model_dir: str | Path, steps: int = 1000, batch_size:
         loss.backward()
         optimizer.step()
         schedule.step()
-    autoencoder.decoder.requires_grad_(False).eval()
+    for module in autoencoder.decoder_modules():
+        module.requires_grad_(False).eval()
     after = noisy_decode_psnr(decoder_of, test_latents, test.images, test.levels, sigma)
-    if not math.isfinite(loss.item()) or not all(torch.isfinite(p).all() for p in autoencoder.decoder.parameters()):
+    if not math.isfinite(loss.item()) or not all(torch.isfinite(p).all() for p in decoder_parameters):
         raise TarflowError(f"fine-tuning diverged (loss {loss.item()}): lower --lr; nothing was saved")
     result = {"noise_std": sigma, "steps": steps, "noisy_psnr_db_before": before, "noisy_psnr_db_after": after,
               "images": len(test)}

@@ -99,6 +99,9 @@ class KLAutoencoder(nn.Module, Autoencoder):
     def decode(self, latents: Tensor) -> Tensor:
         return self.decoder(latents.to(self.dtype)).to(latents.dtype)
 
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder]
+
     def loss(self, images: Tensor, kl_weight: float, generator: torch.Generator | None = None
              ) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, squared error per pixel value, KL per pixel value); z drawn from q by reparametrisation.
