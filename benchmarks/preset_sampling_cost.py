@@ -1,13 +1,15 @@
 """Sampling time per image of image presets against a reference preset, in one process: what the FID tables'
 "seconds per image" compare (pixel TarFlow's exact sequential sampler against an NTM's K steps, with and without
-its self-distilled denoiser).
+its self-distilled denoiser, or against a noise-conditioned model's generation at t1, with one Tweedie step and
+with 5 steps of iterative denoising).
 
     python benchmarks/preset_sampling_cost.py cifar10-ntm                      # against cifar10, batch 256
     python benchmarks/preset_sampling_cost.py mnist-ntm --reference mnist --batch 64 256
+    python benchmarks/preset_sampling_cost.py cifar10-itarflow --threads 2
 
 Each preset's model is built fresh: these samplers do the same work whatever the weights (the sequential sampler
-inverts every token of every block, the NTM runs its K steps, the denoiser is one forward), so an untrained model
-costs what a trained one does. Class-conditional presets sample classes in turn, unguided at temperature 1 (the
+inverts every token of every block, the NTM runs its K steps, the denoiser is one forward, each step of iterative
+denoising one forward and backward pass), so an untrained model costs what a trained one does. Class-conditional presets sample classes in turn, unguided at temperature 1 (the
 FID tables' setting). Presets are timed in turn, round after round, so a disturbance of the machine falls on all
 of them. Prints the best time per image over --rounds (after one warm-up round) and its ratio to the reference's.
 """
@@ -25,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from tarflow import TarFlow  # noqa: E402
 from tarflow.flows.trajectory import NormalizingTrajectoryModel  # noqa: E402
-from tarflow.sampling import SequentialSampler, TrajectorySampler  # noqa: E402
+from tarflow.sampling import (DenoisedSampler, IterativeDenoiser, SequentialSampler,  # noqa: E402
+                              TrajectorySampler)
 from tarflow.sampling.trajectory_denoiser import DenoiserConfig, TrajectoryDenoiser, dequantization_std  # noqa: E402
 
 from preset_timing import best_times, image_preset  # noqa: E402
@@ -36,6 +39,11 @@ def samplers(name: str) -> list[tuple[str, object, int | None]]:
     of the distill-denoiser command's default size."""
     config = image_preset(name).model
     classes = config.num_classes or None
+    if config.noise_conditioning:
+        sampler = SequentialSampler(TarFlow(config).eval())
+        return [(f"{name} (sequential, at t1)", sampler, classes),
+                (f"{name} (sequential + Tweedie)", DenoisedSampler(sampler, IterativeDenoiser(steps=1)), classes),
+                (f"{name} (sequential + 5 ODE steps)", DenoisedSampler(sampler, IterativeDenoiser(steps=5)), classes)]
     if config.architecture != "ntm":
         return [(f"{name} (sequential)", SequentialSampler(TarFlow(config).eval()), classes)]
     model = NormalizingTrajectoryModel(config).eval()
