@@ -9,8 +9,8 @@ with 5 steps of iterative denoising).
 
 Each preset's model is built fresh: these samplers do the same work whatever the weights (the sequential sampler
 inverts every token of every block, the NTM runs its K steps, the denoiser is one forward, each step of iterative
-denoising one forward and backward pass), so an untrained model costs what a trained one does. Class-conditional presets sample classes in turn, unguided at temperature 1 (the
-FID tables' setting). Presets are timed in turn, round after round, so a disturbance of the machine falls on all
+denoising one forward and backward pass), so an untrained model costs what a trained one does. Class-conditional
+presets sample classes in turn, unguided at temperature 1 (the FID tables' setting). Presets are timed in turn, round after round, so a disturbance of the machine falls on all
 of them. Prints the best time per image over --rounds (after one warm-up round) and its ratio to the reference's.
 """
 

@@ -237,6 +237,11 @@ def saved_latent_flow(tmp_path, sigma: float = 0.3, autoencoder: str = "library"
     return TarFlow.from_pretrained(tmp_path / "model")
 
 
+def weights(autoencoder) -> dict[str, torch.Tensor]:
+    """Every tensor of a library or diffusers autoencoder, by name (the encoder's start with "encoder.")."""
+    return (autoencoder.vae if hasattr(autoencoder, "vae") else autoencoder).state_dict()
+
+
 def noisy_error(autoencoder, flow, latents, sigma):
     """Mean squared error of decode(z + sigma eps) against the images' bin centres, fixed noise: recomputed here."""
     eps = torch.randn(latents.shape, generator=torch.Generator().manual_seed(123))
@@ -262,6 +267,11 @@ def test_finetuned_decoder_lowers_the_error_of_noisy_latents(autoencoder, tmp_pa
     assert result["noisy_psnr_db_after"] > result["noisy_psnr_db_before"]
     assert tuned.metadata["noise_std"] == 0.3
     assert torch.equal(tuned.encode(images), original.encode(images))  # the encoder is frozen
+    before, after = weights(original), weights(tuned)
+    encoder = [name for name in before if name.startswith(("encoder.", "quant_conv."))]
+    assert encoder
+    for name in encoder:
+        assert torch.equal(before[name], after[name]), name
     assert TarFlow.from_pretrained(tmp_path / "model").modality.denoising_decoder(0.3) is not None
     assert TarFlow.from_pretrained(tmp_path / "model").modality.denoising_decoder(0.2) is None  # another sigma
 

@@ -9,10 +9,9 @@ in tarflow.json (a decoder fine-tuned on noisy latents records its noise_std the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
-
-import json
 
 import torch
 from torch import Tensor, nn
