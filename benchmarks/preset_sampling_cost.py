@@ -1,23 +1,28 @@
 """Sampling time per image of image presets against a reference preset, in one process: what the FID tables'
 "seconds per image" compare (pixel TarFlow's exact sequential sampler against an NTM's K steps, with and without
 its self-distilled denoiser, or against a noise-conditioned model's generation at t1, with one Tweedie step and
-with 5 steps of iterative denoising).
+with 5 steps of iterative denoising, or against a latent model's generation with its decoding: one Tweedie step
+in latent space then the decoder, or the decoder alone, which is what a fine-tuned denoising decoder costs).
 
     python benchmarks/preset_sampling_cost.py cifar10-ntm                      # against cifar10, batch 256
     python benchmarks/preset_sampling_cost.py mnist-ntm --reference mnist --batch 64 256
     python benchmarks/preset_sampling_cost.py cifar10-itarflow --threads 2
+    python benchmarks/preset_sampling_cost.py cifar10-latent --threads 2      # a fresh autoencoder of the default shape
 
 Each preset's model is built fresh: these samplers do the same work whatever the weights (the sequential sampler
 inverts every token of every block, the NTM runs its K steps, the denoiser is one forward, each step of iterative
-denoising one forward and backward pass), so an untrained model costs what a trained one does. Class-conditional
-presets sample classes in turn, unguided at temperature 1 (the FID tables' setting). Presets are timed in turn, round after round, so a disturbance of the machine falls on all
-of them. Prints the best time per image over --rounds (after one warm-up round) and its ratio to the reference's.
+denoising one forward and backward pass, the decoder one forward), so an untrained model costs what a trained one
+does; a latent preset gets a fresh autoencoder of `tarflow autoencoder train`'s default shape unless --autoencoder
+names one. Class-conditional presets sample classes in turn, unguided at temperature 1 (the FID tables'
+setting). Presets are timed in turn, round after round, so a disturbance of the machine falls on all of them.
+Prints the best time per image over --rounds (after one warm-up round) and its ratio to the reference's.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -26,18 +31,42 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tarflow import TarFlow  # noqa: E402
+from tarflow.autoencoders import AutoencoderConfig, KLAutoencoder  # noqa: E402
 from tarflow.flows.trajectory import NormalizingTrajectoryModel  # noqa: E402
-from tarflow.sampling import (DenoisedSampler, IterativeDenoiser, SequentialSampler,  # noqa: E402
-                              TrajectorySampler)
+from tarflow.sampling import (DecodedSampler, DenoisedSampler, IterativeDenoiser,  # noqa: E402
+                              SequentialSampler, TrajectorySampler)
 from tarflow.sampling.trajectory_denoiser import DenoiserConfig, TrajectoryDenoiser, dequantization_std  # noqa: E402
 
 from preset_timing import best_times, image_preset  # noqa: E402
 
 
-def samplers(name: str) -> list[tuple[str, object, int | None]]:
-    """[(label, sampler, number of classes)] of preset ``name``: an NTM gives two, without and with a denoiser
-    of the distill-denoiser command's default size."""
-    config = image_preset(name).model
+def latent_samplers(name: str, preset, autoencoder_dir: str) -> list[tuple[str, object, int | None, dict]]:
+    """A latent preset's sequential sampler with its two decodings (see `samplers`); ``autoencoder_dir`` empty: a
+    fresh autoencoder of the default shape, saved in a temporary directory (unit latent scale, zero shift)."""
+    config = preset.model
+    if not autoencoder_dir:
+        autoencoder_dir = tempfile.mkdtemp(prefix="tarflow-bench-autoencoder-")
+        KLAutoencoder(AutoencoderConfig(latent_channels=config.channels)).save_pretrained(autoencoder_dir)
+    config.autoencoder = str(Path(autoencoder_dir).resolve())
+    config.latent_scale, config.latent_shift = 1.0, 0.0
+    sampler = SequentialSampler(TarFlow(config).eval())
+    classes = config.num_classes or None
+    tweedie = {"denoise_std": preset.train.noise_std}
+    return [(f"{name} (sequential + Tweedie + decoder)", DecodedSampler(sampler, "tweedie"), classes, tweedie),
+            (f"{name} (sequential + decoder)", DecodedSampler(sampler, "none"), classes, {})]
+
+
+def samplers(name: str, autoencoder_dir: str = "") -> list[tuple[str, object, int | None, dict]]:
+    """[(label, sampler, number of classes, more keywords of its sample call)] of preset ``name``: an NTM gives
+    two, without and with a denoiser of the distill-denoiser command's default size."""
+    preset = image_preset(name, modalities=("pixels", "latents"))
+    if preset.model.modality == "latents":
+        return latent_samplers(name, preset, autoencoder_dir)
+    return [entry + ({},) for entry in image_samplers(name, preset.model)]
+
+
+def image_samplers(name: str, config) -> list[tuple[str, object, int | None]]:
+    """A pixel preset's samplers (see `samplers`)."""
     classes = config.num_classes or None
     if config.noise_conditioning:
         sampler = SequentialSampler(TarFlow(config).eval())
@@ -54,13 +83,14 @@ def samplers(name: str) -> list[tuple[str, object, int | None]]:
             (f"{name} ({steps} steps + denoiser)", TrajectorySampler(model, denoiser.eval()), classes)]
 
 
-def sample_call(sampler, batch: int, classes: int | None):
-    """A function drawing ``batch`` samples (classes in turn) with the round's index as the seed."""
+def sample_call(sampler, batch: int, classes: int | None, options: dict):
+    """A function drawing ``batch`` samples (classes in turn) with the round's index as the seed; ``options``:
+    more keywords of ``sampler.sample``."""
     y = torch.arange(batch) % classes if classes else None
 
     def call(round_index: int) -> None:
         with torch.no_grad():
-            sampler.sample(batch, y, generator=torch.Generator().manual_seed(round_index))
+            sampler.sample(batch, y, generator=torch.Generator().manual_seed(round_index), **options)
 
     return call
 
@@ -72,16 +102,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[256], help="images per call (default 256, fid's)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds after the warm-up round (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--autoencoder", default="", metavar="DIR",
+                        help="latent presets: this autoencoder instead of a fresh one of the default shape")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     entries = samplers(args.reference)[:1]
     for name in args.presets:
-        entries += samplers(name)
+        entries += samplers(name, args.autoencoder)
     print(f"{args.threads} thread(s), best of {args.rounds} rounds after a warm-up round")
     for batch in args.batch:
-        calls = {label: sample_call(sampler, batch, classes) for label, sampler, classes in entries}
+        calls = {label: sample_call(sampler, batch, classes, options) for label, sampler, classes, options in entries}
         best = best_times(calls, args.rounds)
         unit = best[entries[0][0]] / batch
         for label, call_seconds in best.items():

@@ -10,11 +10,12 @@ from tarflow.presets import get_preset
 from tarflow.train.config import RunConfig
 
 
-def image_preset(name: str) -> RunConfig:
-    """Preset ``name``, which must model images (modality pixels)."""
+def image_preset(name: str, modalities: tuple[str, ...] = ("pixels",)) -> RunConfig:
+    """Preset ``name``, which must model images (one of ``modalities``)."""
     preset = get_preset(name)
-    if preset.model.modality != "pixels":
-        raise SystemExit(f"{name}: only image presets (modality pixels) are timed here, not {preset.model.modality}")
+    if preset.model.modality not in modalities:
+        raise SystemExit(f"{name}: only image presets (modality {' or '.join(modalities)}) are timed here, not "
+                         f"{preset.model.modality}")
     return preset
 
 
