@@ -42,14 +42,17 @@ from preset_timing import best_times, image_preset  # noqa: E402
 
 def latent_samplers(name: str, preset, autoencoder_dir: str) -> list[tuple[str, object, int | None, dict]]:
     """A latent preset's sequential sampler with its two decodings (see `samplers`); ``autoencoder_dir`` empty: a
-    fresh autoencoder of the default shape, saved in a temporary directory (unit latent scale, zero shift)."""
+    fresh autoencoder of the default shape, saved in a temporary directory that is gone once it is loaded (unit
+    latent scale, zero shift)."""
     config = preset.model
-    if not autoencoder_dir:
-        autoencoder_dir = tempfile.mkdtemp(prefix="tarflow-bench-autoencoder-")
-        KLAutoencoder(AutoencoderConfig(latent_channels=config.channels)).save_pretrained(autoencoder_dir)
-    config.autoencoder = str(Path(autoencoder_dir).resolve())
     config.latent_scale, config.latent_shift = 1.0, 0.0
-    sampler = SequentialSampler(TarFlow(config).eval())
+    with tempfile.TemporaryDirectory(prefix="tarflow-bench-autoencoder-") as fresh_dir:
+        if not autoencoder_dir:
+            autoencoder_dir = fresh_dir
+            KLAutoencoder(AutoencoderConfig(latent_channels=config.channels)).save_pretrained(fresh_dir)
+        config.autoencoder = str(Path(autoencoder_dir).resolve())
+        sampler = SequentialSampler(TarFlow(config).eval())
+        sampler.model.modality.autoencoder  # loaded now, while its directory exists
     classes = config.num_classes or None
     tweedie = {"denoise_std": preset.train.noise_std}
     return [(f"{name} (sequential + Tweedie + decoder)", DecodedSampler(sampler, "tweedie"), classes, tweedie),
