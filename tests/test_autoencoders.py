@@ -308,14 +308,25 @@ def test_reconstruction_fid_is_that_of_the_reconstructed_set(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_autoencoder_eval_cli_reports_reconstruction_fid(tmp_path, capsys):
+def test_autoencoder_eval_cli_reports_reconstruction_fid(tmp_path, capsys, monkeypatch):
+    """The images' statistics are the dataset's, cached as `tarflow fid` caches them: a second eval reads them
+    from the cache and reports the same FID."""
     from tarflow.cli import main
 
+    monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
     torch.jit.save(torch.jit.script(Pool()), str(tmp_path / "pool.pt"))
     save_tiny_autoencoder(tmp_path / "ae", metadata={"dataset": "digits", "levels": 17})
-    assert main(["autoencoder", "eval", str(tmp_path / "ae"), "--count", "50", "--weights", str(tmp_path / "pool.pt"),
-                 "--out", str(tmp_path / "eval.json"), "--no-progress"]) == 0
+    command = ["autoencoder", "eval", str(tmp_path / "ae"), "--count", "50", "--weights", str(tmp_path / "pool.pt"),
+               "--no-progress"]
+    assert main(command + ["--out", str(tmp_path / "eval.json")]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 50 and result["reconstruction_fid"] > 0
     assert f"FID of the reconstructions against the images: {result['reconstruction_fid']:.2f}" in \
         capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "fid").glob("digits-test-50-*.npz"))
+    assert len(cached) == 1
+    written = cached[0].stat().st_mtime_ns
+    assert main(command + ["--out", str(tmp_path / "again.json")]) == 0
+    assert cached[0].stat().st_mtime_ns == written  # read, not computed again
+    assert json.loads((tmp_path / "again.json").read_text())["reconstruction_fid"] == \
+        pytest.approx(result["reconstruction_fid"], rel=1e-9)

@@ -185,14 +185,16 @@ def evaluate_psnr(model, images: torch.Tensor, levels: int, batch_size: int = 25
 
 
 def reconstruction_fid(model, extractor, images: torch.Tensor, levels: int, batch_size: int = 256,
-                       progress: bool = False) -> float:
+                       progress: bool = False, real=None) -> float:
     """FID between integer images and their reconstructions (what the latent space costs before any flow), with
-    the features of a `metrics.FeatureExtractor`."""
+    the features of a `metrics.FeatureExtractor`; ``real``: the images' `FIDStats` when known (a dataset's cached
+    statistics), else computed here."""
     from ..metrics import fid_from_stats
 
     reconstructions = torch.cat([reconstruct(model, images[start:start + batch_size], levels)
                                  for start in range(0, len(images), batch_size)])
-    real = extractor.statistics(images, levels, progress, desc="FID features images")
+    if real is None:
+        real = extractor.statistics(images, levels, progress, desc="FID features images")
     return fid_from_stats(real, extractor.statistics(reconstructions, levels, progress,
                                                      desc="FID features reconstructions"))
 

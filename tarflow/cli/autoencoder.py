@@ -85,10 +85,15 @@ def cmd_autoencoder_eval(args: argparse.Namespace) -> int:
           f"images)")
     if args.weights:
         from ..metrics import FeatureExtractor
+        from ..metrics.fid import dataset_statistics
 
         extractor = FeatureExtractor(args.weights, device=pick_device(args.device))
+        # the images' statistics are the dataset's cached ones (the same subset), shared with `tarflow fid`
+        real, _ = dataset_statistics(extractor, dataset, args.split, args.count, data_dir=args.data_dir,
+                                     progress=not args.no_progress, image_size=image_size,
+                                     channels=autoencoder.channels)
         result["reconstruction_fid"] = reconstruction_fid(autoencoder, extractor, images, data.levels,
-                                                          progress=not args.no_progress)
+                                                          progress=not args.no_progress, real=real)
         print(f"FID of the reconstructions against the images: {result['reconstruction_fid']:.2f}")
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
