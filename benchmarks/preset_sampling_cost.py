@@ -2,7 +2,8 @@
 "seconds per image" compare (pixel TarFlow's exact sequential sampler against an NTM's K steps, with and without
 its self-distilled denoiser, or against a noise-conditioned model's generation at t1, with one Tweedie step and
 with 5 steps of iterative denoising, or against a latent model's generation with its decoding: one Tweedie step
-in latent space then the decoder, or the decoder alone, which is what a fine-tuned denoising decoder costs).
+in latent space then the decoder, or the decoder alone, which is what a fine-tuned denoising decoder costs, or the
+latents without decoding: the flow's share).
 
     python benchmarks/preset_sampling_cost.py cifar10-ntm                      # against cifar10, batch 256
     python benchmarks/preset_sampling_cost.py mnist-ntm --reference mnist --batch 64 256
@@ -41,9 +42,9 @@ from preset_timing import best_times, image_preset  # noqa: E402
 
 
 def latent_samplers(name: str, preset, autoencoder_dir: str) -> list[tuple[str, object, int | None, dict]]:
-    """A latent preset's sequential sampler with its two decodings (see `samplers`); ``autoencoder_dir`` empty: a
-    fresh autoencoder of the default shape, saved in a temporary directory that is gone once it is loaded (unit
-    latent scale, zero shift)."""
+    """A latent preset's sequential sampler with its two decodings and without decoding (the flow's share of the
+    cost; see `samplers`); ``autoencoder_dir`` empty: a fresh autoencoder of the default shape, saved in a
+    temporary directory that is gone once it is loaded (unit latent scale, zero shift)."""
     config = preset.model
     config.latent_scale, config.latent_shift = 1.0, 0.0
     with tempfile.TemporaryDirectory(prefix="tarflow-bench-autoencoder-") as fresh_dir:
@@ -56,7 +57,8 @@ def latent_samplers(name: str, preset, autoencoder_dir: str) -> list[tuple[str, 
     classes = config.num_classes or None
     tweedie = {"denoise_std": preset.train.noise_std}
     return [(f"{name} (sequential + Tweedie + decoder)", DecodedSampler(sampler, "tweedie"), classes, tweedie),
-            (f"{name} (sequential + decoder)", DecodedSampler(sampler, "none"), classes, {})]
+            (f"{name} (sequential + decoder)", DecodedSampler(sampler, "none"), classes, {}),
+            (f"{name} (sequential, latents only)", sampler, classes, {})]
 
 
 def samplers(name: str, autoencoder_dir: str = "") -> list[tuple[str, object, int | None, dict]]:
