@@ -85,13 +85,12 @@ def cmd_autoencoder_eval(args: argparse.Namespace) -> int:
           f"images)")
     if args.weights:
         from ..metrics import FeatureExtractor
-        from ..metrics.fid import dataset_statistics
+        from ..metrics.fid import split_statistics
 
         extractor = FeatureExtractor(args.weights, device=pick_device(args.device))
         # the images' statistics are the dataset's cached ones (the same subset), shared with `tarflow fid`
-        real, _ = dataset_statistics(extractor, dataset, args.split, args.count, data_dir=args.data_dir,
-                                     progress=not args.no_progress, image_size=image_size,
-                                     channels=autoencoder.channels)
+        real, _ = split_statistics(extractor, images, data.levels, dataset, args.split,
+                                   progress=not args.no_progress)
         result["reconstruction_fid"] = reconstruction_fid(autoencoder, extractor, images, data.levels,
                                                           progress=not args.no_progress, real=real)
         print(f"FID of the reconstructions against the images: {result['reconstruction_fid']:.2f}")

@@ -385,11 +385,21 @@ def dataset_statistics(extractor: FeatureExtractor, name: str, split: str = "tra
     A subset is drawn at random with ``seed``: some datasets (the CIFAR-10 PNG folder) are ordered by class.
     Under torchrun every process extracts the features of its share of the images and rank 0 writes the cache.
     """
-    from ..data import default_cache_dir, load_dataset
+    from ..data import load_dataset
 
     data = load_dataset(name, split, data_dir=data_dir, cache_dir=cache_dir, progress=progress, **load_kwargs)
     idx = random_subset(len(data), count, seed)
     images = data.images if idx is None else data.images[idx]
+    return split_statistics(extractor, images, data.levels, name, split, seed, cache_dir, progress)
+
+
+def split_statistics(extractor: FeatureExtractor, images: Tensor, levels: int, name: str, split: str,
+                     seed: int = 0, cache_dir: str | os.PathLike | None = None, progress: bool = True
+                     ) -> tuple[FIDStats, dict[str, Any]]:
+    """`dataset_statistics` of images already loaded: a split of dataset ``name`` (or its subset drawn with
+    ``seed``) with ``levels`` intensity levels, cached under a hash of their content."""
+    from ..data import default_cache_dir
+
     n = images.shape[0]
     content = images_hash(images)
     cache = Path(cache_dir or default_cache_dir()) / "fid"
@@ -402,10 +412,10 @@ def dataset_statistics(extractor: FeatureExtractor, name: str, split: str = "tra
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged entry: compute it again and replace it
     info = {"version": STATS_VERSION, "dataset": name, "split": split, "count": n, "seed": seed,
-            "images_sha256": content, "levels": data.levels, "extractor_key": extractor.key}
+            "images_sha256": content, "levels": levels, "extractor_key": extractor.key}
     rank, world = process_share()
     partial = path.with_suffix(".partial.npz") if world == 1 else None  # one process: resumable
-    stats = extractor.statistics(images[rank::world], data.levels, progress and rank == 0,
+    stats = extractor.statistics(images[rank::world], levels, progress and rank == 0,
                                  desc=f"FID features {name} {split}", info=info, across_ranks=world > 1,
                                  resume_file=partial)
     try:
