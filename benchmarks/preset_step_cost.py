@@ -30,7 +30,7 @@ from preset_timing import best_times, image_preset  # noqa: E402
 
 def step_function(name: str, batch: int | None):
     """(label, a function doing one training step) of preset ``name`` at ``batch`` (None: the preset's)."""
-    preset = image_preset(name)
+    preset = image_preset(name, modalities=("pixels", "latents"))
     config = preset.model
     batch = batch or preset.train.batch_size
     trajectory = config.architecture == "ntm"

@@ -95,6 +95,21 @@ PRESETS: dict[str, dict] = {
                       warmup_steps=200, eval_every=700, sample_every=700, checkpoint_every=350,
                       sample_guidance=1.0),
     },
+    # cifar10-latent with patch 2 on the 8x8 latents: 16 tokens of 16 numbers instead of 64 of 4, so a sample takes
+    # 16 sequential steps per block instead of 64 (cifar10-latent's flow alone cost 1.03x the pixel preset's time).
+    # A step costs 0.31x cifar10-latent's at batch 64 and 0.55x the pixel cifar10 preset's at batch 128
+    # (`python benchmarks/preset_step_cost.py cifar10-latent cifar10-latent-patch2 --batch 64 128 256 --threads 2`),
+    # so 4,800 steps of 128. Its run (2026-12-03): 59 min 32 s, test latent nats/dim 0.8243, FID 104.2 (Tweedie) /
+    # 106.3 (fine-tuned decoder), samples in 0.29-0.40x the pixel preset's time (README, Latent flows).
+    "cifar10-latent-patch2": {
+        "model": dict(modality="latents", autoencoder="runs/autoencoder-cifar10", image_size=8, channels=4,
+                      patch_size=2, width=192, num_blocks=6, layers_per_block=[1, 1, 1, 1, 1, 7], head_dim=64,
+                      num_classes=10, condition_top_only=True, start_token="learned", positions="rope",
+                      scale="softplus", log_scale_clip=4.0),
+        "train": dict(dataset="cifar10", noise="gaussian", noise_std=0.3, steps=4800, batch_size=128, lr=1e-3,
+                      warmup_steps=200, eval_every=1200, sample_every=1200, checkpoint_every=400,
+                      sample_guidance=1.0),
+    },
     # After the STARFlow paper's ImageNet 256 recipe on SD-VAE latents (4x32x32): layers 2 2 2 2 2 24, patch 1,
     # noise 0.3, softplus scale, soft clip 4, learned start, RoPE, class on the deep block (width 1536 is our
     # choice, not the paper's). Give the VAE directory (e.g. a local copy of stabilityai/sd-vae-ft-ema) with
