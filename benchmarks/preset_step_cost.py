@@ -3,8 +3,10 @@ new preset fit the reference's budget (the cifar10 preset: 2,800 steps in about 
 
     python benchmarks/preset_step_cost.py cifar10-ntm mnist-ntm                 # against cifar10
     python benchmarks/preset_step_cost.py cifar10-ntm --batch 16 32 64 --reference cifar10
+    python benchmarks/preset_step_cost.py cifar10-latent cifar10-latent-patch2 --batch 64 128 --threads 2
 
-Each preset's model (pixel TarFlow or NTM) takes steps of its own batch size (or each --batch) on random images:
+Each preset's model (pixel TarFlow, NTM, or a latent flow on random latents: the dataset is encoded once before
+training, so a step costs the flow alone) takes steps of its own batch size (or each --batch) on random images:
 -log p (the NTM's trajectory bound), backward, AdamW, as the trainers do; presets are timed in turn, round after
 round, so a disturbance of the machine falls on all of them. Prints the best step time over --rounds (after one
 warm-up round) and its ratio to the reference's step, and the steps that fit the reference's budget.
