@@ -140,8 +140,17 @@ def test_flow_score_denoiser_from_the_command_line(run_dir, mnist_dir, tmp_path,
     assert fsm["denoising_error"]["noisy"] == tweedie["denoising_error"]["noisy"]  # the same noisy test clips
     assert fsm["denoising_error"]["tweedie"] == tweedie["denoising_error"]["tweedie"]
     assert fsm["denoising_error"]["score_denoiser"] >= 0
-    assert main(consistency + ["--continue-from", "2"]) != 0
-    assert "pass --denoise none" in capsys.readouterr().err
+    for denoising in ([], ["--score-denoiser", fitted["out"]]):  # continued from noised frames, then denoised
+        assert main(consistency + ["--continue-from", "2"] + denoising) == 0
+        continuation = json.loads(capsys.readouterr().out)["continuation"]
+        assert continuation["given_frames"] == 2 and 0 <= continuation["mse"] <= 1
+    generated = torch.randint(0, 256, (2, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    save_gif(generated, tmp_path / "given.gif")
+    for denoising in ([], ["--score-denoiser", fitted["out"]]):
+        assert main(["sample", str(noisy_run), "--count", "1", "--first-frames", str(tmp_path / "given.gif"),
+                     "--frames", "6", "--sampler", "sequential", "--out", str(out)] + denoising) == 0
+        clip = read_clip(out.with_suffix(".gif"), channels=1)
+        assert clip.shape == (6, 1, 32, 32) and torch.equal(clip[:2], generated)  # shown as given
     assert main(consistency + ["--denoise", "none", "--score-denoiser", fitted["out"]]) != 0
     assert "this one was not (or --denoise none was given)" in capsys.readouterr().err
     assert main(["fit-score-denoiser", str(run_dir), "--steps", "1", "--no-progress"]) != 0

@@ -279,6 +279,33 @@ def test_continuation_reproduces_given_frames_and_samples_the_rest(model, count,
     assert (other[:, count:] - out[:, count:]).abs().max() > 1e-3
 
 
+class Halving:
+    """A stand-in score denoiser: x -> x / 2."""
+
+    def denoise(self, clips: torch.Tensor) -> torch.Tensor:
+        return clips / 2
+
+
+def test_continuation_for_a_model_of_noisy_frames_noises_the_given_frames_then_denoises(model):
+    """noise_std: the given frames get the training noise (the first draws of the generator) before they are
+    encoded, and the continued clip is denoised by one Tweedie step, or by the denoiser when one is given."""
+    from tarflow.sampling import tweedie_denoise
+
+    sigma, y, given = 0.3, labels(model), clips(seed=5)[:, :2]
+    sampler = SequentialSampler(model)
+    generator = torch.Generator().manual_seed(7)
+    noisy = given + sigma * torch.randn(given.shape, generator=generator, dtype=torch.float64)
+    plain = continue_clips(sampler, noisy, y, generator=generator)
+    denoised = continue_clips(sampler, given, y, generator=torch.Generator().manual_seed(7), noise_std=sigma)
+    assert (denoised - tweedie_denoise(model, plain, y, sigma)).abs().max() <= 1e-9
+    assert (denoised - plain).abs().max() > 1e-3  # the Tweedie step moved it
+    halved = continue_clips(sampler, given, y, generator=torch.Generator().manual_seed(7), noise_std=sigma,
+                            denoiser=Halving())
+    assert (halved - plain / 2).abs().max() <= 1e-12
+    with pytest.raises(ConfigError, match="give the model's noise_std"):
+        continue_clips(sampler, given, y, denoiser=Halving())
+
+
 # ----- save / load ------------------------------------------------------------------------------
 
 def test_save_load_round_trip(model, tmp_path):

@@ -98,9 +98,11 @@ def read_first_frames(path: str, model, levels: int):
     return place_in_bins(levels_of, torch.full(clip.shape, 0.5), levels)[None]
 
 
-def extend(sampler, clip, frames: int, y, temperature: float, guidance, generator, context: int):
+def extend(sampler, clip, frames: int, y, temperature: float, guidance, generator, context: int,
+           noise_std: float | None = None, denoiser=None):
     """``clip`` (n, k, C, H, W) continued to ``frames`` frames: windows of the model's F frames, each continuing the
-    last ``context`` frames of the clip so far (the first window: all k given ones)."""
+    last ``context`` frames of the clip so far (the first window: all k given ones); ``noise_std`` and ``denoiser``
+    as for `continue_clips` (a model trained with gaussian noise)."""
     import torch
 
     from ..sampling import continue_clips
@@ -108,7 +110,7 @@ def extend(sampler, clip, frames: int, y, temperature: float, guidance, generato
     window = sampler.model.modality.frame_count
     while clip.shape[1] < frames:
         given = clip if clip.shape[1] < window else clip[:, -context:]
-        continued = continue_clips(sampler, given, y, temperature, guidance, generator)
+        continued = continue_clips(sampler, given, y, temperature, guidance, generator, noise_std, denoiser)
         clip = torch.cat([clip, continued[:, given.shape[1]:]], dim=1)
     return clip[:, :frames]
 
@@ -135,31 +137,22 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         raise ConfigError("--first-frames and --frames beyond the model's length continue clips exactly, which a "
                           "noise-conditioned model (generated at a noise level, then denoised) does not support")
     started = time.perf_counter()
-    if args.score_denoiser is not None:
-        from ..sampling.flow_score import ScoreDenoisedSampler
-
-        denoiser = load_score_denoiser(args.score_denoiser, model, sigma)
-        if frames > window:
-            raise ConfigError(f"--score-denoiser denoises whole clips of the model's {window} frames: --frames "
-                              f"beyond it is not supported with it")
-        sampler, sigma = ScoreDenoisedSampler(sampler, denoiser), None
+    denoiser = None if args.score_denoiser is None else load_score_denoiser(args.score_denoiser, model, sigma)
     if args.first_frames is not None:
-        if sigma or args.score_denoiser is not None:
-            raise ConfigError("--first-frames continues clips exactly; it does not combine with denoising: pass "
-                              "--denoise none and no --score-denoiser")
         given = read_first_frames(args.first_frames, model, levels).expand(args.count, -1, -1, -1, -1)
         given = given.to(model.device, model.dtype)
         x = extend(sampler, model.modality.from_frames(given), frames, y, settings["temperature"], guidance,
-                   generator, context)
+                   generator, context, sigma, denoiser)
         x = model.modality.to_frames(x)
-        x[:, :given.shape[1]] = given  # latent frames: the given frames, not their autoencoder reconstruction
+        x[:, :given.shape[1]] = given  # the given frames, not their reconstruction (latent) or denoising
         what = f"continued from {given.shape[1]} frames of {args.first_frames}"
     else:
-        x = sampler.sample(args.count, y, settings["temperature"], guidance, sigma, generator=generator)
+        x = whole_clip_sampler(sampler, denoiser).sample(args.count, y, settings["temperature"], guidance,
+                                                         None if denoiser else sigma, generator=generator)
         if frames > window:
-            x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context)
+            x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context, sigma, denoiser)
         x = model.modality.to_frames(x)
-        what = "drawn whole" + (", denoised by the score denoiser" if args.score_denoiser else "")
+        what = "drawn whole" + (", denoised by the score denoiser" if denoiser else "")
     x = x[:, :frames]
     seconds = time.perf_counter() - started
     clips = to_uint8(x, levels)
@@ -170,6 +163,13 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         save_each_clip(clips, Path(args.clips_dir), formats)
         written = f" (each clip also as {' and '.join(name.upper() for name in formats)} in {args.clips_dir})"
     return seconds, f"{frames}-frame clips {what}{windows}{written}"
+
+
+def whole_clip_sampler(sampler, denoiser):
+    """``sampler``, or with a fitted score ``denoiser`` the sampler that applies it in place of the Tweedie step."""
+    from ..sampling.flow_score import ScoreDenoisedSampler
+
+    return sampler if denoiser is None else ScoreDenoisedSampler(sampler, denoiser)
 
 
 def clip_formats(text: str) -> list[str]:
@@ -217,7 +217,7 @@ def add_video_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-frames", default=None, metavar="CLIP",
                         help="video models: continue the frames of this clip file (GIF, MP4, ...; fewer frames than "
                         "the model's clips, at its frame size): they are encoded exactly and the rest sampled "
-                        "given them")
+                        "given them (a model trained with gaussian noise: given its noise first, and denoised after)")
     parser.add_argument("--score-denoiser", default=None, metavar="DIR",
                         help="video models trained with gaussian noise: denoise with this fitted causal score "
                         "denoiser (`tarflow fit-score-denoiser`) instead of the Tweedie step")
@@ -238,7 +238,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     from ..data.moving_mnist import digit_sets
     from ..metrics.temporal import consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier
     from ..runs import load_model
-    from ..sampling.flow_score import ScoreDenoisedSampler, denoising_errors
+    from ..sampling.flow_score import denoising_errors
     from ..train.video import load_clips
     from ..viz import to_uint8
     from .sample import choose_denoiser, choose_sampler
@@ -262,17 +262,15 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     if iterative is not None:
         raise ConfigError("temporal-consistency samples whole clips exactly; --denoise iterative (noise-conditioned "
                           "models) does not apply to video")
-    if args.continue_from and sigma:
-        raise ConfigError("--continue-from continues clips exactly, which does not combine with denoising: pass "
-                          "--denoise none (and no --score-denoiser) for a model trained with gaussian noise")
     denoiser = load_score_denoiser(args.score_denoiser, model, sigma) if args.score_denoiser else None
     if denoiser is not None:
-        sampler, denoised = ScoreDenoisedSampler(sampler, denoiser), f"score denoiser {args.score_denoiser}"
+        denoised = f"score denoiser {args.score_denoiser}"
     temperature = args.temperature or float(metadata.get("sampling", {}).get("temperature", 1.0))
     classes = model.config.num_classes
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
-    samples = sampler.sample(args.count, y, temperature, None, None if denoiser else sigma,
-                             generator=torch.Generator().manual_seed(args.seed))
+    samples = whole_clip_sampler(sampler, denoiser).sample(args.count, y, temperature, None,
+                                                           None if denoiser else sigma,
+                                                           generator=torch.Generator().manual_seed(args.seed))
     clips = to_uint8(model.modality.to_frames(samples), test.levels).cpu()
     matching = {}
     if classes:
@@ -295,16 +293,17 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
             "unit": "mean squared error to the clean test clips per dimension, in the flow's units"}
     if args.continue_from:
         result["continuation"] = continuation_figures(args, model, sampler, classifier, data_dir, options,
-                                                      temperature, test.levels)
+                                                      temperature, test.levels, sigma, denoiser)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def continuation_figures(args: argparse.Namespace, model, sampler, classifier, data_dir, options: dict,
-                         temperature: float, levels: int) -> dict:
+                         temperature: float, levels: int, sigma: float | None, denoiser) -> dict:
     """Video-to-video on real test clips: their first k = --continue-from frames, continued to 2k by the model
-    (windows of its length, each from the last half of the frames so far); the per-pixel error of frames k+1..2k
-    and whether the last one still shows the clip's digits, beside the real last frame."""
+    (windows of its length, each from the last half of the frames so far; with ``sigma``, a model trained with
+    gaussian noise, noised and the windows denoised as `continue_clips` says); the per-pixel error of frames
+    k+1..2k and whether the last one still shows the clip's digits, beside the real last frame."""
     import torch
 
     from ..data.quantize import place_in_bins
@@ -323,7 +322,8 @@ def continuation_figures(args: argparse.Namespace, model, sampler, classifier, d
     first = model.modality.from_frames(first.to(model.device, model.dtype))
     window = model.modality.frame_count
     generator = torch.Generator().manual_seed(args.seed)
-    continued = extend(sampler, first, 2 * given, y, temperature, None, generator, max(1, window // 2))
+    continued = extend(sampler, first, 2 * given, y, temperature, None, generator, max(1, window // 2), sigma,
+                       denoiser)
     continued = to_uint8(model.modality.to_frames(continued), levels).cpu()
     continued[:, :given] = clips[:, :given]  # latent frames: the given frames, not their reconstruction
     digits = real.object_labels[:count]

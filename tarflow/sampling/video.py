@@ -110,16 +110,26 @@ def check_first_frames(model, first_frames: Tensor, n: int) -> int:
 @torch.no_grad()
 def continue_clips(sampler: SequentialSampler, first_frames: Tensor, y: Tensor | None = None,
                    temperature: float = 1.0, guidance: Guidance | None = None,
-                   generator: torch.Generator | None = None) -> Tensor:
+                   generator: torch.Generator | None = None, noise_std: float | None = None,
+                   denoiser=None) -> Tensor:
     """Clips (n, F, C, H, W) in model space that start with ``first_frames`` (n, k, C, H, W, in [-1, 1]) and
     continue them: z of the given frames by `encode_frames`, z of the rest from the prior scaled by
-    ``temperature``, then ``sampler`` inverts (any sampler: sequential, `VideoJacobiSampler`, ...)."""
+    ``temperature``, then ``sampler`` inverts (any sampler: sequential, `VideoJacobiSampler`, ...).
+
+    ``noise_std``: for a model trained with gaussian noise, which models noisy frames: the given frames get that
+    noise before they are encoded, and the clip is denoised after, by ``denoiser`` (a fitted
+    `CausalScoreDenoiser`, causal over frames) or else one Tweedie step."""
     model = sampler.model
     check_video(model)
     n = first_frames.shape[0] if isinstance(first_frames, Tensor) and first_frames.dim() else 0
     count = check_first_frames(model, first_frames, n)
     y = model.conditioning.check(y, n, model.device)
     first_frames = first_frames.to(model.device, model.dtype)
+    if denoiser is not None and not noise_std:
+        raise ConfigError("a score denoiser removes the training noise: give the model's noise_std with it")
+    if noise_std:
+        drawn = torch.randn(first_frames.shape, generator=generator, dtype=first_frames.dtype)  # on the CPU
+        first_frames = first_frames + noise_std * drawn.to(first_frames.device)
     noise = sampler.noise(n, temperature, generator)
     padded = torch.cat([first_frames, noise[:, count:]], dim=1)  # later frames do not reach the given frames' z
     model.modality.check(padded, "first frames")
@@ -131,4 +141,5 @@ def continue_clips(sampler: SequentialSampler, first_frames: Tensor, y: Tensor |
     finally:
         model.train(was_training)
     z = torch.cat([known[:, :count], noise[:, count:]], dim=1)
-    return sampler.sample(n, y, guidance=guidance, z=z)
+    clips = sampler.sample(n, y, guidance=guidance, denoise_std=None if denoiser else noise_std, z=z)
+    return clips if denoiser is None else denoiser.denoise(clips)
