@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from tarflow.metrics.temporal import consistent_fraction, digit_targets, frame_accuracy, train_digit_classifier
+from tarflow.metrics.temporal import (consistent_fraction, digit_targets, frame_accuracy, train_digit_classifier,
+                                      unrelated_fraction)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,6 +40,12 @@ def test_consistency_compares_the_sets_of_first_and_last_digits():
     last = [(2, 1), (3, 4), (5, 9), (0, 8)]  # same set (swapped), same, one changed, one changed
     assert consistent_fraction(MarkedDigits(), marked_clips(first, last), 2) == 0.5
     assert consistent_fraction(MarkedDigits(), marked_clips(first, first), 2) == 1.0
+
+
+def test_unrelated_pairs_take_the_last_frame_of_the_next_clip():
+    first = [(1, 2), (3, 4), (3, 4), (7, 8)]
+    # pairs: clip 0's first with clip 1's last (3, 4): no; 1 with 2's (3, 4): yes; 2 with 3's (7, 8): no; 3 with 0's
+    assert unrelated_fraction(MarkedDigits(), marked_clips(first, first), 2) == 0.25
 
 
 def test_digit_targets_are_multi_hot():

@@ -109,7 +109,7 @@ def test_temporal_consistency_reports_samples_and_real_clips(run_dir, mnist_dir,
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 2 and result["test_clips"] == 6 and result["digits_per_clip"] == 2
     assert result["temperature"] == 0.7 and result["denoising"] == "off"
-    for key in ("consistent_samples", "consistent_real_test", "classifier_frame_accuracy"):
+    for key in ("consistent_samples", "consistent_real_test", "consistent_unrelated_real", "classifier_frame_accuracy"):
         assert 0 <= result[key] <= 1
 
 

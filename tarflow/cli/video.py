@@ -236,7 +236,8 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..data.moving_mnist import digit_sets
-    from ..metrics.temporal import consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier
+    from ..metrics.temporal import (consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier,
+                                    unrelated_fraction)
     from ..runs import load_model
     from ..sampling.flow_score import denoising_errors
     from ..train.video import load_clips
@@ -280,6 +281,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
                     "matching": "fraction of sampled clips whose frame shows the digits drawn for (classes in turn)"}
     result = {"consistent_samples": consistent_fraction(classifier, clips, digits), **matching, "samples": args.count,
               "consistent_real_test": consistent_fraction(classifier, test.clips, digits),
+              "consistent_unrelated_real": unrelated_fraction(classifier, test.clips, digits),
               "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
               "classifier_train_s": round(trained_in, 1), "temperature": temperature, "sampler": how,

@@ -79,6 +79,13 @@ def consistent_fraction(classifier, clips: Tensor, count: int) -> float:
     return (first == last).all(dim=1).double().mean().item()
 
 
+def unrelated_fraction(classifier, clips: Tensor, count: int) -> float:
+    """`consistent_fraction` of frame pairs that do not belong together: the first frame of each real clip with the
+    last frame of the next one (the last clip's with the first's). The floor of a model that forgets its digits."""
+    unrelated = torch.stack([clips[:, 0], clips.roll(-1, dims=0)[:, -1]], dim=1)
+    return consistent_fraction(classifier, unrelated, count)
+
+
 def frame_accuracy(classifier, clips: Tensor, object_labels: Tensor) -> float:
     """The fraction of frames of real ``clips`` whose digit classes the classifier gets exactly right."""
     frames = clips.flatten(0, 1)
