@@ -208,15 +208,15 @@ PRESETS: dict[str, dict] = {
                       eval_every=0, sample_every=500, checkpoint_every=250, num_samples=8, entropy_every=0),
     },
     # Moving MNIST for samples: the moving-mnist model and budget trained on clips with Gaussian noise sigma 0.5 (one
-    # Tweedie step, or a fitted flow-score-matching denoiser, removes it) and sampled at temperature 0.5, the noise
-    # and temperature the mnist-samples preset found best for MNIST digits. The moving-mnist preset's uniformly
-    # dequantized samples at temperature 1 were specks, not digits, at step 1,000. Not yet measured by a full run.
+    # Tweedie step, or a fitted flow-score-matching denoiser, removes it), the noise the mnist-samples preset found
+    # best for MNIST digits. Sampled at temperature 1: its full run (2026-12-03, docs/video.md) drew nearly empty
+    # frames at mnist-samples' 0.5 (an unconditional model, no guidance) and stroke fragments, not yet digits, at 1.
     "moving-mnist-samples": {
         "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
                       num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local"),
         "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.5, clip_count=2000, steps=2200,
                       batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=500, checkpoint_every=250,
-                      num_samples=8, entropy_every=0, sample_temperature=0.5),
+                      num_samples=8, entropy_every=0),
     },
     # Seconds on a CPU: the moving-mnist pipeline on 4 frames of 32x32 (16 tokens each), for smoke tests.
     "moving-mnist-tiny": {
