@@ -109,8 +109,9 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         trim_metrics(run_dir, step)
         processes = f", {cluster.world_size} processes ({train_config.parallel})" if cluster.distributed else ""
         precision = "amp " + str(run.amp).removeprefix("torch.") if run.amp else "float32"
+        examples = "clips" if model_config.modality == "video" else "images"
         print(f"training on {device}{processes} ({precision}): "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training images")
+              f"{sum(p.numel() for p in model.parameters()):,} parameters, {len(data):,} training {examples}")
 
     latent = isinstance(data, LatentData)  # figures in latent nats/dim, not bits/dim
     log_bin = 0.0 if latent else math.log(bin_width(data.levels))
