@@ -123,6 +123,7 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
     Returns (seconds, a phrase saying what was drawn)."""
     import torch
 
+    from ..sampling.flow_score import with_denoiser
     from ..train.video import save_clips
     from ..viz import to_uint8
 
@@ -147,8 +148,8 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         x[:, :given.shape[1]] = given  # the given frames, not their reconstruction (latent) or denoising
         what = f"continued from {given.shape[1]} frames of {args.first_frames}"
     else:
-        x = whole_clip_sampler(sampler, denoiser).sample(args.count, y, settings["temperature"], guidance,
-                                                         None if denoiser else sigma, generator=generator)
+        x = with_denoiser(sampler, denoiser).sample(args.count, y, settings["temperature"], guidance, sigma,
+                                                    generator=generator)
         if frames > window:
             x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context, sigma, denoiser)
         x = model.modality.to_frames(x)
@@ -163,13 +164,6 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         save_each_clip(clips, Path(args.clips_dir), formats)
         written = f" (each clip also as {' and '.join(name.upper() for name in formats)} in {args.clips_dir})"
     return seconds, f"{frames}-frame clips {what}{windows}{written}"
-
-
-def whole_clip_sampler(sampler, denoiser):
-    """``sampler``, or with a fitted score ``denoiser`` the sampler that applies it in place of the Tweedie step."""
-    from ..sampling.flow_score import ScoreDenoisedSampler
-
-    return sampler if denoiser is None else ScoreDenoisedSampler(sampler, denoiser)
 
 
 def clip_formats(text: str) -> list[str]:
@@ -239,7 +233,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     from ..metrics.temporal import (consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier,
                                     unrelated_fraction)
     from ..runs import load_model
-    from ..sampling.flow_score import denoising_errors
+    from ..sampling.flow_score import denoising_errors, with_denoiser
     from ..train.video import load_clips
     from ..viz import to_uint8
     from .sample import choose_denoiser, choose_sampler
@@ -269,9 +263,8 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     temperature = args.temperature or float(metadata.get("sampling", {}).get("temperature", 1.0))
     classes = model.config.num_classes
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
-    samples = whole_clip_sampler(sampler, denoiser).sample(args.count, y, temperature, None,
-                                                           None if denoiser else sigma,
-                                                           generator=torch.Generator().manual_seed(args.seed))
+    samples = with_denoiser(sampler, denoiser).sample(args.count, y, temperature, None, sigma,
+                                                      generator=torch.Generator().manual_seed(args.seed))
     clips = to_uint8(model.modality.to_frames(samples), test.levels).cpu()
     matching = {}
     if classes:
@@ -327,7 +320,7 @@ def continuation_figures(args: argparse.Namespace, model, sampler, classifier, d
     continued = extend(sampler, first, 2 * given, y, temperature, None, generator, max(1, window // 2), sigma,
                        denoiser)
     continued = to_uint8(model.modality.to_frames(continued), levels).cpu()
-    continued[:, :given] = clips[:, :given]  # latent frames: the given frames, not their reconstruction
+    continued[:, :given] = clips[:, :given]  # the given frames, not their reconstruction (latent) or denoising
     digits = real.object_labels[:count]
     return {"given_frames": given, "continued_frames": given, "clips": count,
             **continuation_error(continued, clips, given, levels),

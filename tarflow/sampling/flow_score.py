@@ -135,3 +135,9 @@ class ScoreDenoisedSampler:
                denoise_std: float | None = None, generator: torch.Generator | None = None, **kwargs) -> Tensor:
         noisy = self.sampler.sample(n, y, temperature, guidance, None, generator=generator, **kwargs)
         return self.denoiser.denoise(noisy)
+
+
+def with_denoiser(sampler, denoiser: CausalScoreDenoiser | None):
+    """``sampler``, or with a fitted ``denoiser`` the `ScoreDenoisedSampler` that applies it in place of the Tweedie
+    step (its ``denoise_std`` is then ignored)."""
+    return sampler if denoiser is None else ScoreDenoisedSampler(sampler, denoiser)

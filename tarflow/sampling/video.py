@@ -19,6 +19,7 @@ from torch import Tensor
 from ..errors import ConfigError, InputError
 from ..flows.conditioning import Condition
 from ..flows.video import FrameLocalBlock
+from .flow_score import with_denoiser
 from .guidance import Guidance
 from .jacobi import BlockStrategy, JacobiSampler, solve_block
 from .sequential import SequentialSampler
@@ -141,5 +142,4 @@ def continue_clips(sampler: SequentialSampler, first_frames: Tensor, y: Tensor |
     finally:
         model.train(was_training)
     z = torch.cat([known[:, :count], noise[:, count:]], dim=1)
-    clips = sampler.sample(n, y, guidance=guidance, denoise_std=None if denoiser else noise_std, z=z)
-    return clips if denoiser is None else denoiser.denoise(clips)
+    return with_denoiser(sampler, denoiser).sample(n, y, guidance=guidance, denoise_std=noise_std, z=z)
