@@ -152,7 +152,9 @@ def test_cli_distills_and_sample_uses_it_unless_denoise_none(run_dir, tmp_path, 
     assert "no denoiser" in capsys.readouterr().out
     assert main(["distill-denoiser", str(run_dir), "--steps", "3", "--batch-size", "4", "--width", "16",
                  "--layers", "1"]) == 0
-    said = json.loads(capsys.readouterr().out)
+    said, progress = capsys.readouterr()
+    said = json.loads(said)
+    assert "distilling denoiser: 3/3" in progress  # a progress line (a bar on a terminal)
     model = NormalizingTrajectoryModel.from_pretrained(run_dir / "model")
     assert said["out"] == str(run_dir / "model" / DENOISER) and said["sigma"] == pytest.approx(dequantization_std(17))
     stored = model.metadata["sampling"]  # distilled on trajectories drawn as the model samples by default

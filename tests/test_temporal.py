@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tarflow.metrics.temporal import (consistent_fraction, digit_targets, frame_accuracy, train_digit_classifier,
-                                      unrelated_fraction)
+from tarflow.metrics.temporal import (consistent_fraction, digit_classifier, digit_targets, frame_accuracy,
+                                      train_digit_classifier, unrelated_fraction)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,3 +74,23 @@ def test_classifier_learns_which_digits_a_frame_shows():
     labels = torch.from_numpy(chosen)
     assert frame_accuracy(classifier, clips, labels) >= 0.9
     assert consistent_fraction(classifier, clips, 2) >= 0.9
+
+def test_digit_classifier_is_trained_once_per_setting_and_cached(tmp_path):
+    """The second call with the same digits and settings loads the first one's classifier (same weights); another
+    step count trains anew; a damaged cache file is trained again and replaced."""
+    digits = torch.randint(0, 256, (6, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.arange(6) % 3
+    frames = torch.randint(0, 256, (4, 1, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+    def fitted(steps):
+        return digit_classifier(digits, labels, 32, 2, steps=steps, cache_dir=tmp_path)
+
+    trained, info = fitted(3)
+    loaded, again = fitted(3)
+    assert not info["cached"] and again["cached"] and again["path"] == info["path"]
+    with torch.no_grad():
+        assert torch.equal(trained(trained.to_input(frames)), loaded(loaded.to_input(frames)))
+    assert not fitted(4)[1]["cached"]
+    Path(info["path"]).write_bytes(b"not a classifier")
+    repaired, info = fitted(3)
+    assert not info["cached"] and fitted(3)[1]["cached"]

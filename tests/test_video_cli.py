@@ -109,6 +109,12 @@ def test_temporal_consistency_reports_samples_and_real_clips(run_dir, mnist_dir,
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 2 and result["test_clips"] == 6 and result["digits_per_clip"] == 2
     assert result["temperature"] == 0.7 and result["denoising"] == "off"
+    assert main(["temporal-consistency", str(run_dir), "--data-dir", str(mnist_dir), "--count", "2",
+                 "--classifier-steps", "2", "--sampler", "video-jacobi", "--temperature", "0.7",
+                 "--no-progress"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert not result["classifier_cached"] and again["classifier_cached"]  # trained once, then loaded from the cache
+    assert again["classifier_frame_accuracy"] == result["classifier_frame_accuracy"]
     for key in ("consistent_samples", "consistent_real_test", "consistent_unrelated_real", "classifier_frame_accuracy"):
         assert 0 <= result[key] <= 1
 
@@ -120,8 +126,10 @@ def test_flow_score_denoiser_from_the_command_line(run_dir, mnist_dir, tmp_path,
                  "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["fit-score-denoiser", str(noisy_run), "--data-dir", str(mnist_dir), "--steps", "3", "--width", "16",
-                 "--layers", "1", "--no-progress"]) == 0
-    fitted = json.loads(capsys.readouterr().out)
+                 "--layers", "1"]) == 0
+    fitted, progress = capsys.readouterr()
+    fitted = json.loads(fitted)
+    assert "flow-score matching: 3/3" in progress  # a progress line (a bar on a terminal)
     assert fitted["out"] == str(noisy_run / "model" / "score_denoiser")
     out = tmp_path / "denoised.png"
     assert main(["sample", str(noisy_run), "--count", "2", "--sampler", "sequential", "--score-denoiser",

@@ -133,7 +133,8 @@ def cmd_distill_denoiser(args: argparse.Namespace) -> int:
     guidance = Guidance(settings["guidance"], rule) if settings["guidance"] else None
     started = time.perf_counter()
     denoiser, losses = distill_denoiser(model, args.steps, args.batch_size, args.lr, args.width, args.layers,
-                                        args.sigma, args.seed, guidance, settings["temperature"])
+                                        args.sigma, args.seed, guidance, settings["temperature"],
+                                        progress=not args.no_progress)
     out = denoiser.save_pretrained(model_dir / DENOISER)
     config = denoiser.config
     print(json.dumps({"out": str(out), "steps": args.steps, "sigma": config.sigma, "guidance": config.guidance,
@@ -168,4 +169,5 @@ def add_distill_denoiser_parser(sub) -> None:
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="prior temperature of those trajectories (default: the stored setting, else 1)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=cmd_distill_denoiser)

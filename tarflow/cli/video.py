@@ -230,7 +230,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..data.moving_mnist import digit_sets
-    from ..metrics.temporal import (consistent_fraction, frame_accuracy, matching_fraction, train_digit_classifier,
+    from ..metrics.temporal import (consistent_fraction, digit_classifier, frame_accuracy, matching_fraction,
                                     unrelated_fraction)
     from ..runs import load_model
     from ..sampling.flow_score import denoising_errors, with_denoiser
@@ -248,10 +248,10 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     test = load_clips("moving-mnist", "test", data_dir, model.config, not args.no_progress, options)
     digits = test.object_labels.shape[1]
     mnist = load_dataset("mnist", "train", data_dir=data_dir, progress=not args.no_progress)  # the classifier's digits
-    started = time.perf_counter()
-    classifier = train_digit_classifier(mnist.images[:, 0], mnist.labels, test.clips.shape[-1], digits, test.levels,
-                                        args.classifier_steps, seed=args.seed).to(model.device)
-    trained_in = time.perf_counter() - started
+    classifier, classifier_info = digit_classifier(mnist.images[:, 0], mnist.labels, test.clips.shape[-1], digits,
+                                                   test.levels, args.classifier_steps, args.seed,
+                                                   progress=not args.no_progress)
+    classifier = classifier.to(model.device)
     sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
     iterative, sigma, denoised = choose_denoiser(model, args)
     if iterative is not None:
@@ -277,7 +277,8 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
               "consistent_unrelated_real": unrelated_fraction(classifier, test.clips, digits),
               "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
-              "classifier_train_s": round(trained_in, 1), "temperature": temperature, "sampler": how,
+              "classifier_train_s": classifier_info["train_seconds"],
+              "classifier_cached": classifier_info["cached"], "temperature": temperature, "sampler": how,
               "denoising": denoised, "model": str(model_dir)}
     if sigma:  # trained with gaussian noise: how near each denoiser takes noisy test clips to the clean ones
         count = min(args.count, len(test))
@@ -337,7 +338,7 @@ def add_temporal_consistency_parser(sub) -> None:
     parser.add_argument("--count", type=number(int, minimum=1), default=64, help="clips to sample (default 64)")
     parser.add_argument("--classifier-steps", type=number(int, minimum=1), default=3000,
                         help="training steps of the digit classifier on frames drawn from the MNIST training digits "
-                        "(default 3000)")
+                        "(default 3000); trained once per setting and cached beside the FID statistics")
     parser.add_argument("--data-dir", default=None, help="the MNIST files (default: the model's record)")
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
@@ -376,7 +377,8 @@ def cmd_fit_score_denoiser(args: argparse.Namespace) -> int:
                       not args.no_progress, metadata.get("dataset_options", {}))
     started = time.perf_counter()
     denoiser, losses = fit_score_denoiser(model, data.clips, data.levels, float(metadata["noise_std"]), args.steps,
-                                          args.batch_size, args.lr, args.width, args.layers, args.seed)
+                                          args.batch_size, args.lr, args.width, args.layers, args.seed,
+                                          progress=not args.no_progress)
     denoiser.save_pretrained(out)
     print(json.dumps({"out": str(out), "steps": args.steps, "seconds": round(time.perf_counter() - started, 1),
                       **loss_summary(losses)}, indent=2))

@@ -135,7 +135,11 @@ def load_classifier(path: str | os.PathLike) -> tuple[SmallCNN, dict[str, Any]]:
     path = Path(path)
     info = json.loads(path.with_suffix(".json").read_text())
     model = SmallCNN(ClassifierConfig(**info["config"]))
-    model.load_state_dict(load_file(path))
+    try:
+        weights = load_file(path)
+    except Exception as error:  # safetensors' own error type for a damaged file
+        raise ValueError(f"{path} is not a readable safetensors file ({error})") from error
+    model.load_state_dict(weights)
     return model.eval(), info
 
 

@@ -16,6 +16,12 @@ shows the clip's digits.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .classifier import ClassifierConfig, SmallCNN
+from ..errors import TarflowError
+from ..progress import progress_bar
+from .classifier import ClassifierConfig, SmallCNN, load_classifier, save_classifier, tensor_hash
+
+DIGIT_CLASSIFIER_VERSION = 1  # bump when training changes meaning: old cached classifiers are then ignored
 
 DIGIT_CLASSES = 10
 
@@ -36,7 +46,7 @@ def digit_targets(object_labels: Tensor) -> Tensor:
 
 def train_digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int, digit_count: int = 2,
                            levels: int = 256, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3,
-                           seed: int = 0) -> SmallCNN:
+                           seed: int = 0, progress: bool = False) -> SmallCNN:
     """A `SmallCNN` trained with a binary cross-entropy per class on frames drawn afresh at every step, as Moving
     MNIST draws them: ``digit_count`` random digits of ``digits`` (M, 28, 28) uint8 (classes ``digit_labels``,
     (M,)) pasted at random places of an ``image_size`` canvas (`moving_mnist.render`). Unlimited frames: trained
@@ -51,7 +61,7 @@ def train_digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int
     digits = np.asarray(digits, dtype=np.uint8)
     digit_labels = torch.as_tensor(digit_labels)
     classifier.train()
-    for _ in range(steps):
+    for _ in progress_bar(range(steps), desc="training digit classifier", enabled=progress, leave=False):
         chosen = generator.integers(0, len(digits), (batch_size, digit_count))
         corners = generator.integers(0, image_size - DIGIT_SIZE + 1, (batch_size, 1, digit_count, 2))
         frames = torch.from_numpy(render(digits[chosen], corners, image_size)[:, 0])
@@ -61,6 +71,37 @@ def train_digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int
         loss.backward()
         optimizer.step()
     return classifier.eval()
+
+
+def digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int, digit_count: int = 2, levels: int = 256,
+                     steps: int = 3000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = False) -> tuple[SmallCNN, dict[str, Any]]:
+    """`train_digit_classifier`'s classifier, trained once per digits and settings and cached (as the FID
+    statistics are) under ``<cache>/classifiers/``. Returns (classifier, info) with info["cached"] (loaded, not
+    trained), info["path"] and info["train_seconds"] (of the training that made it)."""
+    from ..data import default_cache_dir
+
+    settings = {"version": DIGIT_CLASSIFIER_VERSION, "digits": tensor_hash(torch.as_tensor(digits),
+                                                                          torch.as_tensor(digit_labels)),
+                "image_size": image_size, "digit_count": digit_count, "levels": levels, "steps": steps, "seed": seed}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / "classifiers" / f"moving-mnist-frames-{key}.safetensors"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        try:
+            classifier, info = load_classifier(path)
+            return classifier, {**info, "cached": True, "path": str(path)}
+        except (OSError, ValueError, KeyError, RuntimeError):
+            pass  # damaged: train again and replace it
+    started = time.perf_counter()
+    with torch.enable_grad():
+        classifier = train_digit_classifier(digits, digit_labels, image_size, digit_count, levels, steps, seed=seed,
+                                            progress=progress)
+    info = {**settings, "train_seconds": round(time.perf_counter() - started, 1)}
+    try:
+        save_classifier(classifier, path, info)
+    except TarflowError as error:  # a read-only cache: the classifier is still usable, just not kept
+        warnings.warn(f"digit classifier not cached: {error}", stacklevel=2)
+    return classifier, {**info, "cached": False, "path": str(path)}
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ def flow_correction(model, noisy: Tensor, sigma: float, y: Tensor | None = None)
 
 
 def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: int = 500, batch_size: int = 16,
-                       lr: float = 1e-3, width: int = 64, layers: int = 2, seed: int = 0
+                       lr: float = 1e-3, width: int = 64, layers: int = 2, seed: int = 0, progress: bool = False
                        ) -> tuple[CausalScoreDenoiser, list[float]]:
     """A `CausalScoreDenoiser` fitted to the flow's corrections on uint8 training ``clips`` (N, F, C, H, W) with
     noise ``sigma`` (the flow's training noise std; on the scaled latents of latent frames, which the denoiser then
@@ -89,7 +89,7 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
         _, noisy = noisy_clips(model, clips[rows], levels, sigma, generator)
         return (noisy,), flow_correction(model, noisy, sigma)
 
-    return denoiser, denoiser.fit(draw_batch, steps, lr)
+    return denoiser, denoiser.fit(draw_batch, steps, lr, progress, "flow-score matching")
 
 
 def noisy_clips(model, clips: Tensor, levels: int, sigma: float, generator: torch.Generator

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_bytes, atomic_write_text
+from ..progress import progress_bar
 
 
 def check_config(config) -> None:
@@ -52,11 +53,13 @@ class SmallDenoiser(nn.Module):
         h = self.proj_in(tokens) + self.pos_embed
         return self.proj_out(self.layers(h if bias is None else h + bias, mask=mask))
 
-    def fit(self, draw_batch: Callable[[], tuple[tuple[Tensor, ...], Tensor]], steps: int, lr: float) -> list[float]:
+    def fit(self, draw_batch: Callable[[], tuple[tuple[Tensor, ...], Tensor]], steps: int, lr: float,
+            progress: bool = False, desc: str = "fitting denoiser") -> list[float]:
         """``steps`` AdamW steps on mean over dims of (self(*inputs) - target)^2, (inputs, target) = draw_batch()
         (the target computed without gradient to this network); the loss of every step. Leaves it in eval mode."""
         optimizer = torch.optim.AdamW(self.parameters(), lr=lr)
         losses = []
+        bar = progress_bar(total=steps, desc=desc, enabled=progress, unit="step")
         for _ in range(steps):
             inputs, target = draw_batch()
             loss = (self(*inputs) - target).pow(2).mean()
@@ -64,6 +67,9 @@ class SmallDenoiser(nn.Module):
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            bar.update(1)
+        bar.close()
         self.eval()
         return losses
 

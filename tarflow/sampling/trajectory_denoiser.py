@@ -114,7 +114,7 @@ def score_correction(model, final: Tensor, last_input: Tensor, y: Tensor | None,
 
 def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 1e-3, width: int = 64,
                      layers: int = 2, sigma: float | None = None, seed: int = 0, guidance: Guidance | None = None,
-                     temperature: float = 1.0) -> tuple[TrajectoryDenoiser, list[float]]:
+                     temperature: float = 1.0, progress: bool = False) -> tuple[TrajectoryDenoiser, list[float]]:
     """A `TrajectoryDenoiser` fitted to the frozen ``model``'s Tweedie corrections on its own trajectories, drawn
     with ``guidance`` and ``temperature`` (those it will denoise: the model's sampling settings), classes at random
     (a class-conditional model's denoiser reads the class); ``sigma`` default: the dequantization std of the
@@ -142,4 +142,4 @@ def distill_denoiser(model, steps: int = 500, batch_size: int = 16, lr: float = 
         final, last_input = trajectory[:, 0], trajectory[:, 1]
         return (final, last_input, y), score_correction(model, final, last_input, y, sigma)
 
-    return denoiser, denoiser.fit(draw_batch, steps, lr)
+    return denoiser, denoiser.fit(draw_batch, steps, lr, progress, "distilling denoiser")
