@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -156,24 +156,36 @@ def dataset_classifier(name: str, data_dir: str | os.PathLike | None = None, cac
     config = ClassifierConfig(train.channels, train.image_size, train.num_classes, train.levels)
     key = classifier_key(tensor_hash(train.images, train.labels), config, budget)
     path = Path(cache_dir or default_cache_dir()) / "classifiers" / f"{name}-{key}.safetensors"
+
+    def train_and_score() -> tuple[SmallCNN, dict[str, Any]]:
+        started = time.perf_counter()
+        model = train_classifier(train.images, train.labels, config, budget, progress)
+        seconds = time.perf_counter() - started
+        test = load_dataset(name, "test", data_dir=data_dir, cache_dir=cache_dir, progress=progress, **load_kwargs)
+        return model, {"dataset": name, "train_images": len(train), "test_images": len(test),
+                       "test_accuracy": model.accuracy(test.images, test.labels), "train_seconds": round(seconds, 2),
+                       "budget": asdict(budget), "classes": list(train.classes)}
+
+    return cached_classifier(path, train_and_score)
+
+
+def cached_classifier(path: Path, train: Callable[[], tuple[SmallCNN, dict[str, Any]]]
+                      ) -> tuple[SmallCNN, dict[str, Any]]:
+    """The classifier saved at ``path`` when it loads, else ``train()``'s (model, info), saved there; info gains
+    "cached" (loaded, not trained) and "path". A damaged file is trained again and replaced; a read-only cache
+    leaves the classifier usable, just not kept."""
     if path.is_file() and path.with_suffix(".json").is_file():
         try:
             model, info = load_classifier(path)
             return model, {**info, "cached": True, "path": str(path)}
         except (OSError, ValueError, KeyError, RuntimeError):
             pass  # damaged: train again and replace it
-    t0 = time.perf_counter()
     with torch.enable_grad():
-        model = train_classifier(train.images, train.labels, config, budget, progress)
-    seconds = time.perf_counter() - t0
-    test = load_dataset(name, "test", data_dir=data_dir, cache_dir=cache_dir, progress=progress, **load_kwargs)
-    info = {"dataset": name, "train_images": len(train), "test_images": len(test),
-            "test_accuracy": model.accuracy(test.images, test.labels), "train_seconds": round(seconds, 2),
-            "budget": asdict(budget), "classes": list(train.classes)}
+        model, info = train()
     try:
         save_classifier(model, path, info)
-    except TarflowError as e:  # a read-only cache: the classifier is still usable, just not kept
-        warnings.warn(f"classifier not cached: {e}", stacklevel=2)
+    except TarflowError as error:
+        warnings.warn(f"classifier not cached: {error}", stacklevel=3)
     return model, {**info, "cached": False, "path": str(path)}
 
 

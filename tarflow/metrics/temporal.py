@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import TarflowError
 from ..progress import progress_bar
-from .classifier import ClassifierConfig, SmallCNN, load_classifier, save_classifier, tensor_hash
+from .classifier import ClassifierConfig, SmallCNN, cached_classifier, tensor_hash
 
 DIGIT_CLASSIFIER_VERSION = 1  # bump when training changes meaning: old cached classifiers are then ignored
 
@@ -86,22 +84,14 @@ def digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int, digi
                 "image_size": image_size, "digit_count": digit_count, "levels": levels, "steps": steps, "seed": seed}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / "classifiers" / f"moving-mnist-frames-{key}.safetensors"
-    if path.is_file() and path.with_suffix(".json").is_file():
-        try:
-            classifier, info = load_classifier(path)
-            return classifier, {**info, "cached": True, "path": str(path)}
-        except (OSError, ValueError, KeyError, RuntimeError):
-            pass  # damaged: train again and replace it
-    started = time.perf_counter()
-    with torch.enable_grad():
+
+    def train() -> tuple[SmallCNN, dict[str, Any]]:
+        started = time.perf_counter()
         classifier = train_digit_classifier(digits, digit_labels, image_size, digit_count, levels, steps, seed=seed,
                                             progress=progress)
-    info = {**settings, "train_seconds": round(time.perf_counter() - started, 1)}
-    try:
-        save_classifier(classifier, path, info)
-    except TarflowError as error:  # a read-only cache: the classifier is still usable, just not kept
-        warnings.warn(f"digit classifier not cached: {error}", stacklevel=2)
-    return classifier, {**info, "cached": False, "path": str(path)}
+        return classifier, {**settings, "train_seconds": round(time.perf_counter() - started, 1)}
+
+    return cached_classifier(path, train)
 
 
 @torch.no_grad()
