@@ -180,6 +180,51 @@ def test_encode_images_matches_the_autoencoder_in_batches(tmp_path):
     assert torch.allclose(raw, expected, rtol=0, atol=1e-6)
 
 
+
+def test_encoded_latents_are_cached_per_autoencoder_and_data(tmp_path, monkeypatch):
+    """The second encode of the same images by the same weights reads the file; other weights, other images or a
+    damaged file encode afresh (and the damaged file is replaced)."""
+    monkeypatch.setenv("TARFLOW_CACHE", str(tmp_path / "cache"))
+    save_tiny_autoencoder(tmp_path / "ae")
+    model = TarFlow(latent_config(tmp_path / "ae"))
+    test = load_dataset("digits", "test")
+    calls = []
+    encode = model.modality.autoencoder.encode
+    monkeypatch.setattr(model.modality.autoencoder, "encode", lambda batch: calls.append(len(batch)) or encode(batch))
+    first = encode_images(model.modality, test)
+    assert sum(calls) == len(test)
+    [cached] = (tmp_path / "cache" / "latents").glob("digits-test-*.npy")
+    assert torch.equal(encode_images(model.modality, test), first) and sum(calls) == len(test)
+    cached.write_bytes(b"not an array")
+    assert torch.equal(encode_images(model.modality, test), first) and sum(calls) == 2 * len(test)
+    fewer = dataclasses.replace(test, images=test.images[:10], labels=test.labels[:10])
+    assert torch.equal(encode_images(model.modality, fewer), first[:10]) and sum(calls) == 2 * len(test) + 10
+    with torch.no_grad():
+        next(model.modality.autoencoder.parameters()).add_(0.1)
+    assert not torch.equal(encode_images(model.modality, test), first) and sum(calls) == 3 * len(test) + 10
+    assert len(list((tmp_path / "cache" / "latents").glob("*.npy"))) == 3
+
+
+def test_a_diffusers_latent_key_follows_its_encoder_not_its_decoder():
+    """Fine-tuning the decoder keeps the cached latents; other encoder weights or scaling give another key."""
+    from tarflow.autoencoders.diffusers import DiffusersAutoencoder
+    from tarflow.train.latent_cache import latent_key
+
+    autoencoder = DiffusersAutoencoder(tiny_diffusers_vae(channels=1, latent_channels=4, scaling_factor=0.5))
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    key = latent_key(autoencoder, images, 256)
+    assert not any(name.startswith(("decoder.", "post_quant_conv.")) for name in autoencoder.encoder_state())
+    with torch.no_grad():
+        autoencoder.vae.decoder.conv_in.weight.add_(1.0)
+    assert latent_key(autoencoder, images, 256) == key
+    assert latent_key(autoencoder, images, 255) != key
+    autoencoder.scaling_factor = 0.25
+    assert latent_key(autoencoder, images, 256) != key
+    autoencoder.scaling_factor = 0.5
+    with torch.no_grad():
+        autoencoder.vae.encoder.conv_in.weight.add_(1.0)
+    assert latent_key(autoencoder, images, 256) != key
+
 # ----- the command line ------------------------------------------------------------------------
 
 def test_cli_from_autoencoder_to_decoded_samples(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,10 @@ class Autoencoder:
         """Every module ``decode`` runs through (what fine-tuning the decoder trains)."""
         raise NotImplementedError
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        """Every tensor ``encode`` depends on, by name (what keys the cache of encoded latents)."""
+        raise NotImplementedError
+
     def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write the autoencoder to ``path`` in its own format, with ``metadata``, atomically."""
         raise NotImplementedError

@@ -84,6 +84,14 @@ class DiffusersAutoencoder(Autoencoder):
         post_quant = getattr(self.vae, "post_quant_conv", None)
         return [self.vae.decoder] + ([post_quant] if isinstance(post_quant, nn.Module) else [])
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        """The VAE's weights outside its decoder modules, and the shift and scaling factors ``encode`` applies."""
+        decoder = tuple(f"{name}." for name, module in self.vae.named_modules()
+                        if any(module is part for part in self.decoder_modules()))
+        state = {name: tensor for name, tensor in self.vae.state_dict().items() if not name.startswith(decoder)}
+        return {**state, "shift_factor": torch.tensor(self.shift_factor),
+                "scaling_factor": torch.tensor(self.scaling_factor)}
+
     def save_pretrained(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """The VAE's own ``save_pretrained`` layout plus tarflow.json, replacing only those files in ``path``."""
         def is_diffusers_vae(folder: Path) -> bool:

@@ -102,6 +102,9 @@ class KLAutoencoder(nn.Module, Autoencoder):
     def decoder_modules(self) -> list[nn.Module]:
         return [self.decoder]
 
+    def encoder_state(self) -> dict[str, Tensor]:
+        return self.encoder.state_dict()
+
     def loss(self, images: Tensor, kl_weight: float, generator: torch.Generator | None = None
              ) -> tuple[Tensor, Tensor, Tensor]:
         """(loss, squared error per pixel value, KL per pixel value); z drawn from q by reparametrisation.

@@ -25,6 +25,7 @@ from ..flows import FlowConfig
 from ..autoencoders import autoencoder_geometry
 from ..modalities import Latents, measure_latent_scale
 from ..progress import progress_bar
+from .latent_cache import latent_key, latent_path, load_latents, save_latents
 
 
 @dataclass
@@ -77,8 +78,20 @@ def autoencoder_dir(model_config: FlowConfig) -> str:
 @torch.no_grad()
 def encode_images(modality: Latents, data: ImageData, batch_size: int = 256, progress: bool = False) -> Tensor:
     """The autoencoder's latents of every image (bin centres 2 (k + 1/2) / L - 1), before shift and scale; of every
-    frame for clips (N, F, C, H, W), ``batch_size`` frames at a time."""
+    frame for clips (N, F, C, H, W), ``batch_size`` frames at a time. Read from the latents cache when this
+    autoencoder has encoded these images before (`latent_cache`), else encoded and written there."""
     autoencoder = modality.autoencoder
+    path = latent_path(data.name, data.split, latent_key(autoencoder, data.images, data.levels))
+    cached = load_latents(path, tuple(data.images.shape[:data.images.dim() - 3]))
+    if cached is not None:
+        return cached
+    latents = encode_uncached(autoencoder, data, batch_size, progress)
+    save_latents(path, latents)
+    return latents
+
+
+def encode_uncached(autoencoder, data: ImageData, batch_size: int, progress: bool) -> Tensor:
+    """`encode_images` without the cache."""
     clips = data.images.dim() == 5
     images = data.images.flatten(0, 1) if clips else data.images
     chunks = []
