@@ -4,6 +4,7 @@ with bits/dim per frame, `sample` writing a frame strip and a GIF, continuation 
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -263,6 +264,40 @@ def test_text_to_video_from_prompts_and_its_digit_matching(mnist_dir, tmp_path, 
                  "--no-progress"]) != 0
     assert "captions 55 classes: set num_classes=55" in capsys.readouterr().err
 
+
+def test_temporal_consistency_samples_with_the_stored_guidance(mnist_dir, tmp_path, capsys, monkeypatch):
+    """A class-conditional run's guidance (--sample-guidance, stored with the model) reaches the samples and the
+    continuations; --guidance overrides it; an unconditional model refuses a weight."""
+    from tarflow.sampling.video import VideoJacobiSampler
+
+    run = tmp_path / "conditional"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(run),
+                 "--steps", "2", "--clip-count", "6", "--num-classes", "55", "--sample-guidance", "2",
+                 "--sample-guidance-rule", "starflow", "--no-progress"]) == 0
+    weights = []
+    sample = VideoJacobiSampler.sample
+
+    def recorded(*args, **kwargs):
+        guidance = inspect.signature(sample).bind(*args, **kwargs).arguments.get("guidance")
+        weights.append(guidance and guidance.weight)
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(VideoJacobiSampler, "sample", recorded)
+    consistency = ["temporal-consistency", str(run), "--data-dir", str(mnist_dir), "--count", "2",
+                   "--classifier-steps", "2", "--sampler", "video-jacobi", "--continue-from", "2", "--no-progress"]
+    capsys.readouterr()
+    assert main(consistency) == 0
+    assert json.loads(capsys.readouterr().out)["guidance"] == "w=2 (starflow)" and set(weights) == {2.0}
+    assert main(consistency + ["--guidance", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["guidance"] == "none" and weights[-1] is None
+    assert main(consistency[:2] + ["--data-dir", str(mnist_dir), "--classifier-steps", "2", "--guidance", "1"]) == 0
+    unconditional = tmp_path / "unconditional"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(unconditional),
+                 "--steps", "1", "--clip-count", "6", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["temporal-consistency", str(unconditional), "--data-dir", str(mnist_dir), "--classifier-steps",
+                 "2", "--guidance", "1", "--no-progress"]) != 0
+    assert "--guidance needs a class-conditional model" in capsys.readouterr().err
 
 def test_continuation_from_real_test_frames(run_dir, mnist_dir, capsys):
     capsys.readouterr()

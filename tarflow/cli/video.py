@@ -236,7 +236,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     from ..sampling.flow_score import denoising_errors, with_denoiser
     from ..train.video import load_clips
     from ..viz import to_uint8
-    from .sample import choose_denoiser, choose_sampler
+    from .sample import choose_denoiser, choose_sampler, stored_settings
 
     model, model_dir = load_model(args.path, args.device)
     metadata = model.metadata
@@ -252,7 +252,9 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
                                                    test.levels, args.classifier_steps, args.seed,
                                                    progress=not args.no_progress)
     classifier = classifier.to(model.device)
-    sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, None)
+    _, settings = stored_settings(model, args)
+    guidance = conditional_guidance(model, settings)
+    sampler, how = choose_sampler(model, model_dir, args.sampler, args.count, guidance)
     iterative, sigma, denoised = choose_denoiser(model, args)
     if iterative is not None:
         raise ConfigError("temporal-consistency samples whole clips exactly; --denoise iterative (noise-conditioned "
@@ -260,10 +262,10 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     denoiser = load_score_denoiser(args.score_denoiser, model, sigma) if args.score_denoiser else None
     if denoiser is not None:
         denoised = f"score denoiser {args.score_denoiser}"
-    temperature = args.temperature or float(metadata.get("sampling", {}).get("temperature", 1.0))
+    temperature = settings["temperature"]
     classes = model.config.num_classes
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
-    samples = with_denoiser(sampler, denoiser).sample(args.count, y, temperature, None, sigma,
+    samples = with_denoiser(sampler, denoiser).sample(args.count, y, temperature, guidance, sigma,
                                                       generator=torch.Generator().manual_seed(args.seed))
     clips = to_uint8(model.modality.to_frames(samples), test.levels).cpu()
     matching = {}
@@ -278,7 +280,8 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
               "classifier_frame_accuracy": frame_accuracy(classifier, test.clips, test.object_labels),
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
               "classifier_train_s": classifier_info["train_seconds"],
-              "classifier_cached": classifier_info["cached"], "temperature": temperature, "sampler": how,
+              "classifier_cached": classifier_info["cached"], "temperature": temperature,
+              "guidance": f"w={guidance.weight:g} ({guidance.rule})" if guidance else "none", "sampler": how,
               "denoising": denoised, "model": str(model_dir)}
     if sigma:  # trained with gaussian noise: how near each denoiser takes noisy test clips to the clean ones
         count = min(args.count, len(test))
@@ -289,13 +292,27 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
             "unit": "mean squared error to the clean test clips per dimension, in the flow's units"}
     if args.continue_from:
         result["continuation"] = continuation_figures(args, model, sampler, classifier, data_dir, options,
-                                                      temperature, test.levels, sigma, denoiser)
+                                                      temperature, guidance, test.levels, sigma, denoiser)
     print(json.dumps(result, indent=2))
     return 0
 
 
+def conditional_guidance(model, settings: dict):
+    """The `Guidance` of ``settings`` (weight, rule) for a class-conditional model; None without a weight. A weight
+    given to an unconditional model is refused."""
+    from ..sampling import Guidance
+    from ..sampling.guidance import default_rule
+
+    if not settings["guidance"]:
+        return None
+    if not model.config.num_classes:
+        raise ConfigError("--guidance needs a class-conditional model (trained with --num-classes); this one is "
+                          "unconditional: drop --guidance")
+    return Guidance(settings["guidance"], settings["guidance_rule"] or default_rule(model.config))
+
+
 def continuation_figures(args: argparse.Namespace, model, sampler, classifier, data_dir, options: dict,
-                         temperature: float, levels: int, sigma: float | None, denoiser) -> dict:
+                         temperature: float, guidance, levels: int, sigma: float | None, denoiser) -> dict:
     """Video-to-video on real test clips: their first k = --continue-from frames, continued to 2k by the model
     (windows of its length, each from the last half of the frames so far; with ``sigma``, a model trained with
     gaussian noise, noised and the windows denoised as `continue_clips` says); the per-pixel error of frames
@@ -318,7 +335,7 @@ def continuation_figures(args: argparse.Namespace, model, sampler, classifier, d
     first = model.modality.from_frames(first.to(model.device, model.dtype))
     window = model.modality.frame_count
     generator = torch.Generator().manual_seed(args.seed)
-    continued = extend(sampler, first, 2 * given, y, temperature, None, generator, max(1, window // 2), sigma,
+    continued = extend(sampler, first, 2 * given, y, temperature, guidance, generator, max(1, window // 2), sigma,
                        denoiser)
     continued = to_uint8(model.modality.to_frames(continued), levels).cpu()
     continued[:, :given] = clips[:, :given]  # the given frames, not their reconstruction (latent) or denoising
@@ -343,6 +360,12 @@ def add_temporal_consistency_parser(sub) -> None:
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="prior temperature (default: the one stored with the model, else 1)")
+    parser.add_argument("--guidance", type=number(float, minimum=0), default=None,
+                        help="class-conditional models: guidance weight of the samples and continuations (default: "
+                        "the one stored with the model, else 0)")
+    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None,
+                        help="guidance rule (default: the model's stored one, else starflow for latent models and "
+                        "tarflow otherwise)")
     parser.add_argument("--continue-from", type=number(int, minimum=1), default=None, metavar="K",
                         help="also continue --count real test clips from their first K frames to 2K (video-to-video): "
                         "the per-pixel error of the continued frames and their digits' consistency")
