@@ -196,3 +196,13 @@ def add_denoise_options(parser: argparse.ArgumentParser, denoise_help: str) -> N
                         "each step)")
     parser.add_argument("--denoise-clip", action="store_true",
                         help="--denoise iterative: clamp each step's denoised estimate to [-1, 1]")
+
+
+def add_stored_guidance_options(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """--guidance and --guidance-rule whose default is the setting stored with the model (`stored_settings`)."""
+    parser.add_argument("--guidance", type=number(float, minimum=0), default=None,
+                        help=f"{what}classifier-free guidance weight w >= 0 (default: the model's stored setting, "
+                        "else 0: no guidance)")
+    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None,
+                        help="guidance rule (default: the model's stored one, else starflow for latent models and "
+                        "tarflow otherwise)")

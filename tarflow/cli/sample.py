@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, check_output_file, number, parse_label
+from .options import (DEVICE_HELP, add_denoise_options, add_sampler_options, add_stored_guidance_options,
+                      check_output_file, number, parse_label)
 from .video import add_video_sample_options, sample_video
 
 
@@ -232,12 +233,7 @@ def add_sample_parser(sub) -> None:
                         "one grid row each (--count samples in all, split evenly)")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="scale of the prior noise, > 0 (default: the model's stored setting, else 1)")
-    parser.add_argument("--guidance", type=number(float, minimum=0), default=None,
-                        help="classifier-free guidance weight w >= 0 (default: the model's stored setting, else 0: "
-                        "no guidance)")
-    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None,
-                        help="guidance rule (default: the model's stored one, else starflow for latent models and "
-                        "tarflow otherwise)")
+    add_stored_guidance_options(parser)
     parser.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
     parser.add_argument("--attn-temp", type=number(float, above=0), default=1.0,
                         help="attention temperature of the unconditional branch (guides unconditional models too)")

@@ -347,7 +347,7 @@ def continuation_figures(args: argparse.Namespace, model, sampler, classifier, d
 
 
 def add_temporal_consistency_parser(sub) -> None:
-    from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, number
+    from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, add_stored_guidance_options, number
 
     parser = sub.add_parser("temporal-consistency", help="video models on moving-mnist: the fraction of sampled clips "
                             "whose digits stay the same first to last frame, by a per-frame digit classifier, as JSON")
@@ -360,12 +360,7 @@ def add_temporal_consistency_parser(sub) -> None:
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="prior temperature (default: the one stored with the model, else 1)")
-    parser.add_argument("--guidance", type=number(float, minimum=0), default=None,
-                        help="class-conditional models: guidance weight of the samples and continuations (default: "
-                        "the one stored with the model, else 0)")
-    parser.add_argument("--guidance-rule", choices=("tarflow", "starflow"), default=None,
-                        help="guidance rule (default: the model's stored one, else starflow for latent models and "
-                        "tarflow otherwise)")
+    add_stored_guidance_options(parser, "class-conditional models, samples and continuations: ")
     parser.add_argument("--continue-from", type=number(int, minimum=1), default=None, metavar="K",
                         help="also continue --count real test clips from their first K frames to 2K (video-to-video): "
                         "the per-pixel error of the continued frames and their digits' consistency")
