@@ -63,6 +63,15 @@ def randomise(model: TarFlow, seed: int = 0, std: float = 0.2) -> TarFlow:
     return model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Point $TARFLOW_CACHE at a folder of the test session's, so downloads, decoded splits, encoded latents and
+    classifiers written by tests (and the CLI processes they start) never land in the user's ~/.cache/tarflow."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TARFLOW_CACHE", str(tmp_path_factory.mktemp("tarflow-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tiny-model tests on one intra-op thread, then restore the setting.
