@@ -8,8 +8,10 @@ import torch
 
 from tarflow import FlowConfig, SequentialSampler, TarFlow, tweedie_denoise
 from tarflow.data import dequantize
+from tarflow.errors import ConfigError
 from tarflow.sampling.flow_score import (CausalScoreDenoiser, ScoreDenoisedSampler, ScoreDenoiserConfig,
-                                         denoising_errors, fit_score_denoiser, flow_correction)
+                                         denoising_errors, fit_score_denoiser, flow_correction,
+                                         noisy_clips)
 
 from conftest import randomise
 
@@ -18,10 +20,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIGMA = 0.1
 
 
-def video_model():
+def video_model(num_classes: int = 0):
     torch.manual_seed(0)
     config = FlowConfig(modality="video", frame_count=3, image_size=4, channels=1, patch_size=2, width=16,
-                        head_dim=8, mlp_ratio=2, num_blocks=2, layers_per_block=1)
+                        head_dim=8, mlp_ratio=2, num_blocks=2, layers_per_block=1, num_classes=num_classes)
     return randomise(TarFlow(config).double(), std=0.1).eval()
 
 
@@ -67,6 +69,24 @@ def test_fitting_reduces_the_loss_and_the_sampler_applies_the_correction(tmp_pat
     loaded = CausalScoreDenoiser.from_pretrained(denoiser.save_pretrained(tmp_path / "denoiser"))
     assert loaded.config == denoiser.config and loaded.proj_in.weight.dtype == torch.float64
     assert (loaded(noisy) - denoiser(noisy)).abs().max() <= 1e-12
+
+
+def test_a_conditional_flow_is_matched_on_the_score_given_each_clips_own_class():
+    """The denoiser starts at zero, so the first loss is the mean square of the first batch's targets: recomputed
+    here with the drawn clips' labels, it matches; with every label moved to the next class, it does not."""
+    model = video_model(num_classes=3)
+    clips = torch.randint(0, 256, (8, 3, 1, 4, 4), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    labels = torch.arange(8) % 3
+    _, losses = fit_score_denoiser(model, clips, 256, SIGMA, steps=1, batch_size=4, width=16, layers=1,
+                                   labels=labels)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 8, (4,), generator=generator)
+    _, noisy = noisy_clips(model, clips[rows], 256, SIGMA, generator)
+    own = flow_correction(model, noisy, SIGMA, labels[rows]).pow(2).mean().item()
+    other = flow_correction(model, noisy, SIGMA, (labels[rows] + 1) % 3).pow(2).mean().item()
+    assert abs(losses[0] - own) <= 1e-12 * own and abs(losses[0] - other) > 1e-6 * own
+    with pytest.raises(ConfigError, match="3 classes, so labels must be the clips' labels"):
+        fit_score_denoiser(model, clips, 256, SIGMA, steps=1)
 
 
 def test_denoising_errors_are_the_squared_errors_of_each_estimate_to_the_clean_clips():

@@ -168,6 +168,22 @@ def test_flow_score_denoiser_from_the_command_line(run_dir, mnist_dir, tmp_path,
     assert "model trained with gaussian noise" in capsys.readouterr().err
 
 
+def test_flow_score_denoiser_of_a_class_conditional_run(mnist_dir, tmp_path, capsys):
+    """Fitted on the flow's score given each training clip's class, then used by guided temporal-consistency."""
+    run = tmp_path / "conditional-noisy"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(run),
+                 "--steps", "1", "--clip-count", "6", "--noise", "gaussian", "--noise-std", "0.1", "--num-classes",
+                 "55", "--sample-guidance", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["fit-score-denoiser", str(run), "--data-dir", str(mnist_dir), "--steps", "2", "--width", "16",
+                 "--layers", "1", "--no-progress"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert main(["temporal-consistency", str(run), "--data-dir", str(mnist_dir), "--count", "2", "--classifier-steps",
+                 "2", "--sampler", "sequential", "--score-denoiser", fitted["out"], "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["guidance"] == "w=2 (tarflow)" and result["denoising_error"]["score_denoiser"] >= 0
+
+
 def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
     run = tmp_path / "tiny"
     assert main(["train", "--preset", "tiny", "--steps", "1", "--eval-every", "0", "--sample-every", "0",

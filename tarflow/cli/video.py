@@ -396,7 +396,8 @@ def cmd_fit_score_denoiser(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     denoiser, losses = fit_score_denoiser(model, data.clips, data.levels, float(metadata["noise_std"]), args.steps,
                                           args.batch_size, args.lr, args.width, args.layers, args.seed,
-                                          progress=not args.no_progress)
+                                          progress=not args.no_progress,
+                                          labels=data.labels if model.config.num_classes else None)
     denoiser.save_pretrained(out)
     print(json.dumps({"out": str(out), "steps": args.steps, "seconds": round(time.perf_counter() - started, 1),
                       **loss_summary(losses)}, indent=2))

@@ -71,13 +71,21 @@ def flow_correction(model, noisy: Tensor, sigma: float, y: Tensor | None = None)
 
 
 def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: int = 500, batch_size: int = 16,
-                       lr: float = 1e-3, width: int = 64, layers: int = 2, seed: int = 0, progress: bool = False
-                       ) -> tuple[CausalScoreDenoiser, list[float]]:
+                       lr: float = 1e-3, width: int = 64, layers: int = 2, seed: int = 0, progress: bool = False,
+                       labels: Tensor | None = None) -> tuple[CausalScoreDenoiser, list[float]]:
     """A `CausalScoreDenoiser` fitted to the flow's corrections on uint8 training ``clips`` (N, F, C, H, W) with
     noise ``sigma`` (the flow's training noise std; on the scaled latents of latent frames, which the denoiser then
-    works on); returns it and the loss of every step."""
+    works on); returns it and the loss of every step.
+
+    A class-conditional flow needs the clips' ``labels`` (N,): the target of a clip is the correction given its
+    own class, sigma^2 grad log p(y | c), so the label-free denoiser regresses onto their mean over the classes
+    of clips that look like y, E[x | y] (the same marginal posterior mean Tweedie gives an unconditional flow)."""
     if model.config.modality != "video":
         raise ConfigError("flow-score matching needs a video model (modality=video)")
+    if bool(model.config.num_classes) != (labels is not None):
+        wanted = "the clips' labels (N,)" if model.config.num_classes else "None"
+        raise ConfigError(f"fit_score_denoiser: the flow has {model.config.num_classes} classes, so labels must be "
+                          f"{wanted}")
     c = model.config
     denoiser = CausalScoreDenoiser(ScoreDenoiserConfig(c.frame_count, c.image_size, c.channels, c.patch_size, sigma,
                                                        width, layers)).to(model.device, model.dtype)
@@ -87,7 +95,8 @@ def fit_score_denoiser(model, clips: Tensor, levels: int, sigma: float, steps: i
     def draw_batch():
         rows = torch.randint(0, clips.shape[0], (batch_size,), generator=generator)
         _, noisy = noisy_clips(model, clips[rows], levels, sigma, generator)
-        return (noisy,), flow_correction(model, noisy, sigma)
+        classes = None if labels is None else labels[rows].to(model.device)
+        return (noisy,), flow_correction(model, noisy, sigma, classes)
 
     return denoiser, denoiser.fit(draw_batch, steps, lr, progress, "flow-score matching")
 
