@@ -38,6 +38,28 @@ def test_encode_and_decode_are_the_autoencoders_scaled(tmp_path):
     assert model.config.num_dims == 64  # latent dimensions, not pixels
 
 
+def test_encode_and_decode_take_the_autoencoder_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """A batch of clips is B F images: they go through the autoencoder CHUNK_IMAGES at a time (memory), with the
+    result of one call on the whole batch."""
+    import tarflow.modalities.latents as latents_module
+
+    save_tiny_autoencoder(tmp_path / "ae")
+    model = TarFlow(latent_config(tmp_path / "ae")).double()
+    autoencoder = model.modality.autoencoder.double()
+    images = torch.rand(7, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    latents = torch.randn(7, 4, 4, 4, dtype=torch.float64)
+    whole = model.modality.encode(images), model.modality.decode(latents)
+    sizes = []
+    for name in ("encode", "decode"):
+        original = getattr(autoencoder, name)
+        monkeypatch.setattr(autoencoder, name, lambda batch, original=original: sizes.append(len(batch)) or
+                            original(batch))
+    monkeypatch.setattr(latents_module, "CHUNK_IMAGES", 3)
+    chunked = model.modality.encode(images), model.modality.decode(latents)
+    assert sizes == [3, 3, 1, 3, 3, 1]
+    assert all(torch.allclose(one, other, rtol=0, atol=1e-12) for one, other in zip(whole, chunked))
+
+
 def test_measured_scale_gives_unit_variance():
     raw = torch.randn(500, 4, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3.7 + 1.2
     shift, scale = measure_latent_scale(raw)

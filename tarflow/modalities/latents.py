@@ -21,6 +21,16 @@ from torch import Tensor
 from ..errors import CheckpointError, ConfigError, InputError
 from .pixels import Pixels
 
+CHUNK_IMAGES = 256  # images per autoencoder call: its activations take about 0.7 GB per 256 frames of 64x64
+
+
+def in_chunks(function, images: Tensor) -> Tensor:
+    """``function`` of ``images`` (B, ...), CHUNK_IMAGES at a time: a batch of clips is B F images (a continuation
+    of 256 clips to 20 frames, 5,120) and the autoencoder's activations of all at once took 16 GB."""
+    if len(images) <= CHUNK_IMAGES:
+        return function(images)
+    return torch.cat([function(chunk) for chunk in images.split(CHUNK_IMAGES)])
+
 
 class Latents(Pixels):
     """Pixels' patchify on the latent grid, plus ``encode`` (images -> scaled latents) and ``decode``."""
@@ -98,14 +108,14 @@ class Latents(Pixels):
             raise ConfigError("latent_scale is 0 (not measured yet): `tarflow train` measures it on the training "
                               "data; set it with measure_latent_scale")
         autoencoder = self.autoencoder.to(images.device)
-        return ((autoencoder.encode(images) - self.shift) * self.scale).to(images.dtype)
+        return ((in_chunks(autoencoder.encode, images) - self.shift) * self.scale).to(images.dtype)
 
     @torch.no_grad()
     def decode(self, latents: Tensor, autoencoder=None) -> Tensor:
         """Scaled latents -> images in [-1, 1] (not clamped): decode(z / scale + shift), by ``autoencoder`` if
         given (e.g. the `denoising_decoder`), else the flow's own."""
         autoencoder = (autoencoder or self.autoencoder).to(latents.device)
-        return autoencoder.decode(latents / self.scale + self.shift).to(latents.dtype)
+        return in_chunks(autoencoder.decode, latents / self.scale + self.shift).to(latents.dtype)
 
     def denoising_decoder(self, sigma: float):
         """The autoencoder whose decoder was fine-tuned on latents with noise ``sigma`` (saved in the model's
