@@ -18,7 +18,7 @@ import tarflow.data.datasets as datasets_mod
 import tarflow.data.images as images_mod
 from data_helpers import (CIFAR_CLASSES, make_cifar_archive, make_idx_dataset, make_image_folder,
                           png_bytes, tar_folder, trust_files, write_idx, write_tar)
-from tarflow.data import BadImageWarning, flip_batch, load_dataset, md5sum
+from tarflow.data import BadImageWarning, flip_batch, load_dataset, md5sum, reverse_time_batch
 from tarflow.data import cache as cache_mod
 from tarflow.data.formats import read_idx
 from tarflow.errors import ConfigError, DataError
@@ -473,3 +473,12 @@ def test_flip_batch_mirrors_about_half_reproducibly():
     flipped = torch.tensor([torch.equal(a[i], x[i].flip(-1)) for i in range(64)])
     kept = torch.tensor([torch.equal(a[i], x[i]) for i in range(64)])
     assert (flipped ^ kept).all() and 16 <= flipped.sum() <= 48
+
+
+def test_reverse_time_batch_plays_about_half_backwards_reproducibly():
+    x = torch.arange(64 * 4 * 1 * 3 * 3, dtype=torch.uint8).reshape(64, 4, 1, 3, 3)
+    a = reverse_time_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, reverse_time_batch(x, torch.Generator().manual_seed(0))) and a.dtype == x.dtype
+    reversed_ = torch.tensor([torch.equal(a[i], x[i].flip(0)) for i in range(64)])
+    kept = torch.tensor([torch.equal(a[i], x[i]) for i in range(64)])
+    assert (reversed_ ^ kept).all() and 16 <= reversed_.sum() <= 48

@@ -337,3 +337,24 @@ def test_continuation_error_against_the_trivial_prediction():
     result = continuation_error(continued, real, given=2)
     assert result["mse_per_frame"] == [1.0, 0.0] and result["mse"] == 0.5
     assert result["mse_repeating_last_given_frame"] == 0.5
+
+
+def test_reverse_time_plays_some_training_clips_backwards_and_is_for_video_models(capsys):
+    """The same step's batch with and without reverse_time: each clip as it was or frame for frame backwards, the
+    noise unchanged (drawn before the coins), so runs without the option keep their batches."""
+    from tarflow.presets import PRESETS
+    from tarflow.train.config import RunConfig
+    from tarflow.train.trainer import batch
+    from tarflow.train.video import ClipData
+
+    clips = torch.randint(0, 256, (32, 4, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = ClipData("clips", "train", clips, torch.zeros(32, dtype=torch.int64), 256, 0)
+    config = RunConfig.from_dict(PRESETS["moving-mnist-tiny"])
+    forward, _ = batch(data, 5, config.train, config.model, torch.device("cpu"))
+    config.train.reverse_time = True
+    mixed, _ = batch(data, 5, config.train, config.model, torch.device("cpu"))
+    backwards = torch.tensor([torch.equal(mixed[i], forward[i].flip(0)) for i in range(len(mixed))])
+    kept = torch.tensor([torch.equal(mixed[i], forward[i]) for i in range(len(mixed))])
+    assert (backwards ^ kept).all() and 0 < backwards.sum() < len(mixed)
+    assert main(["train", "--preset", "tiny", "--reverse-time", "true", "--no-progress"]) == 2
+    assert "reverse_time plays training clips backwards: it needs a video model" in capsys.readouterr().err

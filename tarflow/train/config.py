@@ -26,6 +26,8 @@ class TrainConfig:
                            "text: the text file")
     clip_count: int = option(0, "video, moving-mnist: clips generated per split (0: the dataset's 10,000)")
     flip: bool = option(False, "random horizontal flips of training images")
+    reverse_time: bool = option(False, "video: play each training clip backwards with probability 1/2, for motion "
+                                "that looks the same backwards (Moving MNIST's bouncing digits)")
     on_bad_image: str = option("error", "an unreadable image in a folder dataset stops the run (error) or is "
                                "skipped and counted (skip)", choices=("error", "skip"))
     single_modality: str = option("", "pretzel models: train on one modality of each interleaved sequence, the "
@@ -135,6 +137,9 @@ class RunConfig:
         if self.train.keep_best and self.model.modality != "text":
             raise ConfigError("keep_best chooses weights by their validation figure, which text models have (their "
                               "validation split); image runs evaluate on the test split only: leave it false")
+        if self.train.reverse_time and self.model.modality != "video":
+            raise ConfigError(f"reverse_time plays training clips backwards: it needs a video model "
+                              f"(modality=video), not modality={self.model.modality!r}; leave it false")
         if self.model.architecture == "ntm" and self.train.noise != "uniform":
             raise ConfigError("a Normalizing Trajectory Model (architecture=ntm) noises uniformly dequantized images "
                               "along its own trajectory: set noise=uniform")

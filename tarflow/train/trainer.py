@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..data import bin_width, dequantize, flip_batch, load_dataset
+from ..data import bin_width, dequantize, flip_batch, load_dataset, reverse_time_batch
 from ..data.datasets import ImageData
 from ..errors import ConfigError, TarflowError
 from ..flows import FlowConfig, TarFlow
@@ -293,6 +293,8 @@ def batch(data: ImageData, step: int, train_config: TrainConfig, model_config: F
     else:
         images = flip_batch(data.images[idx], g) if train_config.flip else data.images[idx]
         x = dequantize(images, data.levels, train_config.noise, train_config.noise_std, generator=g)
+    if train_config.reverse_time:
+        x = reverse_time_batch(x, g)
     y = None
     if model_config.num_classes:
         y = training_condition(data.labels[idx], model_config, train_config.label_dropout, g)[part].to(device)
