@@ -220,16 +220,19 @@ PRESETS: dict[str, dict] = {
     },
     # Moving MNIST in latent frames (STARFlow-V's latent space), for samples: every 64x64 frame encoded by the
     # autoencoder of `tarflow autoencoder train --dataset mnist` (its default run directory, x4: 4x16x16 latents),
-    # patch 4, so 16 tokens of 64 numbers per frame, a quarter of the pixel preset's sequence: a step of 16 clips
-    # cost 0.45 s on one core against the pixel preset's 2.5 s, so 6,500 steps in about the pixel preset's time.
-    # The moving-mnist model otherwise; Gaussian noise 0.3 on unit-variance latents (as cifar10-latent).
+    # patch 4, so 16 tokens of 64 numbers per frame, a quarter of the pixel preset's sequence; Gaussian noise 0.3 on
+    # unit-variance latents (as cifar10-latent). Conditioned on the clip's digit pair (55 classes, in the deep block)
+    # and sampled with guidance 2 (STARFlow's rule) at temperature 0.7; three shallow blocks within each frame and
+    # a deep block of 6 layers over frames. 11,000 steps of 16 clips: 66 min on one core beside a second training
+    # (2026-12-04; docs/video.md#latent-frames has the runs that chose it: depth 4 or 8, 6,500-11,000 steps).
     "moving-mnist-latent": {
         "model": dict(modality="video", autoencoder="runs/autoencoder-mnist", frame_count=10, image_size=16,
-                      channels=4, patch_size=4, width=128, num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64,
-                      frame_layout="global-local"),
-        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.3, clip_count=2000, steps=6500,
-                      batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=500, checkpoint_every=250,
-                      num_samples=8, entropy_every=0),
+                      channels=4, patch_size=4, width=128, num_blocks=4, layers_per_block=[1, 1, 1, 6], head_dim=64,
+                      frame_layout="global-local", num_classes=55),
+        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.3, clip_count=2000, steps=11000,
+                      batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=1000, checkpoint_every=250,
+                      num_samples=8, entropy_every=0, sample_guidance=2.0, sample_guidance_rule="starflow",
+                      sample_temperature=0.7),
     },
     # Seconds on a CPU: the moving-mnist pipeline on 4 frames of 32x32 (16 tokens each), for smoke tests.
     "moving-mnist-tiny": {
