@@ -31,6 +31,8 @@ KINDS = {
     "global-local": dict(frame_layout="global-local"),
     "global-local-cond-learned-rope": dict(frame_layout="global-local", num_classes=CLASSES, condition_top_only=True,
                                            start_token="learned", positions="rope", layers_per_block=[1, 1, 2]),
+    "global-first-cond-factorised": dict(frame_layout="global-first", num_classes=CLASSES, condition_top_only=True,
+                                         start_token="learned", positions="factorised", layers_per_block=[2, 1, 1]),
     "causal-cond": dict(frame_layout="causal", num_classes=CLASSES),
     "causal-additive-same": dict(frame_layout="causal", transform="additive", order="same"),
     "global-local-latent": dict(frame_layout="global-local", autoencoder="tiny", latent_scale=2.0, latent_shift=0.25),
@@ -89,20 +91,36 @@ def test_tokens_are_frame_major_patches(model):
 
 
 def test_layout_shapes_the_stack(model):
-    """global-local: every block but the last within frames, over Tf tokens; causal: every block over all T."""
+    """global-local: every block but the last within frames, over Tf tokens; global-first: every block but the
+    first; causal: every block over all T. The class (condition_top_only) and the caption enter the top block
+    over all T."""
+    spanning = {"global-local": [2], "global-first": [0]}.get(model.config.frame_layout, [0, 1, 2])
     local = [isinstance(block, FrameLocalBlock) for block in model.blocks]
-    if model.config.frame_layout == "global-local":
-        assert local == [True, True, False]
-        assert [block.block.num_tokens for block in model.blocks[:-1]] == [TOKENS_PER_FRAME] * 2
-    else:
-        assert local == [False, False, False]
-    assert model.blocks[-1].num_tokens == FRAMES * TOKENS_PER_FRAME
+    assert local == [index not in spanning for index in range(3)]
+    for index, block in enumerate(model.blocks):
+        tokens = block.num_tokens if index in spanning else block.block.num_tokens
+        assert tokens == (FRAMES * TOKENS_PER_FRAME if index in spanning else TOKENS_PER_FRAME)
     inner = [block.block if isinstance(block, FrameLocalBlock) else block for block in model.blocks]
     c = model.config
     captioned = bool(c.text_encoder)
-    conditioned = [bool(c.num_classes) and not captioned and (i == 2 or not c.condition_top_only) for i in range(3)]
+    top = max(spanning)
+    conditioned = [bool(c.num_classes) and not captioned and (i == top or not c.condition_top_only) for i in range(3)]
     assert [block.class_embed is not None for block in inner] == conditioned
-    assert [block.prefix is not None for block in inner] == [False, False, captioned]  # the caption: the last block
+    assert [block.prefix is not None for block in inner] == [captioned and i == top for i in range(3)]
+
+
+def test_factorised_positions_share_places_across_frames():
+    """positions=factorised: row f Tf + s of the table is frame_embed[f] + pos_embed[s] in the block over the clip;
+    a block within frames has Tf learned rows and no frame embedding."""
+    torch.manual_seed(0)
+    model = TarFlow(video_config(frame_layout="global-first", positions="factorised"))
+    spanning, local = model.blocks[0], model.blocks[1].block
+    table = spanning.position_table()
+    assert table.shape == (FRAMES * TOKENS_PER_FRAME, 16)
+    assert torch.equal(table[TOKENS_PER_FRAME + 1], spanning.frame_embed[1] + spanning.pos_embed[1])
+    assert local.frame_embed is None and local.position_table().shape == (TOKENS_PER_FRAME, 16)
+    with pytest.raises(ConfigError, match="factorised.*video"):
+        FlowConfig(positions="factorised")
 
 
 # ----- invertibility and density ----------------------------------------------------------------
@@ -426,3 +444,10 @@ def test_latent_frames_are_each_frame_encoded_and_decoded_alone(frame_autoencode
         model.log_prob(images)  # images, not their latents
     pixels = TarFlow(video_config())
     assert not pixels.config.latent and torch.equal(pixels.modality.to_frames(images), images)
+
+
+def test_global_first_takes_the_caption_in_its_first_block():
+    model = TarFlow(video_config(frame_layout="global-first", num_classes=55, text_encoder="learned",
+                                 captions="moving-digits", caption_length=6, text_layers=1))
+    assert model.blocks[0].prefix is not None
+    assert all(block.block.prefix is None for block in model.blocks[1:])

@@ -35,7 +35,7 @@ class ARFlowBlock(nn.Module):
     at p = 0 when first = 0), and its output at position p holds the parameters of token p + first.
 
     ``layers`` Transformer layers (pre-norm; attention or an AFT mixer; optional sigma-Reparam and XSA),
-    learned or rotary positions, a class embedding when ``conditioned``, a noise-level embedding with
+    learned, rotary or factorised positions (over ``frames`` frames of a video: place within the frame + frame), a class embedding when ``conditioned``, a noise-level embedding with
     ``config.noise_conditioning`` (iTARFlow), a projection of per-token context features when ``context_width``
     > 0 (NTM: the features of `Condition.context` that give token t its parameters are token t's own, added at
     the position that outputs them), an optional final LayerNorm,
@@ -47,7 +47,7 @@ class ARFlowBlock(nn.Module):
     """
 
     def __init__(self, config: FlowConfig, layers: int, order: Order, transform: Transform, conditioned: bool,
-                 context_width: int = 0, captioned: bool = False, num_tokens: int | None = None):
+                 context_width: int = 0, captioned: bool = False, num_tokens: int | None = None, frames: int = 1):
         super().__init__()
         width, token_dim = config.width, config.token_dim
         num_tokens = num_tokens or config.num_tokens  # fewer for a block within each video frame
@@ -58,9 +58,12 @@ class ARFlowBlock(nn.Module):
         self.start = None
         if not self.first:
             self.start = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.pos_embed = None
-        if config.positions == "learned":
-            self.pos_embed = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
+        self.pos_embed = self.frame_embed = None
+        if config.positions != "rope":  # factorised: a row per place within a frame, plus a row per frame
+            places = num_tokens // frames if config.positions == "factorised" else num_tokens
+            self.pos_embed = nn.Parameter(torch.randn(places, width) * 0.02)
+        if config.positions == "factorised" and frames > 1:
+            self.frame_embed = nn.Parameter(torch.randn(frames, width) * 0.02)
         self.class_embed = None
         if conditioned:
             self.class_embed = nn.Embedding(config.num_classes + 1, width)  # last row: the null class
@@ -96,7 +99,7 @@ class ARFlowBlock(nn.Module):
             h = torch.cat([self.start.to(h.dtype).expand(batch, 1, -1), h[:, 1:]], dim=1)
         if cache is None:  # position embedding, then class embedding (the order the released figures used)
             if self.pos_embed is not None:
-                h = h + self.pos_embed[pos:pos + length]
+                h = h + self.position_table()[pos:pos + length]
             if self.class_embed is not None:
                 h = h + self.class_embed(condition.labels)[:, None]
             if self.noise_embed is not None:
@@ -113,6 +116,13 @@ class ARFlowBlock(nn.Module):
         rows = self.transformer(prefixed, condition, None, pos)
         return self.output(rows.view(batch, -1, rows.shape[-1])[:, self.prefix_length:].reshape(-1, rows.shape[-1]),
                            batch, length)
+
+    def position_table(self) -> Tensor:
+        """The position embedding (T, W): learned rows, or with a frame embedding (F, W) row f Tf + s =
+        frame_embed[f] + pos_embed[s] (frame f, place s within it)."""
+        if self.frame_embed is None:
+            return self.pos_embed
+        return (self.frame_embed[:, None] + self.pos_embed[None]).flatten(0, 1)
 
     def transformer(self, h: Tensor, condition: Condition, cache: KVCache | None, pos: int) -> Tensor:
         """The layers on h (R, L, W) at layer positions pos .. pos+L-1, as rows (R L, W): one addmm per linear."""
@@ -160,7 +170,7 @@ class ARFlowBlock(nn.Module):
         class embedding (R, 1, W), the noise-level embedding (R, 1, W) and the projected context (R, T, W; zero at
         the last ``first`` positions, which output no params), summed in that order to (R or 1, T, W); None when
         the block has none of them."""
-        bias = None if self.pos_embed is None else self.pos_embed[None]
+        bias = None if self.pos_embed is None else self.position_table()[None]
         embeddings = []
         if self.class_embed is not None:
             embeddings.append(self.class_embed(condition.labels)[:, None])

@@ -37,8 +37,10 @@ class FlowConfig:
     frame_count: int = option(1, "video: frames F per clip; T = F (size/p)^2 tokens, frame-major")
     frame_layout: str = option("global-local", "video: global-local (every block but the last acts within each "
                                "frame, frames folded into the batch; the last block, nearest the prior, is causal over "
-                               "the whole frame-major sequence, STARFlow-V) or causal (every block over the whole "
-                               "sequence, causal over frames)", choices=("global-local", "causal"))
+                               "the whole frame-major sequence, STARFlow-V), global-first (the same with the block over "
+                               "the sequence first, nearest the data, so it reads earlier frames as they are) or causal "
+                               "(every block over the whole sequence, causal over frames)",
+                               choices=("global-local", "global-first", "causal"))
     autoencoder: str = option("", "latents, and video frames: directory of the frozen autoencoder (a `tarflow "
                               "autoencoder train` run, or a diffusers AutoencoderKL); a relative path is read from the "
                               "flow model's directory. A video model given one models each frame's latents")
@@ -133,8 +135,9 @@ class FlowConfig:
     width: int = option(128, "Transformer width (model channels)")
     head_dim: int = option(32, "attention head dimension; heads = width / head_dim")
     positions: str = option("learned", "how each block's Transformer knows positions: learned (an embedding added to "
-                            "its input) or rope (rotary embedding of queries and keys; mixer=attention only)",
-                            choices=("learned", "rope"))
+                            "its input), rope (rotary embedding of queries and keys; mixer=attention only) or "
+                            "factorised (video: a learned embedding of the place within the frame, shared by every "
+                            "frame, plus one of the frame)", choices=("learned", "rope", "factorised"))
     mlp_ratio: int = option(4, "MLP hidden width as a multiple of width")
     dropout: float = option(0.0, "residual dropout of the model's Transformer layers (not a caption encoder's) in "
                             "training, in [0, 1) (0: none; nanoGPT's character-level Shakespeare uses 0.2); sampling "
@@ -191,6 +194,9 @@ class FlowConfig:
         if self.modality != "video" and (self.frame_count != 1 or self.frame_layout != "global-local"):
             raise ConfigError(f"frame_count and frame_layout apply to modality=video, not {self.modality!r}: leave "
                               f"them unset")
+        if self.positions == "factorised" and self.modality != "video":
+            raise ConfigError(f"positions=factorised (places within a frame plus frames) applies to modality=video, "
+                              f"not {self.modality!r}: use learned or rope")
         if self.autoencoder and self.modality not in ("latents", "video"):
             raise ConfigError(f"autoencoder applies to modality=latents or video, not {self.modality!r}: leave it "
                               f"unset, or set modality=latents to model its latents")

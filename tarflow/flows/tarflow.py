@@ -89,12 +89,12 @@ class TarFlow(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.blocks[-1].proj_in.weight.device  # the last block is an `ARFlowBlock` in every layout
+        return next(self.blocks.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of the weights (and of the noise samplers draw)."""
-        return self.blocks[-1].proj_in.weight.dtype
+        return next(self.blocks.parameters()).dtype
 
     # ----- tokens ------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> Tensor:

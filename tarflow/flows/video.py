@@ -2,11 +2,14 @@
 
 Tokens are frame-major (F frames of Tf tokens, see `tarflow.modalities.video`). Every block keeps frames in
 order, so the whole flow is causal over frames: z of frames 1..f depends on x of frames 1..f only, and
-log p(x) = sum_f log p(x_f | x_<f). Two layouts (``FlowConfig.frame_layout``):
+log p(x) = sum_f log p(x_f | x_<f). Three layouts (``FlowConfig.frame_layout``):
 
 - global-local: blocks 0..N-2 are `FrameLocalBlock`s, an AR flow block over the Tf tokens of each frame on its
   own (frames folded into the batch: they do not interact); block N-1, nearest the prior, is an AR flow block
   over all F Tf tokens (frame f sees frames < f and the earlier tokens of frame f).
+- global-first: the same blocks with the one over all tokens first (block 0, nearest the data): it reads the
+  earlier frames as they are, not as the local blocks have transformed them, and the local blocks then model
+  what it leaves of each frame.
 - causal: every block over all F Tf tokens.
 
 Token orders keep frames in place: identity, or a flip of the tokens within each frame (``order=alternate``
@@ -95,20 +98,22 @@ def video_orders(kind: str, count: int, frames: int, tokens_per_frame: int, loca
 
 
 def video_blocks(config, transform, tokens_per_frame: int, captioned: bool = False) -> list[nn.Module]:
-    """The block stack of a video model (see the module docstring); the class, if any, enters the last block, and
-    every block unless ``condition_top_only``; ``captioned``: the caption is a text prefix of the last block
-    instead (text-to-video), which then reads it from every frame's tokens."""
+    """The block stack of a video model (see the module docstring); the class, if any, enters the top block (the
+    last over the whole clip: the deep block), and every block unless ``condition_top_only``; ``captioned``: the
+    caption is a text prefix of the top block instead (text-to-video), which then reads it from every frame's
+    tokens."""
     frames, last = config.frame_count, config.num_blocks - 1
-    local = config.frame_layout == "global-local"
+    spanning = {"global-local": {last}, "global-first": {0}}.get(config.frame_layout, set(range(config.num_blocks)))
+    top = max(spanning)
     local_orders = video_orders(config.order, config.num_blocks, frames, tokens_per_frame, local=True)
     global_orders = video_orders(config.order, config.num_blocks, frames, tokens_per_frame, local=False)
     blocks = []
     for index, layers in enumerate(config.block_layers):
-        conditioned = bool(config.num_classes) and not captioned and (index == last or not config.condition_top_only)
-        if local and index < last:
+        conditioned = bool(config.num_classes) and not captioned and (index == top or not config.condition_top_only)
+        if index not in spanning:
             inner = ARFlowBlock(config, layers, local_orders[index], transform, conditioned, num_tokens=tokens_per_frame)
             blocks.append(FrameLocalBlock(inner, frames))
         else:
             blocks.append(ARFlowBlock(config, layers, global_orders[index], transform, conditioned,
-                                      captioned=captioned and index == last))
+                                      captioned=captioned and index == top, frames=frames))
     return blocks
