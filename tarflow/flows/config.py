@@ -81,8 +81,9 @@ class FlowConfig:
                               "learned (a learned start embedding in front of the sequence, so every token is "
                               "transformed)", choices=("zero", "learned"))
     num_classes: int = option(0, "classes for conditioning (0 = unconditional); label num_classes is the null class")
-    condition_top_only: bool = option(False, "condition only the last block (nearest the prior) on the class, as "
-                                      "STARFlow's deep block; the others model the data unconditionally")
+    condition_top_only: bool = option(False, "condition only the last block (nearest the prior; for video, the last "
+                                      "block over the whole clip) on the class, as STARFlow's deep block; the "
+                                      "others model the data unconditionally")
     noise_conditioning: bool = option(False, "iTARFlow: the model takes a noise level t (the std of gaussian noise "
                                       "added to the data) as an input of every block, as Fourier features of log t; "
                                       "it is trained on x + t eps with t drawn in [noise_level_min, noise_level_max]")
