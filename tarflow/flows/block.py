@@ -35,11 +35,11 @@ class ARFlowBlock(nn.Module):
     at p = 0 when first = 0), and its output at position p holds the parameters of token p + first.
 
     ``layers`` Transformer layers (pre-norm; attention or an AFT mixer; optional sigma-Reparam and XSA),
-    learned, rotary or factorised positions (over ``frames`` frames of a video: place within the frame + frame), a class embedding when ``conditioned``, a noise-level embedding with
-    ``config.noise_conditioning`` (iTARFlow), a projection of per-token context features when ``context_width``
-    > 0 (NTM: the features of `Condition.context` that give token t its parameters are token t's own, added at
-    the position that outputs them), an optional final LayerNorm,
-    and a zero-initialised output projection, so every block starts as the identity.
+    learned, rotary or factorised positions (over ``frames`` frames of a video: place within the frame + frame),
+    a class embedding when ``conditioned``, a noise-level embedding with ``config.noise_conditioning`` (iTARFlow),
+    a projection of per-token context features when ``context_width`` > 0 (NTM: the features of `Condition.context`
+    that give token t its parameters are token t's own, added at the position that outputs them), an optional
+    final LayerNorm, and a zero-initialised output projection, so every block starts as the identity.
 
     ``captioned``: a text prefix (`TextPrefix` of the caption ids in `Condition.labels`) takes P positions in front
     of the Transformer input: every position reads the whole prefix, the prefix reads no token, and only the token
