@@ -2,6 +2,7 @@
 a dead rank stops the job. Each launch starts two Python processes, so these tests take a few seconds each."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -75,7 +76,24 @@ def test_a_dead_rank_stops_the_job(tmp_path):
     assert time.monotonic() - start < 120  # stopped, not hung until the collective timeout
     out = p.stdout + p.stderr
     assert "exitcode  : 3" in out, out[-2000:]  # torchrun's summary names the rank that died
-    assert "lost contact with the others" in out, out[-2000:]  # and the survivor says why it stops
+
+
+def test_the_survivor_of_a_dead_rank_says_why(tmp_path):
+    """Two processes joined as torchrun would join them, with no torchrun to stop the survivor (which it may do
+    before the survivor has noticed): the survivor stops by itself and says why."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, SCRIPT, str(tmp_path / "run"), "50", "0", "ddp", "1", "3"]
+    ranks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in range(2)]
+    survivor, dead = (process.communicate(timeout=180)[0] for process in ranks)
+    assert ranks[1].returncode == 3, dead[-2000:]
+    assert ranks[0].returncode != 0, survivor[-2000:]
+    assert "lost contact with the others" in survivor, survivor[-2000:]
+    assert "is intact" in survivor, survivor[-2000:]  # and where to resume from
 
 
 def test_fid_is_split_across_processes(tmp_path):
