@@ -13,6 +13,7 @@ models, the learned prior std) under a fixed seed so that each block really tran
 from __future__ import annotations
 
 import itertools
+import socket
 
 import pytest
 import torch
@@ -40,6 +41,13 @@ LATENTS = {"modality": "latents", "image_size": 2, "channels": 4, "patch_size": 
            "latent_shift": 0.1, "layers_per_block": [1, 1, 2], "start_token": "learned", "positions": "rope",
            "transform": "affine", "scale": "softplus", "log_scale_clip": 2.0}
 KINDS += [pytest.param({**LATENTS, **CONDITIONING[c]}, id=f"{c}-latents-deep-shallow") for c in ("uncond", "top-only")]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a test server or a process group)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def tiny_config(num_classes: int = 0, transform: str = "affine", **options) -> FlowConfig:

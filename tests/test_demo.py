@@ -4,7 +4,6 @@ local port, asked for one sample over HTTP (gradio_client) and stopped."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import randomise
+from conftest import free_port, randomise
 from tarflow import FlowConfig, Guidance, InputError, SequentialSampler, TarFlow
 from tarflow.cli import main
 from tarflow.cli.demo import NULL, Demo
@@ -89,12 +88,6 @@ def test_without_gradio_the_error_names_the_extra(model_dir, monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "gradio", None)  # import fails as if it were not installed
     assert main(["demo", str(model_dir), "--port", "7860"]) == 2
     assert "pip install 'tarflow[demo]'" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_web_app_serves_one_sample_over_http(model_dir, tmp_path):

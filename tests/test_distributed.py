@@ -2,7 +2,6 @@
 a dead rank stops the job. Each launch starts two Python processes, so these tests take a few seconds each."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from conftest import free_port
 
 SCRIPT = str(Path(__file__).with_name("dist_run.py"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -81,15 +82,17 @@ def test_a_dead_rank_stops_the_job(tmp_path):
 def test_the_survivor_of_a_dead_rank_says_why(tmp_path):
     """Two processes joined as torchrun would join them, with no torchrun to stop the survivor (which it may do
     before the survivor has noticed): the survivor stops by itself and says why."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, SCRIPT, str(tmp_path / "run"), "50", "0", "ddp", "1", "3"]
     ranks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
              for rank in range(2)]
-    survivor, dead = (process.communicate(timeout=180)[0] for process in ranks)
+    try:
+        survivor, dead = (process.communicate(timeout=180)[0] for process in ranks)
+    finally:  # a hung rank is not left running after the test
+        for process in ranks:
+            process.kill()
     assert ranks[1].returncode == 3, dead[-2000:]
     assert ranks[0].returncode != 0, survivor[-2000:]
     assert "lost contact with the others" in survivor, survivor[-2000:]
