@@ -222,17 +222,18 @@ PRESETS: dict[str, dict] = {
     # autoencoder of `tarflow autoencoder train --dataset mnist` (its default run directory, x4: 4x16x16 latents),
     # patch 4, so 16 tokens of 64 numbers per frame, a quarter of the pixel preset's sequence; Gaussian noise 0.3 on
     # unit-variance latents (as cifar10-latent). Conditioned on the clip's digit pair (55 classes, in the deep block)
-    # and sampled with guidance 2 (STARFlow's rule) at temperature 0.7; three shallow blocks within each frame and
-    # a deep block of 6 layers over frames. 11,000 steps of 16 clips: 66 min on one core beside a second training
-    # (2026-12-04; docs/video.md#latent-frames has the runs that chose it: depth 4 or 8, 6,500-11,000 steps).
+    # and sampled with guidance 2 (STARFlow's rule) at temperature 0.5; three shallow blocks within each frame and
+    # a deep block of 6 layers over frames; factorised positions (place + frame) and half the clips played backwards.
+    # 24,000 steps of 16 clips drawn from 6,000: 106 min on 2 cores (2026-12-04), an upper bound. Training longer
+    # is what made samples keep their digits: docs/video.md#latent-frames has the runs that chose it.
     "moving-mnist-latent": {
         "model": dict(modality="video", autoencoder="runs/autoencoder-mnist", frame_count=10, image_size=16,
                       channels=4, patch_size=4, width=128, num_blocks=4, layers_per_block=[1, 1, 1, 6], head_dim=64,
-                      frame_layout="global-local", num_classes=55),
-        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.3, clip_count=2000, steps=11000,
-                      batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=1000, checkpoint_every=250,
-                      num_samples=8, entropy_every=0, sample_guidance=2.0, sample_guidance_rule="starflow",
-                      sample_temperature=0.7),
+                      frame_layout="global-local", num_classes=55, positions="factorised"),
+        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.3, clip_count=6000, reverse_time=True,
+                      steps=24000, batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=1000,
+                      checkpoint_every=250, num_samples=8, entropy_every=0, sample_guidance=2.0,
+                      sample_guidance_rule="starflow", sample_temperature=0.5),
     },
     # Seconds on a CPU: the moving-mnist pipeline on 4 frames of 32x32 (16 tokens each), for smoke tests.
     "moving-mnist-tiny": {

@@ -2,7 +2,7 @@
 
 ``<cache>/latents/<name>-<split>-<key>.npy`` holds the raw latents (N, C', S, S) or (N, F, C', S, S) float32,
 before shift and scale. The key hashes the images, their levels and the encoder's weights, so other data or a
-retrained autoencoder gets its own file. Encoding the 2,000 train clips of moving-mnist-latent (10 frames of
+retrained autoencoder gets its own file. Encoding 2,000 train clips of Moving MNIST (10 frames of
 64x64) took 1.7 minutes on 2 CPU threads (2026-12-04); reading them back takes a second. Delete the folder to force
 a new encode.
 """
