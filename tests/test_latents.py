@@ -376,6 +376,11 @@ def test_latent_preset_without_its_autoencoder_says_how_to_make_one(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--preset", "cifar10-latent", "--out", "run", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "runs/autoencoder-cifar10 does not exist" in err
-    assert "`tarflow autoencoder train`" in err and "Traceback" not in err
+    assert "runs/autoencoder-cifar10 is not trained yet" in err and "Traceback" not in err
+    assert "`tarflow autoencoder train --dataset cifar10 --out runs/autoencoder-cifar10`" in err
+    assert not (tmp_path / "run").exists()
+    argv = ["train", "--preset", "moving-mnist-latent", "--data-dir", "mnist", "--out", "run", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err  # the frames' autoencoder is trained on MNIST digits, from the same files
+    assert "`tarflow autoencoder train --dataset mnist --data-dir mnist --out runs/autoencoder-mnist`" in err
     assert not (tmp_path / "run").exists()

@@ -11,6 +11,19 @@ from ..errors import ConfigError
 from .options import add_config_flags, config_from_args, overrides_given
 
 
+def check_autoencoder_trained(config) -> None:
+    """Refuse a model whose autoencoder is a `tarflow autoencoder train` default run directory that is not there
+    yet (the latent presets'), naming the command that makes it."""
+    path = Path(config.model.autoencoder).expanduser()
+    if not config.model.autoencoder or path.exists() or not path.name.startswith("autoencoder-"):
+        return
+    dataset = path.name.removeprefix("autoencoder-")
+    data_dir = f" --data-dir {config.train.data_dir}" if config.train.data_dir else ""
+    raise ConfigError(f"the autoencoder {path} is not trained yet: train it first with `tarflow autoencoder train "
+                      f"--dataset {dataset}{data_dir} --out {path}` (the latent presets expect it there), or give "
+                      f"another with --autoencoder DIR")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .. import train as training
     from ..train.config import RUNTIME_FIELDS
@@ -31,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.preset = args.preset or "digits"
         config = config_from_args(args)
         run_dir = Path(args.out or f"runs/{args.preset}")
+        check_autoencoder_trained(config)
     try:
         result = training.train(config, run_dir, progress=not args.no_progress)
     except TrainingStopped as e:  # a signal or too many non-finite steps: a checkpoint is saved
