@@ -192,6 +192,8 @@ def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):
     assert "apply to video models" in capsys.readouterr().err
     assert main(["sample", str(run), "--sampler", "video-jacobi", "--out", str(tmp_path / "a.png")]) != 0
     assert "needs a video model" in capsys.readouterr().err
+    assert main(["sample", str(run), "--first-frame-temperature", "0.5", "--out", str(tmp_path / "a.png")]) != 0
+    assert "apply to video models" in capsys.readouterr().err
     assert main(["temporal-consistency", str(run)]) != 0
     assert "needs a video model trained on moving-mnist" in capsys.readouterr().err
 
@@ -314,6 +316,43 @@ def test_temporal_consistency_samples_with_the_stored_guidance(mnist_dir, tmp_pa
     assert main(["temporal-consistency", str(unconditional), "--data-dir", str(mnist_dir), "--classifier-steps",
                  "2", "--guidance", "1", "--no-progress"]) != 0
     assert "--guidance needs a class-conditional model" in capsys.readouterr().err
+
+def test_a_cooler_first_frame_is_stored_with_the_model_and_reaches_the_samples(mnist_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    """--sample-first-frame-temperature is stored with the model; `sample` and `temporal-consistency` draw the
+    first frame's noise at it and the later frames' at the temperature; --first-frame-temperature overrides."""
+    from tarflow.sampling.video import VideoJacobiSampler
+
+    run = tmp_path / "cool-first-frame"
+    assert main(["train", "--preset", "moving-mnist-tiny", "--data-dir", str(mnist_dir), "--out", str(run),
+                 "--steps", "1", "--clip-count", "6", "--sample-temperature", "1", "--sample-first-frame-temperature",
+                 "0.5", "--no-progress"]) == 0
+    stored = json.loads((run / "model" / "config.json").read_text())["metadata"]["sampling"]
+    assert stored == {"temperature": 1.0, "first_frame_temperature": 0.5}
+    temperatures = []
+    sample = VideoJacobiSampler.sample
+
+    def recorded(*args, **kwargs):
+        temperatures.append(inspect.signature(sample).bind(*args, **kwargs).arguments["temperature"])
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(VideoJacobiSampler, "sample", recorded)
+    tokens_per_frame = (32 // 8) ** 2
+    capsys.readouterr()
+    out = str(tmp_path / "a.png")
+    assert main(["sample", str(run), "--count", "2", "--sampler", "video-jacobi", "--out", out]) == 0
+    assert "temperature 1 (first frame 0.5)" in capsys.readouterr().out
+    assert temperatures[-1][:tokens_per_frame].unique().tolist() == [0.5]
+    assert temperatures[-1][tokens_per_frame:].unique().tolist() == [1.0]
+    assert main(["temporal-consistency", str(run), "--data-dir", str(mnist_dir), "--count", "2", "--classifier-steps",
+                 "2", "--sampler", "video-jacobi", "--first-frame-temperature", "0.25", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["first_frame_temperature"] == 0.25 and result["temperature"] == 1.0
+    assert temperatures[-1][:tokens_per_frame].unique().tolist() == [0.25]
+    assert main(["train", "--preset", "tiny", "--sample-first-frame-temperature", "0.5", "--out",
+                 str(tmp_path / "image"), "--no-progress"]) != 0
+    assert "sample_first_frame_temperature sets a clip's first frame apart" in capsys.readouterr().err
+
 
 def test_continuation_from_real_test_frames(run_dir, mnist_dir, capsys):
     capsys.readouterr()

@@ -18,7 +18,7 @@ from torch.autograd.functional import jacobian
 from tarflow import ConfigError, FlowConfig, Guidance, InputError, SequentialSampler, TarFlow
 from tarflow.flows import Condition
 from tarflow.flows.video import FrameLocalBlock
-from tarflow.sampling import VideoJacobiSampler, continue_clips
+from tarflow.sampling import VideoJacobiSampler, continue_clips, frame_temperatures
 from tarflow.sampling.calibrate import calibrate, sampler_from_entry
 
 from conftest import randomise
@@ -196,6 +196,16 @@ def test_local_blocks_do_not_mix_frames_and_the_global_block_does(model, frame):
 
 def inner_blocks(model):
     return [block.block if isinstance(block, FrameLocalBlock) else block for block in model.blocks]
+
+
+def test_a_first_frame_temperature_scales_the_first_frames_noise_only(model):
+    sampler = SequentialSampler(model)
+    base = sampler.noise(BATCH, 1.0, torch.Generator().manual_seed(3))
+    scaled = sampler.noise(BATCH, frame_temperatures(model, 0.8, 0.3), torch.Generator().manual_seed(3))
+    assert torch.allclose(scaled[:, 0], 0.3 * base[:, 0]) and torch.allclose(scaled[:, 1:], 0.8 * base[:, 1:])
+    assert frame_temperatures(model, 0.8) == 0.8  # no first frame's: one temperature, as for images
+    with pytest.raises(ConfigError, match="needs a video model"):
+        frame_temperatures(TarFlow(FlowConfig(image_size=4, patch_size=2, width=16, head_dim=8)), 1.0, 0.5)
 
 
 def test_kv_cache_steps_match_uncached_pass(model):

@@ -198,6 +198,14 @@ def add_denoise_options(parser: argparse.ArgumentParser, denoise_help: str) -> N
                         help="--denoise iterative: clamp each step's denoised estimate to [-1, 1]")
 
 
+def add_first_frame_temperature_option(parser: argparse.ArgumentParser) -> None:
+    """--first-frame-temperature, whose default is the setting stored with the model (`stored_settings`)."""
+    parser.add_argument("--first-frame-temperature", type=number(float, above=0), default=None, metavar="T0",
+                        help="video models, clips drawn whole: the prior temperature of the first frame, the later "
+                        "frames keeping --temperature (default: the model's stored setting, else --temperature); "
+                        "continued frames always take --temperature")
+
+
 def add_stored_guidance_options(parser: argparse.ArgumentParser, what: str = "") -> None:
     """--guidance and --guidance-rule whose default is the setting stored with the model (`stored_settings`)."""
     parser.add_argument("--guidance", type=number(float, minimum=0), default=None,

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import (DEVICE_HELP, add_denoise_options, add_sampler_options, add_stored_guidance_options,
-                      check_output_file, number, parse_label)
+from .options import (DEVICE_HELP, add_denoise_options, add_first_frame_temperature_option, add_sampler_options,
+                      add_stored_guidance_options, check_output_file, number, parse_label)
 from .video import add_video_sample_options, sample_video
 
 
@@ -45,12 +45,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         denoised = f"on (sigma={sigma:.4g}, fine-tuned decoder)" if learned else denoised
     if config.modality == "video":  # clips: a frame strip and a GIF; continued from --first-frames
         seconds, what = sample_video(args, model, sampler, y, settings, guidance, sigma, levels, out)
-        print(f"{args.count} {what} in {seconds:.2f} s with the {why}, temperature {settings['temperature']:g}, "
+        first = settings["first_frame_temperature"]
+        temperature = f"temperature {settings['temperature']:g}" + (f" (first frame {first:g})" if first else "")
+        print(f"{args.count} {what} in {seconds:.2f} s with the {why}, {temperature}, "
               f"denoise {denoised}{stored} -> {out} and {out.with_suffix('.gif')}")
         return 0
-    if args.first_frames is not None or args.frames is not None or args.score_denoiser is not None or args.clips_dir:
-        raise ConfigError("--first-frames, --frames, --score-denoiser and --clips-dir apply to video models "
-                          "(modality=video)")
+    if args.first_frames is not None or args.frames is not None or args.score_denoiser is not None or args.clips_dir \
+            or args.first_frame_temperature is not None:
+        raise ConfigError("--first-frames, --frames, --score-denoiser, --clips-dir and --first-frame-temperature "
+                          "apply to video models (modality=video)")
     started = time.perf_counter()
     x = sampler.sample(count, y, settings["temperature"], guidance, None if learned else sigma,
                        generator=torch.Generator().manual_seed(args.seed))
@@ -65,12 +68,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def stored_settings(model, args: argparse.Namespace) -> tuple[str, dict]:
-    """The guidance weight, rule and temperature to sample with: each flag given, else the setting stored with the
-    model (metadata "sampling": those of its run's sample grids, or a preset's recommendation), else no guidance
-    and temperature 1; and a phrase naming the stored settings used ("" if none)."""
+    """The guidance weight, rule, temperature and first frame's temperature (video) to sample with: each flag given,
+    else the setting stored with the model (metadata "sampling": those of its run's sample grids, or a preset's
+    recommendation), else no guidance and temperature 1; and a phrase naming the stored settings used ("" if
+    none)."""
     stored = model.metadata.get("sampling", {})
-    given = {"guidance": args.guidance, "guidance_rule": args.guidance_rule, "temperature": args.temperature}
-    defaults = {"guidance": 0.0, "guidance_rule": None, "temperature": 1.0}
+    given = {"guidance": args.guidance, "guidance_rule": args.guidance_rule, "temperature": args.temperature,
+             "first_frame_temperature": getattr(args, "first_frame_temperature", None)}
+    defaults = {"guidance": 0.0, "guidance_rule": None, "temperature": 1.0, "first_frame_temperature": None}
     used = [name for name, value in given.items() if value is None and name in stored]
     settings = {name: value if value is not None else stored.get(name, defaults[name])
                 for name, value in given.items()}
@@ -233,6 +238,7 @@ def add_sample_parser(sub) -> None:
                         "one grid row each (--count samples in all, split evenly)")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="scale of the prior noise, > 0 (default: the model's stored setting, else 1)")
+    add_first_frame_temperature_option(parser)
     add_stored_guidance_options(parser)
     parser.add_argument("--annealed", action="store_true", help="anneal w from 0 at the first token to w at the last")
     parser.add_argument("--attn-temp", type=number(float, above=0), default=1.0,

@@ -123,6 +123,7 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
     Returns (seconds, a phrase saying what was drawn)."""
     import torch
 
+    from ..sampling import frame_temperatures
     from ..sampling.flow_score import with_denoiser
     from ..train.video import save_clips
     from ..viz import to_uint8
@@ -148,8 +149,8 @@ def sample_video(args: argparse.Namespace, model, sampler, y, settings: dict, gu
         x[:, :given.shape[1]] = given  # the given frames, not their reconstruction (latent) or denoising
         what = f"continued from {given.shape[1]} frames of {args.first_frames}"
     else:
-        x = with_denoiser(sampler, denoiser).sample(args.count, y, settings["temperature"], guidance, sigma,
-                                                    generator=generator)
+        temperature = frame_temperatures(model, settings["temperature"], settings["first_frame_temperature"])
+        x = with_denoiser(sampler, denoiser).sample(args.count, y, temperature, guidance, sigma, generator=generator)
         if frames > window:
             x = extend(sampler, x, frames, y, settings["temperature"], guidance, generator, context, sigma, denoiser)
         x = model.modality.to_frames(x)
@@ -233,6 +234,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     from ..metrics.temporal import (consistent_fraction, digit_classifier, frame_accuracy, matching_fraction,
                                     unrelated_fraction)
     from ..runs import load_model
+    from ..sampling import frame_temperatures
     from ..sampling.flow_score import denoising_errors, with_denoiser
     from ..train.video import load_clips
     from ..viz import to_uint8
@@ -262,10 +264,11 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
     denoiser = load_score_denoiser(args.score_denoiser, model, sigma) if args.score_denoiser else None
     if denoiser is not None:
         denoised = f"score denoiser {args.score_denoiser}"
-    temperature = settings["temperature"]
+    temperature, first_frame = settings["temperature"], settings["first_frame_temperature"]
     classes = model.config.num_classes
     y = torch.arange(args.count) % classes if classes else None  # conditional: the digit pairs in turn
-    samples = with_denoiser(sampler, denoiser).sample(args.count, y, temperature, guidance, sigma,
+    per_token = frame_temperatures(model, temperature, first_frame)
+    samples = with_denoiser(sampler, denoiser).sample(args.count, y, per_token, guidance, sigma,
                                                       generator=torch.Generator().manual_seed(args.seed))
     clips = to_uint8(model.modality.to_frames(samples), test.levels).cpu()
     matching = {}
@@ -281,6 +284,7 @@ def cmd_temporal_consistency(args: argparse.Namespace) -> int:
               "test_clips": len(test), "digits_per_clip": digits, "classifier_steps": args.classifier_steps,
               "classifier_train_s": classifier_info["train_seconds"],
               "classifier_cached": classifier_info["cached"], "temperature": temperature,
+              "first_frame_temperature": first_frame or temperature,
               "guidance": f"w={guidance.weight:g} ({guidance.rule})" if guidance else "none", "sampler": how,
               "denoising": denoised, "model": str(model_dir)}
     if sigma:  # trained with gaussian noise: how near each denoiser takes noisy test clips to the clean ones
@@ -347,7 +351,8 @@ def continuation_figures(args: argparse.Namespace, model, sampler, classifier, d
 
 
 def add_temporal_consistency_parser(sub) -> None:
-    from .options import DEVICE_HELP, add_denoise_options, add_sampler_options, add_stored_guidance_options, number
+    from .options import (DEVICE_HELP, add_denoise_options, add_first_frame_temperature_option, add_sampler_options,
+                          add_stored_guidance_options, number)
 
     parser = sub.add_parser("temporal-consistency", help="video models on moving-mnist: the fraction of sampled clips "
                             "whose digits stay the same first to last frame, by a per-frame digit classifier, as JSON")
@@ -360,6 +365,7 @@ def add_temporal_consistency_parser(sub) -> None:
     parser.add_argument("--seed", type=number(int, minimum=0), default=0, help="sampling and classifier seed")
     parser.add_argument("--temperature", type=number(float, above=0), default=None,
                         help="prior temperature (default: the one stored with the model, else 1)")
+    add_first_frame_temperature_option(parser)
     add_stored_guidance_options(parser, "class-conditional models, samples and continuations: ")
     parser.add_argument("--continue-from", type=number(int, minimum=1), default=None, metavar="K",
                         help="also continue --count real test clips from their first K frames to 2K (video-to-video): "

@@ -7,8 +7,8 @@ from .iterative import DenoisedSampler, IterativeDenoiser, model_score
 from .jacobi import BlockStrategy, GSJacobiSampler, JacobiSampler
 from .sequential import SequentialSampler
 from .trajectory import TrajectorySampler
-from .video import VideoJacobiSampler, continue_clips
+from .video import VideoJacobiSampler, continue_clips, frame_temperatures
 
 __all__ = ["BlockStrategy", "DecodedSampler", "DenoisedSampler", "GSJacobiSampler", "Guidance", "IterativeDenoiser",
            "JacobiSampler", "SequentialSampler", "TrajectorySampler", "VideoJacobiSampler", "choose_denoising",
-           "continue_clips", "model_score", "tweedie_denoise"]
+           "continue_clips", "frame_temperatures", "model_score", "tweedie_denoise"]

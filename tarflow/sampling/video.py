@@ -30,6 +30,19 @@ def check_video(model) -> None:
         raise ConfigError(f"video sampling needs a video model (modality=video), got modality={model.config.modality!r}")
 
 
+def frame_temperatures(model, temperature: float, first_frame: float | None = None) -> float | Tensor:
+    """The prior temperature of each token (T, 1): the first frame's at ``first_frame``, the others at
+    ``temperature``; ``temperature`` itself when ``first_frame`` is None. A cool first frame draws clean digits,
+    and warmer later frames keep them moving (at one low temperature a clip drifts to its mean, an empty frame)."""
+    if first_frame is None:
+        return temperature
+    check_video(model)
+    modality = model.modality
+    per_token = torch.full((modality.num_tokens, 1), float(temperature))
+    per_token[:modality.num_tokens // modality.frame_count] = first_frame
+    return per_token
+
+
 def frame_bounds(frames: int, tokens_per_frame: int, first: int) -> list[tuple[int, int]]:
     """One module [start, end) per frame, in block order; tokens before ``first`` are known (a zero start)."""
     bounds = [(max(frame * tokens_per_frame, first), (frame + 1) * tokens_per_frame) for frame in range(frames)]

@@ -71,6 +71,9 @@ class TrainConfig:
     checkpoint_every: int = option(500, "steps between checkpoints (0 = only at the end)")
     num_samples: int = option(100, "images in each sample grid")
     sample_temperature: float = option(1.0, "prior temperature of the sample grids")
+    sample_first_frame_temperature: float = option(0.0, "video models: prior temperature of the sample grids' first "
+                                                   "frame (0: sample_temperature); the later frames keep "
+                                                   "sample_temperature")
     sample_guidance: float = option(0.0, "classifier-free guidance weight of the sample grids (conditional models)")
     sample_guidance_rule: str = option("auto", "guidance rule of the sample grids: auto (starflow for latent models, "
                                        "tarflow otherwise), tarflow or starflow",
@@ -106,6 +109,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.sample_temperature <= 0:
             raise ConfigError(f"sample_temperature must be positive, got {self.sample_temperature}")
+        if self.sample_first_frame_temperature < 0:
+            raise ConfigError(f"sample_first_frame_temperature must not be negative (0: sample_temperature), got "
+                              f"{self.sample_first_frame_temperature}")
         if self.sample_guidance < 0:
             raise ConfigError(f"sample_guidance must not be negative (0 = no guidance), got {self.sample_guidance}")
         if self.dist_timeout_s <= 0:
@@ -140,6 +146,9 @@ class RunConfig:
         if self.train.reverse_time and self.model.modality != "video":
             raise ConfigError(f"reverse_time plays training clips backwards: it needs a video model "
                               f"(modality=video), not modality={self.model.modality!r}; leave it false")
+        if self.train.sample_first_frame_temperature and self.model.modality != "video":
+            raise ConfigError(f"sample_first_frame_temperature sets a clip's first frame apart: it needs a video "
+                              f"model (modality=video), not modality={self.model.modality!r}; leave it 0")
         if self.model.architecture == "ntm" and self.train.noise != "uniform":
             raise ConfigError("a Normalizing Trajectory Model (architecture=ntm) noises uniformly dequantized images "
                               "along its own trajectory: set noise=uniform")

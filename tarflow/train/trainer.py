@@ -20,7 +20,7 @@ from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
 from ..progress import progress_bar
 from ..report import write_report
-from ..sampling import Guidance, IterativeDenoiser, SequentialSampler
+from ..sampling import Guidance, IterativeDenoiser, SequentialSampler, frame_temperatures
 from ..sampling.guidance import default_rule
 from ..viz import plot_curves, plot_entropy, save_grid, to_uint8
 from .captions import training_condition
@@ -345,8 +345,11 @@ def every(step: int, interval: int, last: int) -> bool:
 
 def sampling_settings(train_config: TrainConfig, model_config: FlowConfig) -> dict[str, Any]:
     """The settings of the run's sample grids, stored with the model (metadata "sampling") for `tarflow sample`:
-    temperature, and for a class-conditional model the guidance weight and rule."""
+    temperature (a video model's first frame's apart, if set), and for a class-conditional model the guidance weight
+    and rule."""
     settings: dict[str, Any] = {"temperature": train_config.sample_temperature}
+    if train_config.sample_first_frame_temperature:
+        settings["first_frame_temperature"] = train_config.sample_first_frame_temperature
     if model_config.num_classes:
         rule = train_config.sample_guidance_rule
         settings.update(guidance=train_config.sample_guidance,
@@ -363,7 +366,8 @@ def sample_grid(model: TarFlow, train_config: TrainConfig, model_config: FlowCon
     guided = settings.get("guidance")
     guidance = Guidance(settings["guidance"], settings["guidance_rule"]) if guided else None
     sigma = train_config.noise_std if train_config.noise == "gaussian" and not model_config.noise_conditioning else None
-    x = SequentialSampler(model).sample(n, y, settings["temperature"], guidance, sigma,
+    temperature = frame_temperatures(model, settings["temperature"], settings.get("first_frame_temperature"))
+    x = SequentialSampler(model).sample(n, y, temperature, guidance, sigma,
                                         generator=torch.Generator().manual_seed(train_config.seed))
     if model_config.noise_conditioning:  # generated at t1: 10 ODE steps of iterative denoising
         x = IterativeDenoiser().denoise(model, x, y)
