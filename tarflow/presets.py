@@ -200,7 +200,8 @@ PRESETS: dict[str, dict] = {
     # STARFlow-V on Moving MNIST (2 digits, 64x64), cut to fit about an hour of 2 CPU cores: 10 frames (not 20),
     # patch 8 (64 tokens per frame, 640 per clip), 2,000 generated clips per split; three shallow blocks within each
     # frame and a deep block of 4 layers causal over frames. 2,200 steps: its matmul FLOPs per step are 1.07x the
-    # mnist preset's (2,400 steps in about an hour), counted by hand; not yet measured by a full run.
+    # mnist preset's (2,400 steps in about an hour), counted by hand; measured: 2.0 s a step on one core (73 min),
+    # 1.32-1.35 steps/s on two (about 28 min; 200 steps timed, 2026-12-05).
     "moving-mnist": {
         "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
                       num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local"),
@@ -217,6 +218,21 @@ PRESETS: dict[str, dict] = {
         "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.5, clip_count=2000, steps=2200,
                       batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=500, checkpoint_every=250,
                       num_samples=8, entropy_every=0),
+    },
+    # Moving MNIST in pixels for samples of digits, in an hour on 2 cores from nothing (59 min, 2026-12-05): the
+    # moving-mnist-samples model conditioned on the clip's digit pair (55 classes, in the deep block; a tenth of the
+    # labels dropped for guidance), with the latent preset's factorised positions, reverse time and 6,000 clips;
+    # 4,000 steps of 16 clips. Sampled as mnist-samples is (guidance 4, STARFlow's rule) with the first frame at
+    # temperature 0.5 and the later ones at 1: at 0.5 throughout the digits fade to empty frames, and 0.105 of 256
+    # clips keep their digits against 0.199 (docs/video.md#digits-in-pixels).
+    "moving-mnist-digits": {
+        "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
+                      num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local",
+                      num_classes=55, positions="factorised"),
+        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.5, clip_count=6000, reverse_time=True,
+                      steps=4000, batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=500,
+                      checkpoint_every=250, num_samples=8, entropy_every=0, sample_guidance=4.0,
+                      sample_guidance_rule="starflow", sample_temperature=1.0, sample_first_frame_temperature=0.5),
     },
     # Moving MNIST in latent frames (STARFlow-V's latent space), for samples: every 64x64 frame encoded by the
     # autoencoder of `tarflow autoencoder train --dataset mnist` (its default run directory, x4: 4x16x16 latents),

@@ -23,3 +23,13 @@ def test_a_samples_preset_changes_the_noise_and_the_sampling_only(samples, likel
     assert noisy.train.noise == "gaussian" and plain.train.noise == "uniform"
     changed = {name for name, value in asdict(noisy.train).items() if asdict(plain.train)[name] != value}
     assert changed <= {"noise", "noise_std", "sample_guidance", "sample_guidance_rule", "sample_temperature"}
+
+
+def test_the_pixel_digits_preset_is_the_samples_model_conditioned_on_the_digit_pair():
+    from tarflow.data.moving_mnist import digit_sets
+
+    digits, samples = get_preset("moving-mnist-digits"), get_preset("moving-mnist-samples")
+    changed = {name for name, value in asdict(digits.model).items() if asdict(samples.model)[name] != value}
+    assert changed == {"num_classes", "positions"}
+    assert digits.model.num_classes == len(digit_sets(2))  # one class per unordered pair of digits
+    assert digits.train.noise_std == samples.train.noise_std and digits.train.sample_guidance > 0
