@@ -317,6 +317,7 @@ def test_temporal_consistency_samples_with_the_stored_guidance(mnist_dir, tmp_pa
                  "2", "--guidance", "1", "--no-progress"]) != 0
     assert "--guidance needs a class-conditional model" in capsys.readouterr().err
 
+
 def test_a_cooler_first_frame_is_stored_with_the_model_and_reaches_the_samples(mnist_dir, tmp_path, capsys,
                                                                                monkeypatch):
     """--sample-first-frame-temperature is stored with the model; `sample` and `temporal-consistency` draw the

@@ -194,10 +194,6 @@ def test_local_blocks_do_not_mix_frames_and_the_global_block_does(model, frame):
 
 # ----- the KV cache and the samplers ------------------------------------------------------------
 
-def inner_blocks(model):
-    return [block.block if isinstance(block, FrameLocalBlock) else block for block in model.blocks]
-
-
 def test_a_first_frame_temperature_scales_the_first_frames_noise_only(model):
     sampler = SequentialSampler(model)
     base = sampler.noise(BATCH, 1.0, torch.Generator().manual_seed(3))
@@ -206,6 +202,10 @@ def test_a_first_frame_temperature_scales_the_first_frames_noise_only(model):
     assert frame_temperatures(model, 0.8) == 0.8  # no first frame's: one temperature, as for images
     with pytest.raises(ConfigError, match="needs a video model"):
         frame_temperatures(TarFlow(FlowConfig(image_size=4, patch_size=2, width=16, head_dim=8)), 1.0, 0.5)
+
+
+def inner_blocks(model):
+    return [block.block if isinstance(block, FrameLocalBlock) else block for block in model.blocks]
 
 
 def test_kv_cache_steps_match_uncached_pass(model):

@@ -37,9 +37,8 @@ def frame_temperatures(model, temperature: float, first_frame: float | None = No
     if first_frame is None:
         return temperature
     check_video(model)
-    modality = model.modality
-    per_token = torch.full((modality.num_tokens, 1), float(temperature))
-    per_token[:modality.num_tokens // modality.frame_count] = first_frame
+    per_token = torch.full((model.modality.num_tokens, 1), float(temperature))
+    per_token[model.modality.frame_tokens(0)] = first_frame
     return per_token
 
 
