@@ -122,6 +122,18 @@ def test_eval_prints_json(run_dir, capsys):
     assert other != pytest.approx(api["bits_per_dim"], rel=1e-9)  # the seed matters, so --seed is checked
 
 
+def test_eval_says_what_the_class_mixture_costs_and_how_to_skip_it(run_dir, capsys):
+    """A class-conditional model's mixture takes K + 1 passes per batch (hours for a 55-class video model): eval
+    says so on stderr with the flag that skips it, and --no-mixture skips it."""
+    assert main(["eval", str(run_dir / "model"), "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert "mixture_bits_per_dim" in json.loads(said.out)
+    assert "11 passes of the model per batch" in said.err and "--no-mixture" in said.err
+    assert main(["eval", str(run_dir / "model"), "--no-progress", "--no-mixture"]) == 0
+    said = capsys.readouterr()
+    assert "mixture_bits_per_dim" not in json.loads(said.out) and "mixture" not in said.err
+
+
 @pytest.mark.parametrize("argv, words", [
     (["train", "--preset", "nope"], ["unknown preset", "digits"]),
     (["train", "--widht", "64"], ["unknown config field", "width"]),

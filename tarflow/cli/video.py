@@ -16,6 +16,7 @@ def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, 
     from ..metrics import evaluate_bpd
     from ..metrics.video import evaluate_frame_bpd
     from ..train.video import load_clips
+    from .evaluate import wants_mixture
 
     if args.noise_level is not None or args.extrapolate:
         raise ConfigError("--noise-level and --extrapolate apply to image models; a video model's bits/dim are of "
@@ -29,7 +30,7 @@ def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, 
     config = model.config
     labels = data.labels if config.num_classes else None
     result = evaluate_bpd(model, data.clips, labels, data.levels, draws=args.draws, seed=args.seed,
-                          mixture=bool(config.num_classes) and args.mixture, progress=not args.no_progress)
+                          mixture=wants_mixture(config, args), progress=not args.no_progress)
     per_frame = evaluate_frame_bpd(model, data.clips, labels, data.levels, seed=args.seed)
     result.update(bits_per_dim_per_frame=[round(bpd, 6) for bpd in per_frame],
                   per_frame="bits/dim of frame f given frames < f (dequantization draw 0)", clips=len(data),
