@@ -224,7 +224,7 @@ PRESETS: dict[str, dict] = {
     # labels dropped for guidance), with the latent preset's factorised positions, reverse time and 6,000 clips;
     # 4,000 steps of 16 clips at lr 2e-3 (at 1e-3 the first and last frames showed the drawn pair half as often).
     # Sampled as mnist-samples is (guidance 4, STARFlow's rule) with the first frame at temperature 0.5 and the later
-    # ones at 0.7: at 0.5 throughout the digits fade to empty frames (docs/video.md#digits-in-pixels).
+    # ones at 0.7 (at lr 1e-3, 0.5 throughout faded the digits to empty frames; docs/video.md#digits-in-pixels).
     "moving-mnist-digits": {
         "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
                       num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local",
