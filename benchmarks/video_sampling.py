@@ -57,7 +57,7 @@ def best_time(sample, reps: int) -> tuple[float, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a trained video model (run or model directory)")
-    parser.add_argument("--preset", default="moving-mnist", help="preset trained without --model")
+    parser.add_argument("--preset", default="moving-mnist-likelihood", help="preset trained without --model")
     parser.add_argument("--data-dir", default=None, help="MNIST IDX files for training without --model")
     parser.add_argument("--out", default="runs/bench-video", help="where the trained model is kept")
     parser.add_argument("--train-steps", type=int, default=600, help="training steps without --model")

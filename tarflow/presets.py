@@ -197,35 +197,16 @@ PRESETS: dict[str, dict] = {
         "train": dict(dataset="digits", steps=600, batch_size=64, lr=2e-3, warmup_steps=50, eval_every=300,
                       sample_every=300, checkpoint_every=300, sample_guidance=2.0, sample_temperature=0.9),
     },
-    # STARFlow-V on Moving MNIST (2 digits, 64x64), cut to fit about an hour of 2 CPU cores: 10 frames (not 20),
-    # patch 8 (64 tokens per frame, 640 per clip), 2,000 generated clips per split; three shallow blocks within each
-    # frame and a deep block of 4 layers causal over frames. 2,200 steps: its matmul FLOPs per step are 1.07x the
-    # mnist preset's (2,400 steps in about an hour), counted by hand; measured: 2.0 s a step on one core (73 min),
-    # 1.32-1.35 steps/s on two (about 28 min; 200 steps timed, 2026-12-05).
-    "moving-mnist": {
-        "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
-                      num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local"),
-        "train": dict(dataset="moving-mnist", clip_count=2000, steps=2200, batch_size=16, lr=1e-3, warmup_steps=100,
-                      eval_every=0, sample_every=500, checkpoint_every=250, num_samples=8, entropy_every=0),
-    },
-    # Moving MNIST for samples: the moving-mnist model and budget trained on clips with Gaussian noise sigma 0.5 (one
-    # Tweedie step, or a fitted flow-score-matching denoiser, removes it), the noise the mnist-samples preset found
-    # best for MNIST digits. Sampled at temperature 1: its full run (2026-12-03, docs/video.md) drew nearly empty
-    # frames at mnist-samples' 0.5 (an unconditional model, no guidance) and stroke fragments, not yet digits, at 1.
-    "moving-mnist-samples": {
-        "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
-                      num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local"),
-        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.5, clip_count=2000, steps=2200,
-                      batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=500, checkpoint_every=250,
-                      num_samples=8, entropy_every=0),
-    },
-    # Moving MNIST in pixels for samples of digits, in an hour on 2 cores from nothing (60 min, 2026-12-05): the
+    # STARFlow-V on Moving MNIST (2 digits, 64x64, 10 frames) in pixels, the issue's hour on 2 cores from nothing
+    # (60 min, 2026-12-05): samples of digits that move, and test bits/dim per frame of a density of clips blurred by
+    # the training noise (a loose bound; moving-mnist-likelihood is the preset for likelihoods). The
     # moving-mnist-samples model conditioned on the clip's digit pair (55 classes, in the deep block; a tenth of the
     # labels dropped for guidance), with the latent preset's factorised positions, reverse time and 6,000 clips;
     # 4,000 steps of 16 clips at lr 2e-3 (at 1e-3 the first and last frames showed the drawn pair half as often).
     # Sampled as mnist-samples is (guidance 4, STARFlow's rule) with the first frame at temperature 0.5 and the later
     # ones at 0.7 (at lr 1e-3, 0.5 throughout faded the digits to empty frames; docs/video.md#digits-in-pixels).
-    "moving-mnist-digits": {
+    # Named moving-mnist-digits until 2026-12-05, when the likelihood preset held this name.
+    "moving-mnist": {
         "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
                       num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local",
                       num_classes=55, positions="factorised"),
@@ -233,6 +214,29 @@ PRESETS: dict[str, dict] = {
                       steps=4000, batch_size=16, lr=2e-3, warmup_steps=100, eval_every=0, sample_every=500,
                       checkpoint_every=250, num_samples=8, entropy_every=0, sample_guidance=4.0,
                       sample_guidance_rule="starflow", sample_temperature=0.7, sample_first_frame_temperature=0.5),
+    },
+    # Moving MNIST for likelihoods (uniform dequantization, as mnist), cut to fit about an hour of 2 CPU cores: 10
+    # frames (not 20), patch 8 (64 tokens per frame, 640 per clip), 2,000 generated clips per split; three shallow
+    # blocks within each frame and a deep block of 4 layers causal over frames. 2,200 steps: its matmul FLOPs per
+    # step are 1.07x the mnist preset's (2,400 steps in about an hour), counted by hand; measured: 2.0 s a step on
+    # one core (73 min), 1.32-1.35 steps/s on two (about 28 min; 200 steps timed, 2026-12-05).
+    "moving-mnist-likelihood": {
+        "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
+                      num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local"),
+        "train": dict(dataset="moving-mnist", clip_count=2000, steps=2200, batch_size=16, lr=1e-3, warmup_steps=100,
+                      eval_every=0, sample_every=500, checkpoint_every=250, num_samples=8, entropy_every=0),
+    },
+    # Moving MNIST for samples, unconditional: the moving-mnist-likelihood model and budget trained on clips with
+    # Gaussian noise sigma 0.5 (one Tweedie step, or a fitted flow-score-matching denoiser, removes it), the noise
+    # the mnist-samples preset found best for MNIST digits. Sampled at temperature 1: its full run (2026-12-03,
+    # docs/video.md) drew nearly empty frames at mnist-samples' 0.5 (an unconditional model, no guidance) and stroke
+    # fragments, not yet digits, at 1.
+    "moving-mnist-samples": {
+        "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
+                      num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local"),
+        "train": dict(dataset="moving-mnist", noise="gaussian", noise_std=0.5, clip_count=2000, steps=2200,
+                      batch_size=16, lr=1e-3, warmup_steps=100, eval_every=0, sample_every=500, checkpoint_every=250,
+                      num_samples=8, entropy_every=0),
     },
     # Moving MNIST in latent frames (STARFlow-V's latent space), for samples: every 64x64 frame encoded by the
     # autoencoder of `tarflow autoencoder train --dataset mnist` (its default run directory, x4: 4x16x16 latents),
@@ -282,7 +286,12 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRESET = "digits"
 
 
+RENAMED = {"moving-mnist-digits": "moving-mnist"}  # old name -> new name, so that old commands fail clearly
+
+
 def get_preset(name: str) -> RunConfig:
+    if name in RENAMED:
+        raise ConfigError(f"preset {name!r} is now called {RENAMED[name]!r}: use --preset {RENAMED[name]}")
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(PRESETS)}")
     return RunConfig.from_dict(PRESETS[name])

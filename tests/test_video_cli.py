@@ -53,6 +53,7 @@ def test_training_writes_clips_and_eval_gives_bits_per_frame(run_dir, mnist_dir,
     assert result["clips"] == 6 and len(result["bits_per_dim_per_frame"]) == 4
     assert abs(result["bits_per_dim"] - trained["bits_per_dim"]) <= 1e-9  # the same test clips as training's eval
     assert abs(np.mean(result["bits_per_dim_per_frame"]) - result["bits_per_dim"]) <= 1e-5
+    assert trained["bits_per_dim_per_frame"] == result["bits_per_dim_per_frame"]  # the trainer writes them too
 
 
 def test_sample_continues_the_first_frames_of_a_clip(run_dir, tmp_path):
@@ -225,6 +226,7 @@ def test_latent_frames_train_eval_and_sample_as_images(latent_run, mnist_dir, tm
     assert result["clips"] == 6 and result["latent_dims"] == 4 * 4 * 16 * 16
     assert abs(result["latent_nats_per_dim"] - trained["latent_nats_per_dim"]) <= 1e-9  # the trainer's figure
     assert abs(np.mean(result["latent_nats_per_dim_per_frame"]) - result["latent_nats_per_dim"]) <= 1e-5
+    assert trained["latent_nats_per_dim_per_frame"] == result["latent_nats_per_dim_per_frame"]
     out = tmp_path / "drawn.png"
     assert main(["sample", str(latent_run), "--count", "2", "--sampler", "video-jacobi", "--out", str(out)]) == 0
     assert read_clip(out.with_suffix(".gif"), channels=1).shape == (4, 1, 32, 32)

@@ -14,7 +14,7 @@ from ..errors import ConfigError, InputError
 def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, data_dir: str | None) -> int:
     """Test bits/dim of the clips (as `evaluate_bpd`) and of each frame given the earlier ones."""
     from ..metrics import evaluate_bpd
-    from ..metrics.video import evaluate_frame_bpd
+    from ..metrics.video import frame_bpd_figures
     from ..train.video import load_clips
     from .evaluate import wants_mixture
 
@@ -31,11 +31,10 @@ def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, 
     labels = data.labels if config.num_classes else None
     result = evaluate_bpd(model, data.clips, labels, data.levels, draws=args.draws, seed=args.seed,
                           mixture=wants_mixture(config, args), progress=not args.no_progress)
-    per_frame = evaluate_frame_bpd(model, data.clips, labels, data.levels, seed=args.seed)
-    result.update(bits_per_dim_per_frame=[round(bpd, 6) for bpd in per_frame],
-                  per_frame="bits/dim of frame f given frames < f (dequantization draw 0)", clips=len(data),
-                  dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
-                  likelihood_prior=config.likelihood_prior)
+    result.update(frame_bpd_figures(model, data.clips, labels, data.levels, seed=args.seed,
+                                    progress=not args.no_progress))
+    result.update(clips=len(data), dataset=name, split=args.split, conditional=bool(config.num_classes),
+                  model=str(model_dir), likelihood_prior=config.likelihood_prior)
     result.pop("images", None)
     print(json.dumps(result, indent=2))
     return 0
@@ -44,7 +43,7 @@ def cmd_eval_video(args: argparse.Namespace, model, model_dir: Path, name: str, 
 def eval_latent_clips(args: argparse.Namespace, model, model_dir: Path, name: str, data) -> int:
     """Test latent nats/dim of a video model on autoencoder latents (frames encoded one by one), and per frame
     given the earlier ones: the figure its trainer writes to eval.json, with the same noise."""
-    from ..metrics.video import evaluate_frame_latent_nll
+    from ..metrics.video import frame_latent_figures
     from ..train.latents import encode_split, evaluate_latent_nll
     from .latents import LATENT_UNIT, training_noise_std
 
@@ -57,11 +56,11 @@ def eval_latent_clips(args: argparse.Namespace, model, model_dir: Path, name: st
     labels = latents.labels if config.num_classes else None
     result = evaluate_latent_nll(model, latents, labels, noise_std, seed=args.seed,
                                  progress=not args.no_progress)
-    per_frame = evaluate_frame_latent_nll(model, latents, labels, noise_std, seed=args.seed)
-    result.update(latent_nats_per_dim_per_frame=[round(nats, 6) for nats in per_frame],
-                  per_frame="latent nats/dim of frame f given frames < f", unit=LATENT_UNIT, noise_std=noise_std,
-                  latent_dims=config.num_dims, clips=len(latents), dataset=name, split=args.split,
-                  conditional=bool(config.num_classes), model=str(model_dir), likelihood_prior=config.likelihood_prior)
+    result.update(frame_latent_figures(model, latents, labels, noise_std, seed=args.seed,
+                                       progress=not args.no_progress))
+    result.update(unit=LATENT_UNIT, noise_std=noise_std, latent_dims=config.num_dims, clips=len(latents),
+                  dataset=name, split=args.split, conditional=bool(config.num_classes), model=str(model_dir),
+                  likelihood_prior=config.likelihood_prior)
     result.pop("images", None)
     print(json.dumps(result, indent=2))
     return 0

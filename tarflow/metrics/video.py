@@ -59,14 +59,17 @@ def frame_log_prob(model, clips: Tensor, y: Tensor | None = None) -> Tensor:
 
 @torch.no_grad()
 def evaluate_frame_bpd(model, clips: Tensor, labels: Tensor | None, levels: int, batch_size: int = 64,
-                       seed: int = 0) -> list[float]:
+                       seed: int = 0, progress: bool = False) -> list[float]:
     """Bits/dim of each frame given the earlier ones, averaged over uint8 ``clips`` (N, F, C, H, W), uniformly
     dequantized with the noise of draw 0 of `evaluate_bpd` (same ``seed``): their mean is its bits/dim."""
+    from ..progress import progress_bar
+
     model.eval()
     dims = clips[0, 0].numel()
     dtype = model.dtype
     total = torch.zeros(clips.shape[1], dtype=torch.float64)
-    for start in range(0, clips.shape[0], batch_size):
+    starts = range(0, clips.shape[0], batch_size)
+    for start in progress_bar(starts, desc="eval bits/dim per frame", enabled=progress, leave=False):
         end = min(start + batch_size, clips.shape[0])
         x = dequantize_for_evaluation(clips, levels, start, end, seed, 0).to(model.device, dtype)
         y = None if labels is None else labels[start:end].to(model.device)
@@ -77,18 +80,37 @@ def evaluate_frame_bpd(model, clips: Tensor, labels: Tensor | None, levels: int,
 
 @torch.no_grad()
 def evaluate_frame_latent_nll(model, test, labels: Tensor | None, noise_std: float, batch_size: int = 256,
-                              seed: int = 0) -> list[float]:
+                              seed: int = 0, progress: bool = False) -> list[float]:
     """Latent nats/dim of each frame given the earlier ones, -log p(z_f + sigma eps_f | z_<f + sigma eps_<f) / D_f,
     averaged over the scaled latent clips (N, F, C, S, S) of ``test`` (a `LatentData`) with the noise of
     `evaluate_latent_nll` (same ``seed`` and batches): their mean is its figure."""
+    from ..progress import progress_bar
+
     model.eval()
     count, frames = test.latents.shape[:2]
     dims = test.latents[0, 0].numel()
     total = torch.zeros(frames, dtype=torch.float64)
-    for start in range(0, count, batch_size):
+    for start in progress_bar(range(0, count, batch_size), desc="eval nats/dim per frame", enabled=progress,
+                              leave=False):
         index = torch.arange(start, min(start + batch_size, count))
         noisy = test.noisy(index, noise_std, torch.Generator().manual_seed(seed * 1_000_003 + start))
         y = None if labels is None else labels[index].to(model.device)
         log_p = frame_log_prob(model, noisy.to(model.device, model.dtype), y).double().cpu()
         total += (-log_p / dims).sum(0)
     return (total / count).tolist()
+
+
+def frame_bpd_figures(model, clips: Tensor, labels: Tensor | None, levels: int, seed: int = 0,
+                      progress: bool = False) -> dict:
+    """`evaluate_frame_bpd` as the entries of `tarflow eval`'s output and of a video run's eval.json."""
+    per_frame = evaluate_frame_bpd(model, clips, labels, levels, seed=seed, progress=progress)
+    return {"bits_per_dim_per_frame": [round(bpd, 6) for bpd in per_frame],
+            "per_frame": "bits/dim of frame f given frames < f (dequantization draw 0)"}
+
+
+def frame_latent_figures(model, test, labels: Tensor | None, noise_std: float, seed: int = 0,
+                         progress: bool = False) -> dict:
+    """`evaluate_frame_latent_nll` as the entries of `tarflow eval`'s output and of a video run's eval.json."""
+    per_frame = evaluate_frame_latent_nll(model, test, labels, noise_std, seed=seed, progress=progress)
+    return {"latent_nats_per_dim_per_frame": [round(nats, 6) for nats in per_frame],
+            "per_frame": "latent nats/dim of frame f given frames < f"}

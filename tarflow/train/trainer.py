@@ -18,6 +18,7 @@ from ..flows import FlowConfig, TarFlow
 from ..io import atomic_write_text
 from ..metrics import evaluate_bpd
 from ..metrics.entropy import attention_entropy, collapsed_heads
+from ..metrics.video import frame_bpd_figures, frame_latent_figures
 from ..progress import progress_bar
 from ..report import write_report
 from ..sampling import Guidance, IterativeDenoiser, SequentialSampler, frame_temperatures
@@ -221,6 +222,8 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         sample_grid(final, train_config, model_config, data.levels, run_dir / "samples.png")
     how = {"noise_std": train_config.noise_std} if latent else {"draws": train_config.eval_draws}
     result = evaluate(final, test, model_config, cluster, progress=progress and main, **how)
+    if main and model_config.modality == "video":
+        result.update(per_frame_figures(final, test, model_config, train_config.noise_std, progress))
     result.update(dataset=train_config.dataset, split="test", conditional=bool(model_config.num_classes), steps=step,
                   train_time_s=round(time.perf_counter() - t0, 1), device=str(device),
                   processes=cluster.world_size)
@@ -261,6 +264,16 @@ def evaluate(model: TarFlow, test: ImageData | LatentData, model_config: FlowCon
     level = model_config.noise_level_min if model_config.noise_conditioning else None
     return evaluate_bpd(model, test.images, labels_for(test, model_config), test.levels, rank=cluster.rank,
                         world_size=cluster.world_size, noise_level=level, **kwargs)
+
+
+def per_frame_figures(model: TarFlow, test: ImageData | LatentData, model_config: FlowConfig, noise_std: float,
+                      progress: bool) -> dict[str, Any]:
+    """A video model's figure per frame given the earlier ones, as `tarflow eval` gives it (one dequantization
+    draw, or the latents' one draw of the training noise): their mean is the test figure when it has one draw."""
+    labels = labels_for(test, model_config)
+    if isinstance(test, LatentData):
+        return frame_latent_figures(model, test, labels, noise_std, progress=progress)
+    return frame_bpd_figures(model, test.images, labels, test.levels, progress=progress)
 
 
 def check_fits(model_config: FlowConfig, data: ImageData) -> None:
