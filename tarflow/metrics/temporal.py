@@ -49,7 +49,7 @@ def train_digit_classifier(digits: Tensor, digit_labels: Tensor, image_size: int
     MNIST draws them: ``digit_count`` random digits of ``digits`` (M, 28, 28) uint8 (classes ``digit_labels``,
     (M,)) pasted at random places of an ``image_size`` canvas (`moving_mnist.render`). Unlimited frames: trained
     on the 2,000 training clips' frames instead, it got 0.29 of single test frames right after 1,000 steps;
-    on fresh frames 0.65 after 3,000 (one run each, the moving-mnist preset's clips)."""
+    on fresh frames 0.65 after 3,000 (one run each; moving-mnist-likelihood's clips)."""
     from ..data.moving_mnist import DIGIT_SIZE, render
 
     generator = np.random.default_rng(seed)
