@@ -50,6 +50,23 @@ def test_run_directory_contents(tmp_path):
     assert json.loads((run / "eval.json").read_text())["images"] == 360
 
 
+def test_the_last_steps_evaluation_is_the_final_one(tmp_path, monkeypatch):
+    """The test set is evaluated once at the end: the last step's evaluation, with eval_draws, is eval.json's."""
+    import tarflow.train.trainer as trainer
+
+    calls = []
+    evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda *args, **kwargs: calls.append(kwargs) or evaluate(*args, **kwargs))
+    result = train(tiny(steps=20, eval_every=10, eval_draws=2, sample_every=0), tmp_path / "run", progress=False)
+    assert [call.get("draws", 1) for call in calls] == [1, 2]  # step 10, then step 20 as the final evaluation
+    rows = [json.loads(row) for row in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["test_bpd"] for row in rows if "test_bpd" in row][-1] == result["bits_per_dim"]
+    test = load_dataset("digits", "test")
+    model = TarFlow.from_pretrained(tmp_path / "run" / "model")
+    again = evaluate_bpd(model, test.images, test.labels, test.levels, draws=2)
+    assert result["draws"] == 2 and abs(again["bits_per_dim"] - result["bits_per_dim"]) < 1e-6
+
+
 def weights(run):
     return {name: load_file(str(run / "checkpoint" / name)) for name in ("model.safetensors", "ema.safetensors")}
 

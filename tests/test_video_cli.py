@@ -183,6 +183,13 @@ def test_flow_score_denoiser_of_a_class_conditional_run(mnist_dir, tmp_path, cap
                  "2", "--sampler", "sequential", "--score-denoiser", fitted["out"], "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["guidance"] == "w=2 (tarflow)" and result["denoising_error"]["score_denoiser"] >= 0
+    # eval leaves out the class mixture of a video model (56 passes per batch here) unless asked
+    assert main(["eval", str(run), "--data-dir", str(mnist_dir), "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert "mixture_bits_per_dim" not in json.loads(said.out) and "--mixture computes it" in said.err
+    assert main(["eval", str(run), "--data-dir", str(mnist_dir), "--no-progress", "--mixture"]) == 0
+    said = capsys.readouterr()
+    assert "mixture_bits_per_dim" in json.loads(said.out) and "56 passes of the model per batch" in said.err
 
 
 def test_video_options_on_an_image_model_are_refused(tmp_path, capsys):

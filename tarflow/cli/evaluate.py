@@ -76,13 +76,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def wants_mixture(config, args: argparse.Namespace) -> bool:
-    """Whether `eval` also computes the class mixture mean_y p(x|y) (--mixture, class-conditional models); when it
-    does, says on stderr what it costs: K + 1 passes of the model per batch for K classes instead of 1."""
-    if not (config.num_classes and args.mixture):
+    """Whether `eval` also computes the class mixture mean_y p(x|y) of a class-conditional model: --mixture, by
+    default for images and not for video (K + 1 passes of the model per batch instead of 1 for K classes: for
+    Moving MNIST's 55 digit pairs, hours). Says on stderr what it costs, or that a video model's was skipped."""
+    if not config.num_classes:
         return False
-    print(f"also the class mixture p(x) = mean_y p(x|y): {config.num_classes + 1} passes of the model per batch "
-          f"instead of 1 ({config.num_classes} classes; --no-mixture skips it)", file=sys.stderr)
-    return True
+    wanted = args.mixture if args.mixture is not None else config.modality != "video"
+    cost = f"{config.num_classes + 1} passes of the model per batch instead of 1 ({config.num_classes} classes"
+    if wanted:
+        print(f"also the class mixture p(x) = mean_y p(x|y): {cost}; --no-mixture skips it)", file=sys.stderr)
+    elif args.mixture is None:
+        print(f"not the class mixture p(x) = mean_y p(x|y) of a video model: {cost}; --mixture computes it)",
+              file=sys.stderr)
+    return wanted
 
 
 def check_noise_level_option(model, args: argparse.Namespace) -> tuple[float | None, str | None]:
@@ -259,10 +265,10 @@ def add_eval_parser(sub) -> None:
                         "of the reference MNIST notebook). Pixel models only")
     parser.add_argument("--extrapolate", action="store_true",
                         help="allow a --noise-level outside the model's trained range (a warning instead of an error)")
-    parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--mixture", action=argparse.BooleanOptionalAction, default=None,
                         help="for class-conditional models also report p(x) = mean over labels of p(x|y) "
-                        "(comparable with unconditional models) and the Bayes-classifier accuracy (default on; "
-                        "pixel models)")
+                        "(comparable with unconditional models) and the Bayes-classifier accuracy (pixel models; "
+                        "default on for images, off for video: K + 1 passes of the model for K classes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_interleaved_eval_options(parser)
     parser.set_defaults(func=cmd_eval)

@@ -123,6 +123,9 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     t0, window = time.perf_counter() - elapsed, []
     started, first_step = time.perf_counter(), step  # for images/s of this process's own steps
     probe, warned = entropy_batch(data, train_config, model_config, device), set()  # fixed images, heads warned of
+    noise = {"noise_std": train_config.noise_std} if latent else {}
+    final_options = noise if latent else {"draws": train_config.eval_draws}
+    evaluated, evaluated_at = None, None  # the last evaluation and its step: at the last step, the final one
     model.train()
     while step < train_config.steps:
         part = cluster.shard(train_config.batch_size)
@@ -158,13 +161,16 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
         if evaluating or sampling:
             final = dist.plain_copy(ema if ema is not None else model)
             if evaluating:
+                last = step == train_config.steps
+                evaluated = evaluate(final, test, model_config, cluster, progress=last and progress and main,
+                                     **(final_options if last else noise))
+                evaluated_at = step
                 if latent:
-                    record["test_nats_per_dim"] = evaluate(final, test, model_config, cluster,
-                                                           noise_std=train_config.noise_std)["latent_nats_per_dim"]
+                    record["test_nats_per_dim"] = evaluated["latent_nats_per_dim"]
                     if main:
                         bar.write(f"step {step}: test latent nats/dim {record['test_nats_per_dim']:.4f}")
                 else:
-                    record["test_bpd"] = evaluate(final, test, model_config, cluster)["bits_per_dim"]
+                    record["test_bpd"] = evaluated["bits_per_dim"]
                     if main:
                         bar.write(f"step {step}: test bits/dim {record['test_bpd']:.4f}")
             if sampling and main:
@@ -220,8 +226,9 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     if main:
         final.save_pretrained(run_dir / "model", metadata)
         sample_grid(final, train_config, model_config, data.levels, run_dir / "samples.png")
-    how = {"noise_std": train_config.noise_std} if latent else {"draws": train_config.eval_draws}
-    result = evaluate(final, test, model_config, cluster, progress=progress and main, **how)
+    if evaluated_at != step:  # a run resumed after its last step
+        evaluated = evaluate(final, test, model_config, cluster, progress=progress and main, **final_options)
+    result = dict(evaluated)
     if main and model_config.modality == "video":
         result.update(per_frame_figures(final, test, model_config, train_config.noise_std, progress))
     result.update(dataset=train_config.dataset, split="test", conditional=bool(model_config.num_classes), steps=step,
