@@ -205,7 +205,7 @@ PRESETS: dict[str, dict] = {
     # 4,000 steps of 16 clips at lr 2e-3 (at 1e-3 the first and last frames showed the drawn pair half as often).
     # Sampled as mnist-samples is (guidance 4, STARFlow's rule) with the first frame at temperature 0.5 and the later
     # ones at 0.7 (at lr 1e-3, 0.5 throughout faded the digits to empty frames; docs/video.md#digits-in-pixels).
-    # Named moving-mnist-digits until 2026-12-05, when the likelihood preset held this name.
+    # Named moving-mnist-digits until 2026-12-05 (moving-mnist was then the likelihood preset).
     "moving-mnist": {
         "model": dict(modality="video", frame_count=10, image_size=64, channels=1, patch_size=8, width=128,
                       num_blocks=4, layers_per_block=[1, 1, 1, 4], head_dim=64, frame_layout="global-local",
