@@ -125,7 +125,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     probe, warned = entropy_batch(data, train_config, model_config, device), set()  # fixed images, heads warned of
     noise = {"noise_std": train_config.noise_std} if latent else {}
     final_options = noise if latent else {"draws": train_config.eval_draws}
-    evaluated, evaluated_at = None, None  # the last evaluation and its step: at the last step, the final one
+    final_evaluation = None  # the last step's evaluation, with the final options: eval.json's
     model.train()
     while step < train_config.steps:
         part = cluster.shard(train_config.batch_size)
@@ -164,7 +164,7 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
                 last = step == train_config.steps
                 evaluated = evaluate(final, test, model_config, cluster, progress=last and progress and main,
                                      **(final_options if last else noise))
-                evaluated_at = step
+                final_evaluation = evaluated if last else None
                 if latent:
                     record["test_nats_per_dim"] = evaluated["latent_nats_per_dim"]
                     if main:
@@ -226,9 +226,9 @@ def train_loop(config: RunConfig, run_dir: Path, cluster: dist.Cluster, device: 
     if main:
         final.save_pretrained(run_dir / "model", metadata)
         sample_grid(final, train_config, model_config, data.levels, run_dir / "samples.png")
-    if evaluated_at != step:  # a run resumed after its last step
-        evaluated = evaluate(final, test, model_config, cluster, progress=progress and main, **final_options)
-    result = dict(evaluated)
+    if final_evaluation is None:  # a run resumed after its last step
+        final_evaluation = evaluate(final, test, model_config, cluster, progress=progress and main, **final_options)
+    result = final_evaluation
     if main and model_config.modality == "video":
         result.update(per_frame_figures(final, test, model_config, train_config.noise_std, progress))
     result.update(dataset=train_config.dataset, split="test", conditional=bool(model_config.num_classes), steps=step,
